@@ -1,0 +1,524 @@
+//! Typed, layered, validated configuration for sluice.
+//!
+//! Parts:
+//! - [`Config`] and its sections: every field has a doc comment and a default in exactly one
+//!   place (the `Default` impls below).
+//! - [`load`]: built-in defaults → optional TOML file → `SLUICE__…` environment variables
+//!   (`SLUICE__LIMITS__MAX_RECORD_BYTES=2048`, sections split by a double underscore).
+//! - [`Config::validate`]: rejects contradictions at start-up with a message naming the field.
+//! - [`Config::masked`]: the printable form, with secrets replaced by `***`.
+//!
+//! Unknown fields are rejected everywhere (`deny_unknown_fields`), so a typo fails at start-up
+//! instead of being silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, naming the field it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be parsed into the typed config.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A value or a combination of values is not allowed.
+    #[error("invalid configuration: `{field}`: {message}")]
+    Invalid {
+        /// Dotted path of the offending field, e.g. `chunk.max_items`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole sluice configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Request limits enforced by the validate stage.
+    pub limits: Limits,
+    /// How requests are cut into chunks (one chunk = one store transaction).
+    pub chunk: ChunkConfig,
+    /// Concurrency, retries and deadlines of the execute stage.
+    pub execute: ExecuteConfig,
+    /// Channel capacities, ordering and shutdown of the pipeline as a whole.
+    pub pipeline: PipelineConfig,
+    /// Recognition of requests already processed (the dedupe window).
+    pub dedupe: DedupeConfig,
+    /// Collections requests may name, by name. Each declares its unique key field.
+    pub collections: BTreeMap<String, CollectionConfig>,
+    /// The embedded default: JSON-lines input/output and a SQLite store.
+    pub embedded: EmbeddedConfig,
+}
+
+/// Per-op item limits. Nothing about request size is hard-coded: all of it lives here.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpLimits {
+    /// Maximum items in one `create` request.
+    pub create: usize,
+    /// Maximum items in one `update` request.
+    pub update: usize,
+    /// Maximum items in one `upsert` request.
+    pub upsert: usize,
+    /// Maximum items in one `delete` request.
+    pub delete: usize,
+    /// Maximum items in one `lookup` request.
+    pub lookup: usize,
+}
+
+impl Default for OpLimits {
+    fn default() -> Self {
+        OpLimits {
+            create: 10_000,
+            update: 10_000,
+            upsert: 10_000,
+            delete: 10_000,
+            lookup: 1_000,
+        }
+    }
+}
+
+/// Limits on what a request may contain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Maximum items per request, per op.
+    pub max_items: OpLimits,
+    /// Maximum size of one input record in bytes. Larger records are rejected (or dead-lettered
+    /// when no request_id can be read from them).
+    pub max_record_bytes: usize,
+    /// Maximum size of one item (its JSON encoding) in bytes; larger items fail as `too_large`.
+    pub max_item_bytes: usize,
+    /// Maximum JSON nesting depth of a record (objects and arrays).
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_items: OpLimits::default(),
+            max_record_bytes: 16 * 1024 * 1024,
+            max_item_bytes: 256 * 1024,
+            max_depth: 32,
+        }
+    }
+}
+
+/// How requests are cut into chunks. MongoDB advises at most 1,000 documents per transaction.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChunkConfig {
+    /// Maximum items in one chunk.
+    pub max_items: usize,
+    /// Maximum total item bytes in one chunk.
+    pub max_bytes: usize,
+    /// Maximum items in an `atomic: true` request (it must fit in one transaction).
+    pub atomic_max_items: usize,
+}
+
+impl Default for ChunkConfig {
+    fn default() -> Self {
+        ChunkConfig {
+            max_items: 500,
+            max_bytes: 4 * 1024 * 1024,
+            atomic_max_items: 1_000,
+        }
+    }
+}
+
+/// Concurrency, retries and deadlines of the execute stage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecuteConfig {
+    /// Maximum write chunks executing at once, across all requests.
+    pub write_concurrency: usize,
+    /// Maximum lookup reads executing at once, across all requests.
+    pub lookup_concurrency: usize,
+    /// Attempts for a chunk whose store error is transient (including the first).
+    pub max_attempts: u32,
+    /// First retry backoff in milliseconds; doubled each attempt, with full jitter.
+    pub backoff_initial_ms: u64,
+    /// Cap on a single retry backoff in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Deadline for requests that do not set `options.deadline_ms`; absent = none.
+    pub default_deadline_ms: Option<u64>,
+    /// Upper bound on `options.deadline_ms`; requests asking for more are rejected.
+    pub max_deadline_ms: u64,
+}
+
+impl Default for ExecuteConfig {
+    fn default() -> Self {
+        ExecuteConfig {
+            write_concurrency: 4,
+            lookup_concurrency: 16,
+            max_attempts: 8,
+            backoff_initial_ms: 20,
+            backoff_max_ms: 2_000,
+            default_deadline_ms: None,
+            max_deadline_ms: 3_600_000,
+        }
+    }
+}
+
+/// Channel capacities, ordering and shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Capacity of each bounded channel between two stages (records).
+    pub channel_capacity: usize,
+    /// Maximum records between the source and the commit (the in-flight budget).
+    pub max_in_flight_records: usize,
+    /// Treat the whole input as one ordered stream instead of keying by request_id.
+    pub ordered: bool,
+    /// How long a shutdown may take to drain in-flight work before it is abandoned
+    /// (abandoned work is re-read on restart; nothing is lost).
+    pub drain_deadline_ms: u64,
+    /// Records per position checkpoint (embedded) or per Kafka transaction.
+    pub commit_max_records: usize,
+    /// Longest time between two checkpoints while records are flowing, in milliseconds.
+    pub commit_interval_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            channel_capacity: 64,
+            max_in_flight_records: 256,
+            ordered: false,
+            drain_deadline_ms: 30_000,
+            commit_max_records: 500,
+            commit_interval_ms: 200,
+        }
+    }
+}
+
+/// Recognition of already-processed requests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupeConfig {
+    /// How long a request_id and its chunk ledger entries are remembered, in seconds.
+    pub window_secs: u64,
+    /// Entries of the in-memory cache in front of the store's request ledger.
+    pub cache_entries: usize,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        DedupeConfig {
+            window_secs: 7 * 24 * 3600,
+            cache_entries: 100_000,
+        }
+    }
+}
+
+/// One collection requests may target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionConfig {
+    /// The unique key field of the collection's documents (e.g. `text` for words).
+    pub key: String,
+    /// The parent collection, for cascading deletes (e.g. `words`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The field of this collection's documents that holds the parent's key (e.g. `word`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_field: Option<String>,
+}
+
+/// The embedded default.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    /// SQLite database holding the documents, the ledger and the input/output positions.
+    pub state: PathBuf,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            state: PathBuf::from("sluice.db"),
+        }
+    }
+}
+
+/// Prefix of environment variables that override the file, e.g.
+/// `SLUICE__PIPELINE__CHANNEL_CAPACITY=128`.
+pub const ENV_PREFIX: &str = "SLUICE__";
+
+/// Loads the configuration: defaults, then `file` (if given), then `SLUICE__…` variables,
+/// then validates it.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::Parse(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+    from_figment(figment)
+}
+
+/// Parses and validates a TOML document (no environment), e.g. for tests and `config check`.
+pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+    from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+}
+
+fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+    let config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::Parse(e.to_string()))?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn positive(field: &str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(field, "must be at least 1"));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Rejects values and combinations that cannot work, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        for (op, v) in [
+            ("create", l.max_items.create),
+            ("update", l.max_items.update),
+            ("upsert", l.max_items.upsert),
+            ("delete", l.max_items.delete),
+            ("lookup", l.max_items.lookup),
+        ] {
+            positive(&format!("limits.max_items.{op}"), v)?;
+        }
+        positive("limits.max_record_bytes", l.max_record_bytes)?;
+        positive("limits.max_item_bytes", l.max_item_bytes)?;
+        if l.max_item_bytes > l.max_record_bytes {
+            return Err(ConfigError::invalid(
+                "limits.max_item_bytes",
+                format!(
+                    "{} exceeds limits.max_record_bytes ({})",
+                    l.max_item_bytes, l.max_record_bytes
+                ),
+            ));
+        }
+        if l.max_depth < 3 || l.max_depth > 128 {
+            return Err(ConfigError::invalid(
+                "limits.max_depth",
+                "must be between 3 (request → items → item) and 128",
+            ));
+        }
+        positive("chunk.max_items", self.chunk.max_items)?;
+        positive("chunk.atomic_max_items", self.chunk.atomic_max_items)?;
+        if self.chunk.max_bytes < l.max_item_bytes {
+            return Err(ConfigError::invalid(
+                "chunk.max_bytes",
+                format!(
+                    "{} is smaller than limits.max_item_bytes ({}): a valid item would not fit a chunk",
+                    self.chunk.max_bytes, l.max_item_bytes
+                ),
+            ));
+        }
+        positive("execute.write_concurrency", self.execute.write_concurrency)?;
+        positive(
+            "execute.lookup_concurrency",
+            self.execute.lookup_concurrency,
+        )?;
+        if self.execute.max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "execute.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        if self.execute.backoff_initial_ms > self.execute.backoff_max_ms {
+            return Err(ConfigError::invalid(
+                "execute.backoff_initial_ms",
+                "must not exceed execute.backoff_max_ms",
+            ));
+        }
+        if let Some(d) = self.execute.default_deadline_ms {
+            if d == 0 || d > self.execute.max_deadline_ms {
+                return Err(ConfigError::invalid(
+                    "execute.default_deadline_ms",
+                    "must be between 1 and execute.max_deadline_ms",
+                ));
+            }
+        }
+        positive("pipeline.channel_capacity", self.pipeline.channel_capacity)?;
+        positive(
+            "pipeline.max_in_flight_records",
+            self.pipeline.max_in_flight_records,
+        )?;
+        positive(
+            "pipeline.commit_max_records",
+            self.pipeline.commit_max_records,
+        )?;
+        if self.dedupe.window_secs == 0 {
+            return Err(ConfigError::invalid(
+                "dedupe.window_secs",
+                "must be at least 1",
+            ));
+        }
+        for (name, c) in &self.collections {
+            let field = |f: &str| format!("collections.{name}.{f}");
+            if !valid_name(name) {
+                return Err(ConfigError::invalid(
+                    format!("collections.{name}"),
+                    "collection names are 1-64 chars of [A-Za-z0-9_]",
+                ));
+            }
+            if c.key.is_empty() || c.key.starts_with('$') || c.key.contains('.') {
+                return Err(ConfigError::invalid(
+                    field("key"),
+                    "must be a top-level field name (not empty, no '.', no leading '$')",
+                ));
+            }
+            match (&c.parent, &c.parent_field) {
+                (None, None) => {}
+                (Some(p), Some(pf)) => {
+                    if !self.collections.contains_key(p) {
+                        return Err(ConfigError::invalid(
+                            field("parent"),
+                            format!("names collection `{p}`, which is not declared"),
+                        ));
+                    }
+                    if p == name {
+                        return Err(ConfigError::invalid(field("parent"), "cannot be itself"));
+                    }
+                    if pf.is_empty() || pf.contains('.') || pf.starts_with('$') {
+                        return Err(ConfigError::invalid(
+                            field("parent_field"),
+                            "must be a top-level field name",
+                        ));
+                    }
+                }
+                (Some(_), None) => {
+                    return Err(ConfigError::invalid(
+                        field("parent_field"),
+                        "is required when `parent` is set",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        field("parent"),
+                        "is required when `parent_field` is set",
+                    ))
+                }
+            }
+        }
+        // Cascades follow one level of children; a cycle would make them ambiguous.
+        for (name, c) in &self.collections {
+            if let Some(p) = &c.parent {
+                if self.collections.get(p).and_then(|pc| pc.parent.as_ref()) == Some(name) {
+                    return Err(ConfigError::invalid(
+                        format!("collections.{name}.parent"),
+                        format!("`{name}` and `{p}` are each other's parent"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The children of `collection`: (child name, child's parent field).
+    pub fn children_of<'a>(
+        &'a self,
+        collection: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.collections
+            .iter()
+            .filter_map(move |(name, c)| match (&c.parent, &c.parent_field) {
+                (Some(p), Some(pf)) if p == collection => Some((name.as_str(), pf.as_str())),
+                _ => None,
+            })
+    }
+
+    /// The config as TOML with secrets masked, for `sluice config check` and start-up logs.
+    pub fn masked(&self) -> String {
+        // No secret-bearing fields exist yet in the embedded config; connector sections that
+        // carry credentials (Kafka SASL, MongoDB URI) mask them here as they are added.
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("<unprintable config: {e}>"))
+    }
+}
+
+/// Whether `name` is usable as a collection (and SQLite table / MongoDB collection) name.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = from_toml_str("[chunk]\nmax_itemz = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_itemz"), "{err}");
+    }
+
+    #[test]
+    fn contradiction_names_the_field() {
+        let err = from_toml_str("[limits]\nmax_item_bytes = 100\nmax_record_bytes = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`limits.max_item_bytes`"), "{err}");
+        let err = from_toml_str(
+            "[collections.definitions]\nkey='id'\nparent='words'\nparent_field='word'\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`collections.definitions.parent`"), "{err}");
+        let err = from_toml_str("[chunk]\nmax_items = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`chunk.max_items`"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("s.toml", "[chunk]\nmax_items = 7\n")?;
+            jail.set_env("SLUICE__CHUNK__MAX_BYTES", "9999999");
+            let c = load(Some(Path::new("s.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.chunk.max_items, 7);
+            assert_eq!(c.chunk.max_bytes, 9_999_999);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn children_are_found() {
+        let c = from_toml_str(
+            "[collections.words]\nkey='text'\n[collections.definitions]\nkey='id'\nparent='words'\nparent_field='word'\n",
+        )
+        .unwrap();
+        let kids: Vec<_> = c.children_of("words").collect();
+        assert_eq!(kids, vec![("definitions", "word")]);
+    }
+}

@@ -1,0 +1,83 @@
+//! The embedded checkpoint: one row per (input, output) in the state database.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Where a run resumes: the next line to read and how long the outputs were at that moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    /// 0-based number of the next input line.
+    pub line: i64,
+    /// Byte offset of the next input line.
+    pub byte: u64,
+    /// Length of the output file holding every event up to here.
+    pub output_len: u64,
+    /// Length of the dead-letter file up to here.
+    pub dead_letter_len: u64,
+}
+
+/// The checkpoint row of one (input, output) pair.
+pub struct Checkpoint {
+    conn: Connection,
+    input: String,
+    output: String,
+}
+
+impl Checkpoint {
+    /// Opens (creating the table if needed) the checkpoint for `input` → `output`.
+    pub fn open(state: &Path, input: &str, output: &str) -> rusqlite::Result<Self> {
+        let conn = crate::sqlite::connect(state)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS checkpoints (
+                input TEXT NOT NULL, output TEXT NOT NULL, line INTEGER NOT NULL,
+                byte INTEGER NOT NULL, output_len INTEGER NOT NULL, dead_letter_len INTEGER NOT NULL,
+                PRIMARY KEY (input, output))",
+        )?;
+        Ok(Checkpoint {
+            conn,
+            input: input.to_string(),
+            output: output.to_string(),
+        })
+    }
+
+    /// The recorded position, or the start.
+    pub fn load(&self) -> rusqlite::Result<Position> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT line, byte, output_len, dead_letter_len FROM checkpoints WHERE input = ?1 AND output = ?2",
+                params![self.input, self.output],
+                |r| {
+                    Ok(Position {
+                        line: r.get(0)?,
+                        byte: r.get::<_, i64>(1)? as u64,
+                        output_len: r.get::<_, i64>(2)? as u64,
+                        dead_letter_len: r.get::<_, i64>(3)? as u64,
+                    })
+                },
+            )
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    /// Records `p` (one small write; the outputs must already hold everything up to it).
+    pub fn store(&self, p: &Position) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO checkpoints (input, output, line, byte, output_len, dead_letter_len)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (input, output) DO UPDATE SET line = excluded.line, byte = excluded.byte,
+                   output_len = excluded.output_len, dead_letter_len = excluded.dead_letter_len",
+            )?
+            .execute(params![
+                self.input,
+                self.output,
+                p.line,
+                p.byte as i64,
+                p.output_len as i64,
+                p.dead_letter_len as i64
+            ])?;
+        Ok(())
+    }
+}

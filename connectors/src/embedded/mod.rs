@@ -1,0 +1,80 @@
+//! The embedded default: requests as JSON lines from a file or stdin, result events (and dead
+//! letters) as JSON lines to files or stdout, state in the SQLite database.
+//!
+//! Exactly-once across `kill -9`: the [`checkpoint`] row for (input, output) records, in one
+//! SQLite write per commit, the input position after the last committed record and the output
+//! and dead-letter file lengths at that moment. [`open`] cuts the outputs back to those
+//! lengths and makes the source resume at that position; chunks already applied are then found
+//! in the store's ledger and re-published instead of re-executed.
+
+pub mod checkpoint;
+pub mod sink;
+pub mod source;
+
+use std::path::{Path, PathBuf};
+
+pub use checkpoint::{Checkpoint, Position};
+pub use sink::{FileSink, Output};
+pub use source::LineSource;
+
+/// Where the embedded pipeline reads and writes.
+#[derive(Debug, Clone)]
+pub struct EmbeddedIo {
+    /// Input file; `None` = stdin.
+    pub input: Option<PathBuf>,
+    /// Output file; `None` = stdout.
+    pub output: Option<PathBuf>,
+    /// Dead-letter file; `None` = `<output>.dlq` beside the output file, or stderr when the
+    /// output is stdout (dead letters never mix with result events).
+    pub dead_letters: Option<PathBuf>,
+    /// The SQLite state database.
+    pub state: PathBuf,
+    /// Hard cap on one input line in bytes (longer lines are cut and dead-lettered).
+    pub max_line_bytes: usize,
+    /// fsync outputs at each commit (durable against power loss, not only process crashes).
+    pub fsync: bool,
+}
+
+/// Errors opening the embedded source and sink.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// File system trouble.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The state database.
+    #[error("state database: {0}")]
+    State(#[from] rusqlite::Error),
+    /// Output and state disagree (e.g. the output was truncated by hand).
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// The identity of a path for checkpoints: canonical when the file exists.
+pub fn identity(path: Option<&Path>) -> String {
+    match path {
+        None => "-".to_string(),
+        Some(p) => std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string(),
+    }
+}
+
+/// Opens the source and the sink at the last committed position, cutting outputs back to
+/// their committed lengths.
+pub async fn open(io: &EmbeddedIo) -> Result<(LineSource, FileSink, Position), OpenError> {
+    let output_id = identity(io.output.as_deref());
+    let mut sink = FileSink::open(io, &output_id)?;
+    let input_id = identity(io.input.as_deref());
+    let checkpoint = Checkpoint::open(&io.state, &input_id, &output_id)?;
+    let position = checkpoint.load()?;
+    sink.restore(&position, checkpoint)?;
+    let source =
+        LineSource::open(io.input.as_deref(), &input_id, &position, io.max_line_bytes).await?;
+    Ok((source, sink, position))
+}

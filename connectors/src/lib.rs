@@ -1,0 +1,12 @@
+//! Implementations of the pipeline's `Source`, `Sink` and `Store` traits.
+//!
+//! Parts:
+//! - [`embedded`]: the no-servers default — a JSON-lines source (file or stdin), a JSON-lines
+//!   sink for result events and dead letters, and the checkpoint that ties the input position
+//!   and the output length to the SQLite state so that restarts are exactly-once.
+//! - [`sqlite`]: the SQLite `Store`: documents, request ledger and chunk ledger in one file.
+//!
+//! The Kafka and MongoDB connectors live beside these as `kafka/` and `mongo/`.
+
+pub mod embedded;
+pub mod sqlite;

@@ -1,0 +1,401 @@
+//! Stage 4: run each request's chunks against the store.
+//!
+//! For every request the stage spawns one task (tracked, so shutdown can wait for it) and
+//! immediately hands the commit stage a [`Pending`] whose event stream that task fills — so
+//! the commit stage sees records in source order while different requests execute
+//! concurrently. Requests with the same ordering key run one after another, in source order:
+//! each task waits for the previous task of its key. Write chunks run under a global
+//! semaphore (`execute.write_concurrency`), one transaction each; lookup chunks run
+//! concurrently under `execute.lookup_concurrency`. Store errors are retried by kind
+//! ([`RetryPolicy`]); a request's deadline turns its remaining chunks into `not_attempted`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use metrics::{counter, histogram};
+use sluice_config::Config;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::codes::{ItemErrorCode, StoreError, StoreErrorKind};
+use crate::contract::{
+    CompletedEvent, Counts, ItemResult, ItemStatus, Op, ProgressEvent, ResultEvent,
+};
+use crate::dedupe::unix_now;
+use crate::metrics::{CHUNKS, CHUNK_DURATION};
+use crate::record::SourceRef;
+use crate::request::SharedRequest;
+use crate::retry::RetryPolicy;
+use crate::stage::{Outbox, Stage, StageError};
+use crate::store::{Store, Target, WriteChunk};
+use crate::work::{Pending, PendingBody, Work};
+
+/// Events buffered per executing request before its task waits for the commit stage.
+const EVENTS_PER_REQUEST: usize = 4;
+
+/// Shared by all request tasks.
+struct Shared {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    writes: Semaphore,
+    lookups: Semaphore,
+    retry: RetryPolicy,
+    abort: CancellationToken,
+    targets: HashMap<String, Arc<Target>>,
+}
+
+/// The execute stage.
+pub struct Execute {
+    shared: Arc<Shared>,
+    /// Per ordering key: completion signal of the last request started with that key.
+    tails: HashMap<String, oneshot::Receiver<()>>,
+    tasks: TaskTracker,
+}
+
+impl Execute {
+    /// An execute stage over `store`. `abort` makes running requests stop before their next
+    /// chunk (their records are then not committed, and are re-read on restart). `tasks`
+    /// tracks the request tasks so the caller can wait for them.
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        abort: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        let targets = config
+            .collections
+            .iter()
+            .map(|(name, c)| {
+                let children = config
+                    .children_of(name)
+                    .map(|(child, field)| (child.to_string(), field.to_string()))
+                    .collect();
+                let target = Target {
+                    collection: name.clone(),
+                    key_field: c.key.clone(),
+                    children,
+                };
+                (name.clone(), Arc::new(target))
+            })
+            .collect();
+        let shared = Shared {
+            writes: Semaphore::new(config.execute.write_concurrency),
+            lookups: Semaphore::new(config.execute.lookup_concurrency),
+            retry: RetryPolicy::from(&config.execute),
+            config,
+            store,
+            abort,
+            targets,
+        };
+        Execute {
+            shared: Arc::new(shared),
+            tails: HashMap::new(),
+            tasks,
+        }
+    }
+
+    fn ordering_key(&self, key: Option<&str>, request_id: &str) -> String {
+        if self.shared.config.pipeline.ordered {
+            String::new()
+        } else {
+            key.unwrap_or(request_id).to_string()
+        }
+    }
+
+    /// Forgets keys whose last request finished, so the map stays as small as the work in flight.
+    fn purge_tails(&mut self) {
+        let limit = 2 * self.shared.config.pipeline.max_in_flight_records + 16;
+        if self.tails.len() > limit {
+            self.tails
+                .retain(|_, rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        }
+    }
+}
+
+impl Stage for Execute {
+    type In = Work;
+    type Out = Pending;
+    const NAME: &'static str = "execute";
+
+    async fn process(&mut self, input: Work, out: &Outbox<Pending>) -> Result<(), StageError> {
+        let pending = match input {
+            Work::Finished { meta, event, op } => Pending {
+                meta,
+                op,
+                body: PendingBody::Ready(event),
+            },
+            Work::DeadLetter { meta, raw, letter } => Pending {
+                meta,
+                op: None,
+                body: PendingBody::DeadLetter(raw, letter),
+            },
+            Work::Execute {
+                meta,
+                request,
+                chunks,
+            } => {
+                let key = self.ordering_key(meta.key.as_deref(), &request.request_id);
+                let (done_tx, done_rx) = oneshot::channel::<()>();
+                let previous = self.tails.insert(key, done_rx);
+                self.purge_tails();
+                let (tx, rx) = mpsc::channel(EVENTS_PER_REQUEST);
+                let op = request.op;
+                let span = tracing::info_span!(
+                    "request",
+                    request_id = %request.request_id,
+                    collection = %request.collection,
+                    op = op.as_str(),
+                );
+                let job = Job {
+                    shared: self.shared.clone(),
+                    request: Arc::new(request),
+                    chunks,
+                    source: meta.source.clone(),
+                    received: meta.received,
+                    events: tx,
+                };
+                self.tasks.spawn(
+                    async move {
+                        if let Some(previous) = previous {
+                            // Err = the previous task ended early (abort); order is kept either way.
+                            let _ = previous.await;
+                        }
+                        job.run().await;
+                        drop(done_tx);
+                    }
+                    .instrument(span),
+                );
+                Pending {
+                    meta,
+                    op: Some(op),
+                    body: PendingBody::Stream(rx),
+                }
+            }
+        };
+        out.send(pending).await
+    }
+}
+
+/// One request's execution.
+struct Job {
+    shared: Arc<Shared>,
+    request: SharedRequest,
+    chunks: Vec<Range<usize>>,
+    source: SourceRef,
+    received: Instant,
+    events: mpsc::Sender<ResultEvent>,
+}
+
+impl Job {
+    fn deadline(&self) -> Option<Instant> {
+        let ms = self.request.options.deadline_ms.or(self
+            .shared
+            .config
+            .execute
+            .default_deadline_ms)?;
+        Some(self.received + Duration::from_millis(ms))
+    }
+
+    /// Runs every chunk and sends the events. Returns early (without a terminal event) when
+    /// aborted or when the commit stage is gone.
+    async fn run(self) {
+        let mut counts = Counts::default();
+        let n = self.chunks.len();
+        if self.request.op == Op::Lookup {
+            let concurrency = self.shared.config.execute.lookup_concurrency;
+            let mut events = futures::stream::iter(0..n)
+                .map(|i| self.lookup_chunk(i))
+                .buffered(concurrency);
+            while let Some(event) = events.next().await {
+                let Some(event) = event else { return };
+                if !self.emit(&mut counts, event).await {
+                    return;
+                }
+            }
+        } else {
+            let mut stopped = false;
+            for i in 0..n {
+                let Some(event) = self.write_chunk(i, stopped).await else {
+                    return;
+                };
+                stopped |= self.request.options.stop_on_error
+                    && event.items.iter().any(|r| r.status == ItemStatus::Failed);
+                if !self.emit(&mut counts, event).await {
+                    return;
+                }
+            }
+        }
+        let completed = ResultEvent::Completed(CompletedEvent {
+            request_id: self.request.request_id.clone(),
+            chunks: n,
+            counts,
+            duration_ms: self.received.elapsed().as_millis() as u64,
+            source: self.source.clone(),
+        });
+        let _ = self.events.send(completed).await;
+    }
+
+    async fn emit(&self, counts: &mut Counts, event: ProgressEvent) -> bool {
+        for item in &event.items {
+            counts.add(item.status);
+        }
+        self.events.send(ResultEvent::Progress(event)).await.is_ok()
+    }
+
+    fn chunk(&self, index: usize) -> WriteChunk {
+        WriteChunk {
+            request: self.request.clone(),
+            index,
+            chunks: self.chunks.len(),
+            range: self.chunks[index].clone(),
+            source: self.source.clone(),
+            target: self.shared.targets[&self.request.collection].clone(),
+            expires_at: unix_now() + self.shared.config.dedupe.window_secs as i64,
+        }
+    }
+
+    /// An event in which every undecided item gets `status` with `code`.
+    fn unattempted(
+        &self,
+        chunk: &WriteChunk,
+        code: ItemErrorCode,
+        message: &str,
+        retryable: bool,
+    ) -> ProgressEvent {
+        let status = if code == ItemErrorCode::StoreError {
+            ItemStatus::Failed
+        } else {
+            ItemStatus::NotAttempted
+        };
+        let items = chunk
+            .items()
+            .iter()
+            .map(|item| match &item.decided {
+                Some(d) => d.clone(),
+                None => ItemResult::error(item.index, status, code, message, retryable),
+            })
+            .collect();
+        chunk.event(items)
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
+    async fn write_chunk(&self, index: usize, stopped: bool) -> Option<ProgressEvent> {
+        let chunk = Arc::new(self.chunk(index));
+        if self.shared.abort.is_cancelled() {
+            return None;
+        }
+        if self.past_deadline() {
+            return Some(self.unattempted(
+                &chunk,
+                ItemErrorCode::DeadlineExceeded,
+                "the request's deadline passed",
+                true,
+            ));
+        }
+        if stopped {
+            return Some(self.unattempted(
+                &chunk,
+                ItemErrorCode::Stopped,
+                "an earlier item failed and stop_on_error is set",
+                true,
+            ));
+        }
+        let op = self.request.op.as_str();
+        let _permit = self.shared.writes.acquire().await.ok()?;
+        let started = Instant::now();
+        let store = &self.shared.store;
+        let result = self
+            .shared
+            .retry
+            .run("write_chunk", &self.shared.abort, || {
+                store.write_chunk(chunk.clone())
+            })
+            .await;
+        histogram!(CHUNK_DURATION, "op" => op).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(commit) => {
+                let outcome = if commit.replayed {
+                    "replayed"
+                } else {
+                    "applied"
+                };
+                counter!(CHUNKS, "op" => op, "outcome" => outcome).increment(1);
+                Some(commit.event)
+            }
+            Err(_) if self.shared.abort.is_cancelled() => None,
+            Err(e) => Some(self.store_failure(&chunk, e)),
+        }
+    }
+
+    fn store_failure(&self, chunk: &WriteChunk, e: StoreError) -> ProgressEvent {
+        counter!(CHUNKS, "op" => self.request.op.as_str(), "outcome" => "failed").increment(1);
+        tracing::warn!(chunk = chunk.index, code = e.code, error = %e.message, "chunk failed");
+        let retryable = e.kind != StoreErrorKind::Permanent;
+        self.unattempted(
+            chunk,
+            ItemErrorCode::StoreError,
+            &format!("store error ({}): {}", e.code, e.message),
+            retryable,
+        )
+    }
+
+    async fn lookup_chunk(&self, index: usize) -> Option<ProgressEvent> {
+        let chunk = self.chunk(index);
+        if self.shared.abort.is_cancelled() {
+            return None;
+        }
+        if self.past_deadline() {
+            return Some(self.unattempted(
+                &chunk,
+                ItemErrorCode::DeadlineExceeded,
+                "the request's deadline passed",
+                true,
+            ));
+        }
+        let items = chunk.items();
+        let keys: Vec<_> = items
+            .iter()
+            .filter(|i| i.decided.is_none())
+            .filter_map(|i| i.key.clone())
+            .collect();
+        let _permit = self.shared.lookups.acquire().await.ok()?;
+        let started = Instant::now();
+        let store = &self.shared.store;
+        let target = &chunk.target;
+        let result = self
+            .shared
+            .retry
+            .run("lookup", &self.shared.abort, || store.lookup(target, &keys))
+            .await;
+        histogram!(CHUNK_DURATION, "op" => "lookup").record(started.elapsed().as_secs_f64());
+        let docs = match result {
+            Ok(docs) => docs,
+            Err(_) if self.shared.abort.is_cancelled() => return None,
+            Err(e) => return Some(self.store_failure(&chunk, e)),
+        };
+        counter!(CHUNKS, "op" => "lookup", "outcome" => "applied").increment(1);
+        let mut docs = docs.into_iter();
+        let results = items
+            .iter()
+            .map(|item| match &item.decided {
+                Some(d) => d.clone(),
+                None => match docs.next().flatten() {
+                    Some(doc) => ItemResult {
+                        doc: Some(doc),
+                        ..ItemResult::status(item.index, ItemStatus::Ok)
+                    },
+                    None => ItemResult::status(item.index, ItemStatus::NotFound),
+                },
+            })
+            .collect();
+        Some(chunk.event(results))
+    }
+}

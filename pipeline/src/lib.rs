@@ -1,0 +1,47 @@
+//! The sluice dataflow core. Nothing here knows which broker or database is on the other side.
+//!
+//! ```text
+//! Source ─▶ validate ─▶ dedupe ─▶ chunk ─▶ execute ─▶ commit ─▶ Sink
+//!                          │                  │
+//!                          └────── Store ─────┘   (request ledger, chunk ledger, documents)
+//! ```
+//!
+//! Parts:
+//! - [`contract`]: the wire contract (request, result events, dead letters) and its JSON Schemas;
+//!   [`codes`]: the closed sets of error codes and the store error classification.
+//! - [`record`], [`request`], [`work`]: what flows between the stages.
+//! - [`stage`]: the [`Stage`] trait, bounded measured channels, and the stage driver.
+//! - One file per stage: [`validate`], [`dedupe`], [`chunk`], [`execute`], [`commit`].
+//! - [`source`], [`sink`], [`store`]: the traits connectors implement; [`store::apply_items`]
+//!   holds the item rules every store shares.
+//! - [`retry`]: backoff with jitter by error kind; [`metrics`]: every metric name;
+//!   [`report`]: live counters for progress bars and benchmarks; [`run`]: wiring and shutdown.
+
+pub mod chunk;
+pub mod codes;
+pub mod commit;
+pub mod contract;
+pub mod dedupe;
+pub mod execute;
+pub mod metrics;
+pub mod record;
+pub mod report;
+pub mod request;
+pub mod retry;
+pub mod run;
+pub mod sink;
+pub mod source;
+pub mod stage;
+pub mod store;
+pub mod validate;
+pub mod work;
+
+pub use codes::{SinkError, SourceError, StoreError, StoreErrorKind};
+pub use contract::ResultEvent;
+pub use record::{RawRecord, SourceRef};
+pub use report::RunStats;
+pub use run::{run, RunEnd, RunError};
+pub use sink::Sink;
+pub use source::Source;
+pub use stage::Stage;
+pub use store::Store;

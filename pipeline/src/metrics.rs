@@ -1,0 +1,88 @@
+//! Every metric sluice exports: names, units and help text, in one place.
+//!
+//! Conventions (Prometheus): `sluice_<what>_<unit>`, `_total` for counters, `_seconds` for
+//! durations; labels are bounded sets only (`stage`, `op`, `outcome`, `status`, `error_code`,
+//! `reason`, `kind`) — never request ids or messages. [`describe`] runs once at start-up.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+/// Records read from the source. Labels: none.
+pub const RECORDS_CONSUMED: &str = "sluice_records_consumed_total";
+/// Requests by terminal outcome. Labels: `op` (or `none` for rejected/dead-lettered records
+/// without a readable op), `outcome` = completed | rejected | duplicate.
+pub const REQUESTS: &str = "sluice_requests_total";
+/// Items by final status. Labels: `op`, `status`.
+pub const ITEMS: &str = "sluice_items_total";
+/// Item failures by code. Labels: `op`, `error_code`.
+pub const ITEM_ERRORS: &str = "sluice_item_errors_total";
+/// Rejections by code. Labels: `error_code`.
+pub const REJECTIONS: &str = "sluice_rejections_total";
+/// Dead-lettered records by reason. Labels: `reason`.
+pub const DEAD_LETTERS: &str = "sluice_dead_letters_total";
+/// Chunks executed against the store. Labels: `op`, `outcome` = applied | replayed | aborted | failed.
+pub const CHUNKS: &str = "sluice_chunks_total";
+/// Chunk transaction duration including retries. Labels: `op`.
+pub const CHUNK_DURATION: &str = "sluice_chunk_duration_seconds";
+/// Chunk retries. Labels: `reason` = transient | unavailable.
+pub const CHUNK_RETRIES: &str = "sluice_chunk_retries_total";
+/// Store errors. Labels: `kind`, `error_code`.
+pub const STORE_ERRORS: &str = "sluice_store_errors_total";
+/// Records waiting in the channel in front of a stage. Labels: `stage`.
+pub const QUEUE_DEPTH: &str = "sluice_stage_queue_depth";
+/// Time a stage spends on one input. Labels: `stage`.
+pub const STAGE_DURATION: &str = "sluice_stage_duration_seconds";
+/// Records between the source and the commit. Labels: none.
+pub const IN_FLIGHT: &str = "sluice_in_flight_records";
+/// Record read → terminal event committed. Labels: none.
+pub const END_TO_END: &str = "sluice_end_to_end_latency_seconds";
+/// Position checkpoints / sink commits. Labels: `outcome` = ok | error.
+pub const COMMITS: &str = "sluice_commits_total";
+
+/// Histogram buckets for chunk and stage durations (seconds).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Histogram buckets for end-to-end latency (seconds).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Describes every metric once, so exporters show help text and units.
+pub fn describe() {
+    describe_counter!(RECORDS_CONSUMED, "Records read from the source.");
+    describe_counter!(REQUESTS, "Requests by op and terminal outcome.");
+    describe_counter!(ITEMS, "Items by op and final status.");
+    describe_counter!(
+        ITEM_ERRORS,
+        "Failed or not-attempted items by op and error code."
+    );
+    describe_counter!(REJECTIONS, "Request rejections by error code.");
+    describe_counter!(
+        DEAD_LETTERS,
+        "Records sent to the dead-letter output, by reason."
+    );
+    describe_counter!(CHUNKS, "Chunks executed, by op and outcome.");
+    describe_histogram!(
+        CHUNK_DURATION,
+        Unit::Seconds,
+        "Chunk execution time, retries included."
+    );
+    describe_counter!(CHUNK_RETRIES, "Chunk retries by reason.");
+    describe_counter!(STORE_ERRORS, "Store errors by kind and code.");
+    describe_gauge!(QUEUE_DEPTH, "Records waiting in front of a stage.");
+    describe_histogram!(
+        STAGE_DURATION,
+        Unit::Seconds,
+        "Time a stage spends per input."
+    );
+    describe_gauge!(IN_FLIGHT, "Records read but not yet committed.");
+    describe_histogram!(
+        END_TO_END,
+        Unit::Seconds,
+        "Record read to terminal event committed."
+    );
+    describe_counter!(
+        COMMITS,
+        "Position checkpoints (embedded) or Kafka transactions, by outcome."
+    );
+}

@@ -1,0 +1,72 @@
+//! What travels from a source into the pipeline: raw bytes with their coordinates.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Where a record came from: topic (or input name), partition and offset.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub struct SourceRef {
+    /// Kafka topic, or the input's name in embedded mode (`stdin` or the file name).
+    pub topic: String,
+    /// Kafka partition; always 0 in embedded mode.
+    pub partition: i32,
+    /// Kafka offset, or the 0-based line number in embedded mode.
+    pub offset: i64,
+}
+
+/// One record as read by a [`crate::Source`].
+#[derive(Debug)]
+pub struct RawRecord {
+    /// Coordinates of the record.
+    pub source: SourceRef,
+    /// Ordering key (Kafka record key). `None` means "key by request_id".
+    pub key: Option<String>,
+    /// The record's bytes, unchanged.
+    pub payload: Bytes,
+    /// Set when the source had to cut the record because it exceeded its hard read cap; the
+    /// payload then holds only the first bytes.
+    pub truncated: bool,
+    /// Source-specific resume token: where reading continues once this record is committed
+    /// (Kafka: offset + 1; file: byte offset after the line).
+    pub resume_at: u64,
+    /// When the record entered the pipeline (for latency figures).
+    pub received: Instant,
+    /// The record's share of the in-flight budget, released when it is committed.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The part of a record every stage passes along unchanged until commit.
+#[derive(Debug)]
+pub struct Meta {
+    /// Coordinates of the record.
+    pub source: SourceRef,
+    /// Ordering key given by the source, if any.
+    pub key: Option<String>,
+    /// Resume token (see [`RawRecord::resume_at`]).
+    pub resume_at: u64,
+    /// When the record entered the pipeline.
+    pub received: Instant,
+    /// In-flight budget share; dropped at commit.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+impl RawRecord {
+    /// Splits the record into its payload and the metadata that travels with it.
+    pub fn split(self) -> (Bytes, bool, Meta) {
+        (
+            self.payload,
+            self.truncated,
+            Meta {
+                source: self.source,
+                key: self.key,
+                resume_at: self.resume_at,
+                received: self.received,
+                permit: self.permit,
+            },
+        )
+    }
+}

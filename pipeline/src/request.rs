@@ -1,0 +1,97 @@
+//! A validated request as the stages after validate see it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::contract::{ItemResult, Op, Options};
+
+/// A document key: the contract allows strings and integers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    /// A string key.
+    Str(String),
+    /// An integer key.
+    Int(i64),
+}
+
+impl Key {
+    /// Reads a key from a JSON value; `None` when it is neither a string nor an integer.
+    pub fn from_json(v: &Value) -> Option<Key> {
+        match v {
+            Value::String(s) => Some(Key::Str(s.clone())),
+            Value::Number(n) => n.as_i64().map(Key::Int),
+            _ => None,
+        }
+    }
+
+    /// The key as a JSON value.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Key::Str(s) => Value::String(s.clone()),
+            Key::Int(i) => Value::from(*i),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Str(s) => write!(f, "{s:?}"),
+            Key::Int(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// What an item asks the store to do, by op.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemBody {
+    /// create/upsert: the whole document (it contains the key field).
+    Doc(Map<String, Value>),
+    /// update: fields to set and fields to remove.
+    Update {
+        /// Fields to set (top-level names).
+        set: Map<String, Value>,
+        /// Fields to remove (top-level names).
+        unset: Vec<String>,
+    },
+    /// delete/lookup: the key alone.
+    Key,
+    /// The item was invalid; its result is already decided.
+    Invalid,
+}
+
+/// One item of a validated request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// 0-based position in the request.
+    pub index: usize,
+    /// The item's key, when it has a valid one.
+    pub key: Option<Key>,
+    /// What to do.
+    pub body: ItemBody,
+    /// Size of the item's JSON encoding in bytes (for chunking).
+    pub bytes: usize,
+    /// A result decided before execution (invalid item, duplicate key); such items are
+    /// reported but never sent to the store.
+    pub decided: Option<ItemResult>,
+}
+
+/// A request that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The idempotency key.
+    pub request_id: String,
+    /// Target collection (declared in config).
+    pub collection: String,
+    /// Operation.
+    pub op: Op,
+    /// The items, in request order.
+    pub items: Vec<Item>,
+    /// Options.
+    pub options: Options,
+}
+
+/// A request shared between the tasks that execute its chunks.
+pub type SharedRequest = Arc<Request>;

@@ -1,0 +1,201 @@
+//! Assembles source → validate → dedupe → chunk → execute → commit → sink and runs it until
+//! the source ends or `shutdown` fires.
+//!
+//! Shutdown starts at the source: it stops reading, which closes validate's input; each stage
+//! drains and closes the next. If draining takes longer than `pipeline.drain_deadline_ms`,
+//! the abort token makes running requests stop before their next chunk; the commit stage then
+//! marks nothing after the first unfinished record as done, so the restart re-reads it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::gauge;
+use sluice_config::Config;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::chunk::Chunk;
+use crate::commit::Commit;
+use crate::dedupe::Dedupe;
+use crate::execute::Execute;
+use crate::metrics::IN_FLIGHT;
+use crate::record::RawRecord;
+use crate::report::RunStats;
+use crate::sink::Sink;
+use crate::source::Source;
+use crate::stage::{channel, run_stage, Outbox, StageError};
+use crate::store::Store;
+use crate::validate::Validate;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A stage stopped the pipeline.
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] crate::codes::SourceError),
+    /// A task panicked (a bug).
+    #[error("pipeline task failed: {0}")]
+    Task(String),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The source reached its end and everything was committed.
+    Exhausted,
+    /// Shutdown was requested and the drain finished in time.
+    Drained,
+    /// Shutdown was requested and the drain deadline passed; unfinished records were left
+    /// for the next run.
+    Abandoned,
+}
+
+/// Runs the pipeline to completion. `shutdown` resolving starts a graceful shutdown.
+pub async fn run<Src, Snk>(
+    config: Arc<Config>,
+    mut source: Src,
+    sink: Snk,
+    store: Arc<dyn Store>,
+    stats: Arc<RunStats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunEnd, RunError>
+where
+    Src: Source,
+    Snk: Sink,
+{
+    let p = &config.pipeline;
+    let cap = p.channel_capacity;
+    let stop = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let in_flight = Arc::new(Semaphore::new(p.max_in_flight_records));
+    let tasks = TaskTracker::new();
+
+    let (validate_tx, validate_rx) = channel("validate", cap);
+    let (dedupe_tx, dedupe_rx) = channel("dedupe", cap);
+    let (chunk_tx, chunk_rx) = channel("chunk", cap);
+    let (execute_tx, execute_rx) = channel("execute", cap);
+    let (commit_tx, commit_rx) = channel("commit", cap);
+    let (done_tx, _done_rx) = channel::<()>("done", 1);
+
+    let mut stages = tokio::task::JoinSet::new();
+    stages.spawn(run_stage(
+        Validate::new(config.clone()),
+        validate_rx,
+        dedupe_tx,
+    ));
+    stages.spawn(run_stage(
+        Dedupe::new(&config, store.clone(), abort.clone()),
+        dedupe_rx,
+        chunk_tx,
+    ));
+    stages.spawn(run_stage(
+        Chunk::new(config.chunk.clone()),
+        chunk_rx,
+        execute_tx,
+    ));
+    stages.spawn(run_stage(
+        Execute::new(config.clone(), store.clone(), abort.clone(), tasks.clone()),
+        execute_rx,
+        commit_tx,
+    ));
+    stages.spawn(run_stage(
+        Commit::new(sink, p, stats, in_flight.clone()),
+        commit_rx,
+        done_tx,
+    ));
+
+    let drain_deadline = Duration::from_millis(p.drain_deadline_ms);
+    let shutdown_watch = {
+        let (stop, abort) = (stop.clone(), abort.clone());
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no new records; draining in-flight work");
+            stop.cancel();
+            tokio::time::sleep(drain_deadline).await;
+            tracing::warn!(
+                deadline_ms = drain_deadline.as_millis() as u64,
+                "drain deadline passed; abandoning in-flight records"
+            );
+            abort.cancel();
+        }
+    };
+    let watcher = tokio::spawn(shutdown_watch);
+
+    let max = p.max_in_flight_records;
+    let read = read_source(&mut source, validate_tx, in_flight, max, &stop).await;
+
+    let mut first_error: Option<RunError> = read.err();
+    while let Some(joined) = stages.join_next().await {
+        let err = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(StageError::Closed(_))) if first_error.is_some() => continue,
+            Ok(Err(e)) => RunError::Stage(e),
+            Err(e) => RunError::Task(e.to_string()),
+        };
+        tracing::error!(error = %err, "pipeline stage failed");
+        // Stop the rest quickly: nothing more can be committed in order after a failure.
+        abort.cancel();
+        stop.cancel();
+        first_error.get_or_insert(err);
+    }
+    tasks.close();
+    tasks.wait().await;
+    watcher.abort();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(if abort.is_cancelled() {
+        RunEnd::Abandoned
+    } else if stop.is_cancelled() {
+        RunEnd::Drained
+    } else {
+        RunEnd::Exhausted
+    })
+}
+
+/// Feeds the source into validate while the in-flight budget has room.
+async fn read_source<Src: Source>(
+    source: &mut Src,
+    out: Outbox<RawRecord>,
+    in_flight: Arc<Semaphore>,
+    max: usize,
+    stop: &CancellationToken,
+) -> Result<(), RunError> {
+    let started = Instant::now();
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = in_flight.clone().acquire_owned() => p.expect("the in-flight semaphore is never closed"),
+        };
+        let next = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = source.next() => r,
+        };
+        let mut record = match next {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "source exhausted"
+                );
+                break;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "source failed; draining what was read");
+                return Err(e.into());
+            }
+        };
+        gauge!(IN_FLIGHT).set((max - in_flight.available_permits()) as f64);
+        record.permit = Some(permit);
+        if out.send(record).await.is_err() {
+            // validate is gone: a stage failed; the join loop reports why.
+            break;
+        }
+    }
+    Ok(())
+}

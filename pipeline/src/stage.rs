@@ -1,0 +1,214 @@
+//! The `Stage` trait, the bounded channels between stages, and the driver that runs a stage.
+//!
+//! A stage implements one required method, [`Stage::process`]; lifecycle hooks have defaults.
+//! The driver owns the loop: it receives from the inbox until the upstream closes it, calls
+//! the stage, measures queue depth and processing time, calls [`Stage::on_drain`] at the end
+//! and then drops the outbox, which closes the next stage's inbox — so shutdown that starts at
+//! the source drains the whole pipeline in order.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use metrics::{gauge, histogram};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::metrics::{QUEUE_DEPTH, STAGE_DURATION};
+
+/// An error that stops the pipeline (a bug, or a sink that cannot go on). Bad input and store
+/// trouble are never stage errors: they become item statuses, rejections or dead letters.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The downstream stage is gone (it failed or the pipeline was aborted).
+    #[error("downstream of stage `{0}` closed")]
+    Closed(&'static str),
+    /// The sink failed.
+    #[error(transparent)]
+    Sink(#[from] crate::codes::SinkError),
+    /// Anything else that makes going on unsafe.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// The sending side of a bounded channel into a stage; `send` waits when the channel is full.
+#[derive(Debug)]
+pub struct Outbox<T> {
+    tx: mpsc::Sender<T>,
+    stage: &'static str,
+}
+
+impl<T> Clone for Outbox<T> {
+    fn clone(&self) -> Self {
+        Outbox {
+            tx: self.tx.clone(),
+            stage: self.stage,
+        }
+    }
+}
+
+/// The receiving side of a bounded channel into a stage.
+#[derive(Debug)]
+pub struct Inbox<T> {
+    rx: mpsc::Receiver<T>,
+    stage: &'static str,
+}
+
+/// A bounded channel feeding stage `stage`. Its depth is exported as
+/// `sluice_stage_queue_depth{stage}`.
+pub fn channel<T>(stage: &'static str, capacity: usize) -> (Outbox<T>, Inbox<T>) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (Outbox { tx, stage }, Inbox { rx, stage })
+}
+
+impl<T> Outbox<T> {
+    /// Sends, waiting while the channel is full (backpressure, never dropping).
+    pub async fn send(&self, value: T) -> Result<(), StageError> {
+        self.tx
+            .send(value)
+            .await
+            .map_err(|_| StageError::Closed(self.stage))?;
+        gauge!(QUEUE_DEPTH, "stage" => self.stage).set(self.depth() as f64);
+        Ok(())
+    }
+
+    fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+impl<T> Inbox<T> {
+    /// Receives the next value; `None` once every sender is gone and the channel is empty.
+    pub async fn recv(&mut self) -> Option<T> {
+        let v = self.rx.recv().await;
+        gauge!(QUEUE_DEPTH, "stage" => self.stage).set(self.rx.len() as f64);
+        v
+    }
+}
+
+/// One step of the pipeline.
+pub trait Stage: Send + 'static {
+    /// What the stage receives.
+    type In: Send + 'static;
+    /// What the stage emits.
+    type Out: Send + 'static;
+    /// Name for metrics labels and spans.
+    const NAME: &'static str;
+
+    /// Handles one input, emitting any number of outputs.
+    fn process(
+        &mut self,
+        input: Self::In,
+        out: &Outbox<Self::Out>,
+    ) -> impl Future<Output = Result<(), StageError>> + Send;
+
+    /// Called every [`Stage::tick_interval`] while the stage is idle or busy (e.g. to commit
+    /// on a timer). Default: nothing.
+    fn on_tick(
+        &mut self,
+        _out: &Outbox<Self::Out>,
+    ) -> impl Future<Output = Result<(), StageError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// How often [`Stage::on_tick`] runs; `None` (the default) disables ticks.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Called once after the input is closed and drained, before the output is closed
+    /// (e.g. to flush). Default: nothing.
+    fn on_drain(
+        &mut self,
+        _out: &Outbox<Self::Out>,
+    ) -> impl Future<Output = Result<(), StageError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Runs `stage` until its inbox closes; then drains, and closes its outbox by dropping it.
+pub async fn run_stage<S: Stage>(
+    mut stage: S,
+    mut inbox: Inbox<S::In>,
+    out: Outbox<S::Out>,
+) -> Result<(), StageError> {
+    let span = tracing::info_span!("stage", stage = S::NAME);
+    async move {
+        let mut ticker = stage.tick_interval().map(|d| {
+            let mut t = tokio::time::interval(d);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            let next = match ticker.as_mut() {
+                Some(t) => tokio::select! {
+                    v = inbox.recv() => Some(v),
+                    _ = t.tick() => None,
+                },
+                None => Some(inbox.recv().await),
+            };
+            match next {
+                Some(Some(input)) => {
+                    let started = Instant::now();
+                    stage.process(input, &out).await?;
+                    histogram!(STAGE_DURATION, "stage" => S::NAME)
+                        .record(started.elapsed().as_secs_f64());
+                }
+                Some(None) => break,
+                None => stage.on_tick(&out).await?,
+            }
+        }
+        stage.on_drain(&out).await?;
+        tracing::debug!("drained");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Double;
+    impl Stage for Double {
+        type In = u32;
+        type Out = u32;
+        const NAME: &'static str = "double";
+        async fn process(&mut self, input: u32, out: &Outbox<u32>) -> Result<(), StageError> {
+            out.send(input * 2).await
+        }
+        async fn on_drain(&mut self, out: &Outbox<u32>) -> Result<(), StageError> {
+            out.send(0).await
+        }
+    }
+
+    #[tokio::test]
+    async fn drives_until_closed_then_drains_and_closes() {
+        let (tx, rx) = channel("double", 2);
+        let (otx, mut orx) = channel("next", 2);
+        let h = tokio::spawn(run_stage(Double, rx, otx));
+        tx.send(1).await.unwrap();
+        tx.send(5).await.unwrap();
+        drop(tx);
+        assert_eq!(orx.recv().await, Some(2));
+        assert_eq!(orx.recv().await, Some(10));
+        assert_eq!(
+            orx.recv().await,
+            Some(0),
+            "on_drain runs after the input closes"
+        );
+        assert_eq!(orx.recv().await, None, "output closes after draining");
+        h.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn full_channel_blocks_instead_of_dropping() {
+        let (tx, mut rx) = channel::<u32>("x", 1);
+        tx.send(1).await.unwrap();
+        let blocked = tokio::time::timeout(Duration::from_millis(50), tx.send(2)).await;
+        assert!(blocked.is_err(), "second send must wait for room");
+        assert_eq!(rx.recv().await, Some(1));
+        tx.send(3).await.unwrap();
+        assert_eq!(rx.recv().await, Some(3));
+    }
+}

@@ -1,0 +1,77 @@
+//! The values that flow between stages.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::contract::{DeadLetter, Op, ResultEvent};
+use crate::record::Meta;
+use crate::request::Request;
+
+/// A record on its way from validate to execute.
+#[derive(Debug)]
+pub enum Work {
+    /// A valid request to execute. `chunks` is filled by the chunk stage.
+    Execute {
+        /// Record metadata.
+        meta: Meta,
+        /// The request.
+        request: Request,
+        /// Item ranges, one per chunk (empty until the chunk stage).
+        chunks: Vec<Range<usize>>,
+    },
+    /// A record whose terminal event is already known (`rejected`, `duplicate`).
+    Finished {
+        /// Record metadata.
+        meta: Meta,
+        /// The terminal event.
+        event: ResultEvent,
+        /// The op, when it could be read (metrics label).
+        op: Option<Op>,
+    },
+    /// A record without a usable request_id.
+    DeadLetter {
+        /// Record metadata.
+        meta: Meta,
+        /// The original bytes.
+        raw: Bytes,
+        /// What went wrong.
+        letter: DeadLetter,
+    },
+}
+
+impl Work {
+    /// The record's metadata.
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Work::Execute { meta, .. }
+            | Work::Finished { meta, .. }
+            | Work::DeadLetter { meta, .. } => meta,
+        }
+    }
+}
+
+/// What the commit stage receives from execute, in source order.
+#[derive(Debug)]
+pub struct Pending {
+    /// Record metadata.
+    pub meta: Meta,
+    /// The op, when known (metrics label).
+    pub op: Option<Op>,
+    /// The record's output.
+    pub body: PendingBody,
+}
+
+/// A record's output.
+#[derive(Debug)]
+pub enum PendingBody {
+    /// One terminal event, already known.
+    Ready(ResultEvent),
+    /// Events produced while the request executes: progress events in chunk order, then the
+    /// terminal event. The channel closing without a terminal event means the execution was
+    /// abandoned (shutdown deadline): the record is not committed and will be re-read.
+    Stream(mpsc::Receiver<ResultEvent>),
+    /// A dead letter.
+    DeadLetter(Bytes, DeadLetter),
+}

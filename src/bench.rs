@@ -1,0 +1,166 @@
+//! `sluice bench`: generates N create requests of M items, runs the embedded pipeline on them
+//! and prints items/s, request latency percentiles and peak RSS — beside the raw SQLite insert
+//! rate for the same documents at the same chunk size, measured in the same run.
+
+use std::io::{BufWriter, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use sluice_config::{CollectionConfig, Config};
+use sluice_connectors::embedded::EmbeddedIo;
+use sluice_connectors::sqlite::{connect, key_text, table};
+use sluice_pipeline::request::Key;
+use sluice_pipeline::RunStats;
+
+/// Arguments of `sluice bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Number of requests.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Items per request.
+    #[arg(long, default_value_t = 1000)]
+    items: usize,
+    /// Optional TOML config (chunk size, concurrency…); collection `words` is added.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+}
+
+fn doc(r: usize, i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "text": format!("w{r:06}-{i:05}"),
+        "language": "en",
+        "definition": "a channel for water with a gate to regulate its flow",
+        "frequency": i,
+    })
+}
+
+/// Peak resident set size of this process in KiB (Linux `VmHWM`).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `sluice bench`.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut config: Config = sluice_config::load(args.config.as_deref())?;
+    config.collections.insert(
+        "words".into(),
+        CollectionConfig {
+            key: "text".into(),
+            parent: None,
+            parent_field: None,
+        },
+    );
+    config.limits.max_items.create = config.limits.max_items.create.max(args.items);
+    config.validate()?;
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("requests.jsonl");
+    {
+        let mut w = BufWriter::new(std::fs::File::create(&input)?);
+        for r in 0..args.requests {
+            let items: Vec<_> = (0..args.items).map(|i| doc(r, i)).collect();
+            let req = serde_json::json!({
+                "request_id": format!("bench-{r}"), "collection": "words", "op": "create", "items": items,
+            });
+            serde_json::to_writer(&mut w, &req)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+    }
+    let input_bytes = std::fs::metadata(&input)?.len();
+    let rss_before = peak_rss_kib().unwrap_or(0);
+    let total_items = (args.requests * args.items) as f64;
+
+    let io = EmbeddedIo {
+        input: Some(input.clone()),
+        output: Some(dir.path().join("results.jsonl")),
+        dead_letters: None,
+        state: dir.path().join("pipeline.db"),
+        max_line_bytes: config.limits.max_record_bytes.saturating_mul(4),
+        fsync: false,
+    };
+    let stats = Arc::new(RunStats::default());
+    let chunk_items = config.chunk.max_items;
+    let config = Arc::new(config);
+    let started = Instant::now();
+    crate::embedded::run_pipeline(config, io, stats.clone(), std::future::pending()).await?;
+    let pipeline_secs = started.elapsed().as_secs_f64();
+    let peak_rss = peak_rss_kib().unwrap_or(0);
+    let ok = RunStats::get(&stats.items) - RunStats::get(&stats.items_failed);
+    anyhow::ensure!(
+        ok as f64 == total_items,
+        "pipeline reported {ok} ok items, expected {total_items}"
+    );
+
+    // Baseline: the same documents, inserted directly in transactions of the same chunk size.
+    let raw_secs = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+        let path = dir.path().join("raw.db");
+        let conn = connect(&path)?;
+        conn.execute_batch(&format!(
+            "CREATE TABLE {} (key TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID",
+            table("words")
+        ))?;
+        let started = Instant::now();
+        let sql = format!("INSERT INTO {} (key, doc) VALUES (?1, ?2)", table("words"));
+        let mut pending = 0;
+        conn.execute_batch("BEGIN")?;
+        for r in 0..args.requests {
+            for i in 0..args.items {
+                let d = doc(r, i);
+                let key = key_text(&Key::Str(
+                    d["text"]
+                        .as_str()
+                        .context("generated doc has text")?
+                        .to_string(),
+                ));
+                conn.prepare_cached(&sql)?
+                    .execute(rusqlite::params![key, d.to_string()])?;
+                pending += 1;
+                if pending == chunk_items {
+                    conn.execute_batch("COMMIT; BEGIN")?;
+                    pending = 0;
+                }
+            }
+        }
+        conn.execute_batch("COMMIT")?;
+        Ok(started.elapsed().as_secs_f64())
+    })
+    .await??;
+
+    let p_rate = total_items / pipeline_secs;
+    let r_rate = total_items / raw_secs;
+    println!(
+        "sluice bench: {} requests × {} items ({:.1} MiB of input), chunk = {chunk_items} items",
+        args.requests,
+        args.items,
+        input_bytes as f64 / 1048576.0
+    );
+    println!("{:<34} {:>14} {:>10}", "", "items/s", "seconds");
+    println!(
+        "{:<34} {:>14.0} {:>10.2}",
+        "raw SQLite insert (baseline)", r_rate, raw_secs
+    );
+    println!(
+        "{:<34} {:>14.0} {:>10.2}",
+        "sluice embedded pipeline", p_rate, pipeline_secs
+    );
+    println!(
+        "pipeline / baseline: {:.0} % (target ≥ 60 %)",
+        100.0 * p_rate / r_rate
+    );
+    println!(
+        "request latency (read → committed): p50 {:.1} ms, p99 {:.1} ms",
+        stats.latency_quantile(0.50).as_secs_f64() * 1e3,
+        stats.latency_quantile(0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "peak RSS: {:.1} MiB (before the pipeline: {:.1} MiB; target ≤ 200 MiB)",
+        peak_rss as f64 / 1024.0,
+        rss_before as f64 / 1024.0
+    );
+    Ok(())
+}

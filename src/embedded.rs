@@ -1,0 +1,148 @@
+//! `sluice run` on the embedded default: JSON lines in and out, SQLite store, progress bar on
+//! a terminal, graceful shutdown on SIGINT/SIGTERM (a second signal exits at once — safe,
+//! since nothing past the last checkpoint counts as done).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use sluice_config::Config;
+use sluice_connectors::embedded::{self, EmbeddedIo};
+use sluice_connectors::sqlite::SqliteStore;
+use sluice_pipeline::{RunEnd, RunStats, Store};
+
+use crate::RunArgs;
+
+/// Loads the config for `run`, applying command-line overrides.
+pub fn config(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut config = sluice_config::load(args.config.as_deref())?;
+    if let Some(state) = &args.state {
+        config.embedded.state = state.clone();
+    }
+    if args.ordered {
+        config.pipeline.ordered = true;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn path_arg(s: &str) -> Option<PathBuf> {
+    (s != "-").then(|| PathBuf::from(s))
+}
+
+/// Runs the embedded pipeline once: opens the store and the files at the last checkpoint and
+/// processes the input until it ends or `shutdown` resolves.
+pub async fn run_pipeline(
+    config: Arc<Config>,
+    io: EmbeddedIo,
+    stats: Arc<RunStats>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(RunEnd, embedded::Position)> {
+    sluice_pipeline::metrics::describe();
+    let store = SqliteStore::open(&io.state, &config)
+        .with_context(|| format!("opening state database {}", io.state.display()))?;
+    tokio::time::timeout(Duration::from_secs(10), store.health())
+        .await
+        .context("store health check timed out")??;
+    let (source, sink, position) = embedded::open(&io).await?;
+    let end = sluice_pipeline::run(config, source, sink, Arc::new(store), stats, shutdown).await?;
+    Ok((end, position))
+}
+
+/// `sluice run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = Arc::new(config(&args)?);
+    let io = EmbeddedIo {
+        input: path_arg(&args.input),
+        output: path_arg(&args.output),
+        dead_letters: args.dead_letters.clone(),
+        state: config.embedded.state.clone(),
+        max_line_bytes: config.limits.max_record_bytes.saturating_mul(4),
+        fsync: false,
+    };
+    let stats = Arc::new(RunStats::default());
+    let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| progress_bar(stats.clone()));
+    let started = std::time::Instant::now();
+    let (end, position) = run_pipeline(config, io, stats.clone(), shutdown_signal()).await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if position.line > 0 {
+        tracing::info!(
+            line = position.line,
+            "resumed after the last committed line"
+        );
+    }
+    let get = RunStats::get;
+    tracing::info!(
+        records = get(&stats.records),
+        completed = get(&stats.completed),
+        rejected = get(&stats.rejected),
+        duplicate = get(&stats.duplicates),
+        dead_letters = get(&stats.dead_letters),
+        items = get(&stats.items),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        end = ?end,
+        "run finished"
+    );
+    Ok(())
+}
+
+/// Resolves at the first SIGINT/SIGTERM; a second one exits the process at once.
+async fn shutdown_signal() {
+    wait_signal().await;
+    eprintln!("sluice: stopping — finishing in-flight requests (press Ctrl-C again to stop now)");
+    tokio::spawn(async {
+        wait_signal().await;
+        eprintln!("sluice: stopped; unfinished requests will be resumed by the next run");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn progress_bar(stats: Arc<RunStats>) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .expect("static template is valid"),
+    );
+    let b = bar.clone();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        while !b.is_finished() {
+            tick.tick().await;
+            let get = RunStats::get;
+            let items = get(&stats.items);
+            let rate = items as f64 / started.elapsed().as_secs_f64().max(0.001);
+            b.set_message(format!(
+                "{} requests ({} completed, {} rejected, {} duplicate, {} dead letters) · {} items · {:.0} items/s",
+                get(&stats.records),
+                get(&stats.completed),
+                get(&stats.rejected),
+                get(&stats.duplicates),
+                get(&stats.dead_letters),
+                items,
+                rate
+            ));
+            b.tick();
+        }
+    });
+    bar
+}
