@@ -176,7 +176,7 @@ mod tests {
             got,
             vec![
                 (0, "{\"a\":1}".into(), false, 9),
-                (3, "{\"b\":2}".into(), false, 21)
+                (3, "{\"b\":2}".into(), false, 20)
             ]
         );
     }

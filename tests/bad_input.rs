@@ -1,0 +1,298 @@
+//! A corpus of well over 100 malformed records: none crashes sluice, none vanishes — each ends
+//! as exactly one `rejected` event or one dead letter — and none reaches the store.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+
+const CONFIG: &str = r#"
+[limits]
+max_record_bytes = 4096
+max_item_bytes = 512
+max_depth = 8
+[limits.max_items]
+create = 5
+update = 5
+upsert = 5
+delete = 5
+lookup = 5
+[chunk]
+atomic_max_items = 3
+[collections.words]
+key = "text"
+"#;
+
+/// (record bytes, expected outcome: "rejected" or "dead")
+fn corpus() -> Vec<(Vec<u8>, &'static str)> {
+    let mut c: Vec<(Vec<u8>, &'static str)> = Vec::new();
+    let mut dead = |b: &[u8]| c.push((b.to_vec(), "dead"));
+    // Not JSON at all.
+    for s in [
+        "x",
+        "{",
+        "}",
+        "{]",
+        "{\"request_id\":",
+        "nul",
+        "tru",
+        "{'request_id':'a'}",
+        "{\"a\" 1}",
+        "{\"request_id\":\"a\",}",
+        "[",
+        "\"unterminated",
+        "{\"request_id\":\"a\"",
+        "--",
+        "{}}",
+        "{\"request_id\":\"r\"}{\"x\":1}",
+        "{\"request_id\":\"r\" \"op\":1}",
+        "{\"request_id\":01}",
+    ] {
+        dead(s.as_bytes());
+    }
+    // Invalid UTF-8.
+    for b in [
+        &b"\xff"[..],
+        b"\xc3\x28",
+        b"{\"request_id\":\"\xe2\x82\"}",
+        b"\xf0\x90\x80",
+        b"{\"x\":\"\xfe\"}",
+    ] {
+        dead(b);
+    }
+    // JSON, but not an object.
+    for s in [
+        "1",
+        "-2.5",
+        "true",
+        "false",
+        "null",
+        "\"s\"",
+        "[]",
+        "[{\"request_id\":\"a\"}]",
+        "[1,2,3]",
+    ] {
+        dead(s.as_bytes());
+    }
+    // No usable request_id.
+    for rid in [
+        "",
+        "null",
+        "1",
+        "true",
+        "[]",
+        "{}",
+        "\"\"",
+        "\"has space\"",
+        "\"slash/y\"",
+        "\"ünï\"",
+        "\"tab\\t\"",
+        "\"new\\nline\"",
+    ] {
+        let rec = if rid.is_empty() {
+            r#"{"collection":"words","op":"create","items":[{"text":"a"}]}"#.to_string()
+        } else {
+            format!(
+                r#"{{"request_id":{rid},"collection":"words","op":"create","items":[{{"text":"a"}}]}}"#
+            )
+        };
+        dead(rec.as_bytes());
+    }
+    let long_id = format!(
+        r#"{{"request_id":"{}","collection":"words","op":"create","items":[{{"text":"a"}}]}}"#,
+        "x".repeat(129)
+    );
+    dead(long_id.as_bytes());
+
+    let mut n = 0;
+    let mut rej = |body: &str| {
+        n += 1;
+        let rec = format!(r#"{{"request_id":"bad-{n}",{body}}}"#);
+        c.push((rec.into_bytes(), "rejected"));
+    };
+    // Unknown collection / op, wrong types, missing fields.
+    for coll in [
+        "\"verbs\"",
+        "\"\"",
+        "1",
+        "null",
+        "[\"words\"]",
+        "{\"name\":\"words\"}",
+        "\"WORDS\"",
+        "\"words \"",
+    ] {
+        rej(&format!(
+            r#""collection":{coll},"op":"create","items":[{{"text":"a"}}]"#
+        ));
+    }
+    for op in [
+        "\"merge\"",
+        "\"\"",
+        "\"CREATE\"",
+        "1",
+        "null",
+        "[\"create\"]",
+        "\"insert\"",
+        "\"remove\"",
+    ] {
+        rej(&format!(
+            r#""collection":"words","op":{op},"items":[{{"text":"a"}}]"#
+        ));
+    }
+    for items in ["[]", "{}", "\"a\"", "1", "null", "true"] {
+        rej(&format!(
+            r#""collection":"words","op":"create","items":{items}"#
+        ));
+    }
+    rej(r#""op":"create","items":[{"text":"a"}]"#);
+    rej(r#""collection":"words","items":[{"text":"a"}]"#);
+    rej(r#""collection":"words","op":"create""#);
+    rej("\"x\":1");
+    // Options of the wrong type, unknown, or not fitting the op.
+    for opts in [
+        "1",
+        "[]",
+        "\"atomic\"",
+        "{\"atomic\":\"yes\"}",
+        "{\"dedupe\":1}",
+        "{\"atomik\":true}",
+        "{\"deadline_ms\":0}",
+        "{\"deadline_ms\":-5}",
+        "{\"deadline_ms\":1.5}",
+        "{\"deadline_ms\":\"1s\"}",
+        "{\"deadline_ms\":99999999999}",
+        "{\"cascade\":true}",
+        "{\"stop_on_error\":null}",
+        "{\"skip_existing\":[]}",
+        "{\"extra\":{}}",
+    ] {
+        rej(&format!(
+            r#""collection":"words","op":"create","items":[{{"text":"a"}}],"options":{opts}"#
+        ));
+    }
+    rej(r#""collection":"words","op":"lookup","items":[{"key":"a"}],"options":{"atomic":true}"#);
+    rej(
+        r#""collection":"words","op":"delete","items":[{"key":"a"}],"options":{"skip_existing":true}"#,
+    );
+    // Unknown top-level fields.
+    for f in ["\"Request_id\"", "\"item\"", "\"opts\"", "\"version\""] {
+        rej(&format!(
+            r#""collection":"words","op":"create","items":[{{"text":"a"}}],{f}:1"#
+        ));
+    }
+    // Too many items for the op, and atomic requests too large for one transaction.
+    for op in ["create", "update", "upsert", "delete", "lookup"] {
+        let items = [r#"{"key":"k","text":"k","set":{"a":1}}"#; 6].join(",");
+        rej(&format!(
+            r#""collection":"words","op":"{op}","items":[{items}]"#
+        ));
+    }
+    let four = [r#"{"text":"k"}"#; 4].join(",");
+    rej(&format!(
+        r#""collection":"words","op":"create","items":[{four}],"options":{{"atomic":true}}"#
+    ));
+    // Oversize records (request_id readable → rejected; without one → dead letter).
+    for size in [4097, 5000, 10_000, 15_000] {
+        rej(&format!(
+            r#""collection":"words","op":"create","items":[{{"text":"{}"}}]"#,
+            "x".repeat(size)
+        ));
+    }
+    // Excessive nesting.
+    for depth in [9, 12, 40, 127, 300] {
+        let nest = format!("{}0{}", "[".repeat(depth), "]".repeat(depth));
+        rej(&format!(
+            r#""collection":"words","op":"create","items":[{{"text":"a","n":{nest}}}]"#
+        ));
+    }
+    // Several problems at once are all reported (one event).
+    rej(r#""collection":"nope","op":"nope","items":[],"options":{"atomic":2},"zzz":0"#);
+    let huge_no_id = format!(r#"{{"collection":"words","pad":"{}"}}"#, "y".repeat(5000));
+    c.push((huge_no_id.into_bytes(), "dead"));
+    c
+}
+
+#[test]
+fn every_malformed_record_ends_as_one_rejection_or_dead_letter() {
+    let corpus = corpus();
+    assert!(corpus.len() >= 100, "corpus has {} records", corpus.len());
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.jsonl");
+    {
+        let mut f = std::fs::File::create(&input).unwrap();
+        for (rec, _) in &corpus {
+            f.write_all(rec).unwrap();
+            f.write_all(b"\n").unwrap();
+        }
+    }
+    let cfg = write_config(dir.path(), CONFIG);
+    let (out, dlq, state) = (
+        dir.path().join("out.jsonl"),
+        dir.path().join("dlq.jsonl"),
+        dir.path().join("s.db"),
+    );
+    run_ok(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--dead-letters",
+        dlq.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    let events = read_lines(&out);
+    let letters = read_lines(&dlq);
+    assert!(
+        events.iter().all(|e| e["event"] == "rejected"),
+        "only rejections: {:?}",
+        events.iter().find(|e| e["event"] != "rejected")
+    );
+    let mut outcome = vec![""; corpus.len()];
+    for e in &events {
+        let line = e["source"]["offset"].as_u64().unwrap() as usize;
+        assert_eq!(outcome[line], "", "line {line} has two outcomes");
+        outcome[line] = "rejected";
+        let errors = e["errors"].as_array().unwrap();
+        assert!(!errors.is_empty());
+        for err in errors {
+            assert!(
+                err["code"].is_string() && err["message"].is_string() && err["path"].is_string(),
+                "{err}"
+            );
+        }
+    }
+    for l in &letters {
+        let line = l["source"]["offset"].as_u64().unwrap() as usize;
+        assert_eq!(outcome[line], "", "line {line} has two outcomes");
+        outcome[line] = "dead";
+        let original = match (&l["original"], &l["original_base64"]) {
+            (serde_json::Value::String(s), _) => s.as_bytes().to_vec(),
+            (_, serde_json::Value::String(b)) => base64_decode(b),
+            _ => panic!("dead letter without the original bytes: {l}"),
+        };
+        assert_eq!(
+            original, corpus[line].0,
+            "dead letters carry the original bytes unchanged"
+        );
+        assert!(l["error"]["code"].is_string() && l["error"]["message"].is_string());
+    }
+    for (i, ((rec, expected), got)) in corpus.iter().zip(&outcome).enumerate() {
+        assert_eq!(got, expected, "line {i}: {}", String::from_utf8_lossy(rec));
+    }
+    assert_eq!(
+        count_docs(&state, "words"),
+        0,
+        "nothing invalid reaches the store"
+    );
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("dead letters hold valid base64")
+}

@@ -1,0 +1,123 @@
+//! Helpers shared by the end-to-end tests: run the `sluice` binary, read its JSON-lines output.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The `sluice` binary built for these tests.
+pub fn sluice() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.env("SLUICE_LOG", "warn");
+    c
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `sluice run` with `args` and asserts it exits 0.
+pub fn run_ok(args: &[&str]) -> Output {
+    let out = sluice()
+        .current_dir(root())
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("sluice runs");
+    assert!(
+        out.status.success(),
+        "sluice run {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Parses a JSON-lines file (every line must be valid JSON).
+pub fn read_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}:{}: {e}: {l}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Writes a config file into `dir` and returns its path.
+pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
+    let p = dir.join("sluice.toml");
+    std::fs::write(&p, toml).unwrap();
+    p
+}
+
+/// Checks the exactly-once shape of an output: every request record has exactly one terminal
+/// event, every (request, chunk) progress event appears once, in chunk order, before the
+/// terminal one. Returns the terminal event of each record, keyed `request_id@offset` (a
+/// duplicate request shares its request_id with the original, not its offset).
+pub fn check_once(events: &[Value]) -> BTreeMap<String, Value> {
+    let mut terminal: BTreeMap<String, Value> = BTreeMap::new();
+    let mut next_chunk: BTreeMap<String, u64> = BTreeMap::new();
+    for e in events {
+        let id = format!(
+            "{}@{}",
+            e["request_id"].as_str().expect("request_id"),
+            e["source"]["offset"]
+        );
+        assert!(
+            !terminal.contains_key(&id),
+            "event after the terminal event of {id}: {e}"
+        );
+        match e["event"].as_str().unwrap() {
+            "progress" => {
+                let expected = next_chunk.entry(id.clone()).or_insert(0);
+                assert_eq!(
+                    e["chunk"].as_u64().unwrap(),
+                    *expected,
+                    "chunk order / duplicate progress for {id}"
+                );
+                *expected += 1;
+            }
+            "completed" => {
+                let seen = next_chunk.get(&id).copied().unwrap_or(0);
+                assert_eq!(
+                    e["chunks"].as_u64().unwrap(),
+                    seen,
+                    "{id} completed without all its progress events"
+                );
+                terminal.insert(id, e.clone());
+            }
+            "rejected" | "duplicate" => {
+                assert!(
+                    !next_chunk.contains_key(&id),
+                    "{id} has progress events and a {} event",
+                    e["event"]
+                );
+                terminal.insert(id, e.clone());
+            }
+            other => panic!("unknown event {other}"),
+        }
+    }
+    for id in next_chunk.keys() {
+        assert!(
+            terminal.contains_key(id),
+            "{id} has progress events but no terminal event"
+        );
+    }
+    terminal
+}
+
+/// Counts rows of a collection in the embedded SQLite state.
+pub fn count_docs(state: &Path, collection: &str) -> i64 {
+    let conn = rusqlite::Connection::open(state).unwrap();
+    conn.query_row(
+        &format!("SELECT count(*) FROM \"doc_{collection}\""),
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}

@@ -1,0 +1,159 @@
+//! kill -9 at random moments, restart with the same arguments, repeat; at the end the output
+//! holds every result event exactly once and the store holds every write exactly once.
+//!
+//! The workload makes a double application visible: a create applied twice reports `exists`,
+//! a delete applied twice reports `not_found`, and a request re-executed instead of replayed
+//! from the ledger would report those in its events.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::{Rng, SeedableRng};
+
+const CONFIG: &str = r#"
+[chunk]
+max_items = 7
+[pipeline]
+max_in_flight_records = 64
+channel_capacity = 16
+commit_max_records = 25
+commit_interval_ms = 50
+[execute]
+write_concurrency = 4
+[collections.words]
+key = "text"
+"#;
+
+const CREATES: usize = 2000;
+const TOTAL: usize = 3000;
+
+#[test]
+fn kill_9_at_random_points_loses_nothing_and_doubles_nothing() {
+    let seed: u64 = std::env::var("SLUICE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("seed = {seed} (set SLUICE_TEST_SEED to reproduce)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    // The workload: creates, then deletes of earlier creates (≥ 1000 lines apart, far beyond the
+    // in-flight budget, so they apply after their creates), and a few duplicate request_ids.
+    let sizes: Vec<usize> = (0..CREATES).map(|_| rng.random_range(1..=25)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("requests.jsonl");
+    let mut deleted = vec![false; CREATES];
+    let mut duplicates = BTreeMap::new();
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        for line in 0..TOTAL {
+            let rec = if line < CREATES {
+                let items: Vec<_> = (0..sizes[line])
+                    .map(|j| serde_json::json!({"text": format!("w{line}-{j}"), "n": j}))
+                    .collect();
+                serde_json::json!({"request_id": format!("c-{line}"), "collection": "words", "op": "create", "items": items})
+            } else if line % 50 == 0 {
+                let original = line - CREATES + 7;
+                duplicates.insert(line, original);
+                serde_json::json!({"request_id": format!("c-{original}"), "collection": "words", "op": "create", "items": [{"text": "never"}]})
+            } else {
+                let target = line - CREATES;
+                deleted[target] = true;
+                let items: Vec<_> = (0..sizes[target])
+                    .map(|j| serde_json::json!({"key": format!("w{target}-{j}")}))
+                    .collect();
+                serde_json::json!({"request_id": format!("d-{line}"), "collection": "words", "op": "delete", "items": items})
+            };
+            serde_json::to_writer(&mut f, &rec).unwrap();
+            f.write_all(b"\n").unwrap();
+        }
+    }
+    let cfg = write_config(dir.path(), CONFIG);
+    let (out, state) = (dir.path().join("out.jsonl"), dir.path().join("state.db"));
+    let args: Vec<String> = vec![
+        "--config".into(),
+        cfg.display().to_string(),
+        "--input".into(),
+        input.display().to_string(),
+        "--output".into(),
+        out.display().to_string(),
+        "--state".into(),
+        state.display().to_string(),
+    ];
+
+    let mut kills = 0;
+    let mut last_len = 0;
+    let started = Instant::now();
+    while kills < 12 && started.elapsed() < Duration::from_secs(240) {
+        let mut child = sluice()
+            .arg("run")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(60..400)));
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before we could kill it
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        if len > last_len {
+            kills += 1; // a kill that interrupted a run that was making progress
+        }
+        last_len = len;
+    }
+    assert!(
+        kills >= 5,
+        "only {kills} kills landed mid-run; the test proves little"
+    );
+    eprintln!("{kills} kills mid-run; final run");
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let events = read_lines(&out);
+    let terminal = check_once(&events);
+    assert_eq!(
+        terminal.len(),
+        TOTAL,
+        "every input line has exactly one terminal event"
+    );
+    for (line, &size) in sizes.iter().enumerate() {
+        let e = &terminal[&format!("c-{line}@{line}")];
+        assert_eq!(e["event"], "completed", "{e}");
+        assert_eq!(
+            e["counts"]["ok"], size,
+            "create c-{line} applied once (a second run would say `exists`): {e}"
+        );
+    }
+    for line in CREATES..TOTAL {
+        if let Some(original) = duplicates.get(&line) {
+            let e = &terminal[&format!("c-{original}@{line}")];
+            assert_eq!(e["event"], "duplicate", "{e}");
+            assert_eq!(e["original"]["offset"], *original as u64);
+        } else {
+            let e = &terminal[&format!("d-{line}@{line}")];
+            assert_eq!(
+                e["counts"]["ok"],
+                sizes[line - CREATES],
+                "delete d-{line} applied once: {e}"
+            );
+        }
+    }
+    let expected: usize = sizes
+        .iter()
+        .zip(&deleted)
+        .filter(|(_, d)| !**d)
+        .map(|(s, _)| s)
+        .sum();
+    assert_eq!(
+        count_docs(&state, "words"),
+        expected as i64,
+        "the store holds every write once"
+    );
+}
