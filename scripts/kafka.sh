@@ -1,0 +1,351 @@
+#!/usr/bin/env bash
+# Run a real single-node Apache Kafka broker (KRaft, broker+controller in one
+# JVM) for tests and CI, straight from the official jars on Maven Central.
+#
+# Docker is not available here and the Kafka release tarball is not on any
+# reachable registry, so the jars are fetched with Maven (scripts/kafka/pom.xml)
+# and the server is launched with plain `java -cp`, the way bin/kafka-server-
+# start.sh would.
+#
+# Usage:
+#   scripts/kafka.sh install                          fetch jars into .cache/kafka/libs
+#   scripts/kafka.sh start  [PORT]                    fresh broker on 127.0.0.1:PORT
+#   scripts/kafka.sh stop   [PORT]
+#   scripts/kafka.sh status [PORT]
+#   scripts/kafka.sh create-topic PORT NAME PARTITIONS
+#   scripts/kafka.sh tool CLASS [ARGS...]             any Kafka CLI class, e.g.
+#       org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server ...
+#
+# PORT defaults to $KAFKA_PORT or 19092; the controller listens on PORT+1.
+# Environment knobs: KAFKA_HEAP_OPTS (default -Xms128m -Xmx512m),
+# KAFKA_JVM_OPTS (extra JVM flags), KAFKA_START_TIMEOUT (s, default 90),
+# KAFKA_STOP_TIMEOUT (s, default 30).
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+POM="$SCRIPT_DIR/kafka/pom.xml"
+CACHE="$REPO_ROOT/.cache/kafka"
+LIBS="$CACHE/libs"
+
+log() { echo "kafka.sh: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+port_arg() {
+    local port="${1:-${KAFKA_PORT:-19092}}"
+    if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65534)); then
+        die "bad port: $port"
+    fi
+    echo "$port"
+}
+
+pid_file() { echo "$CACHE/kafka-$1.pid"; }
+log_file() { echo "$CACHE/kafka-$1.log"; }
+
+# The pid of the broker on PORT if it is running, else nothing (status 1).
+# Checks the command line too, so a stale pid file whose pid got reused by
+# some other process is not mistaken for a live broker.
+running_pid() {
+    local pf pid
+    pf="$(pid_file "$1")"
+    [[ -f "$pf" ]] || return 1
+    pid="$(cat "$pf")"
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "kafka.Kafka .*server-$1.properties" || return 1
+    echo "$pid"
+}
+
+# True if something accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- install ---
+
+# The stamp names a hash of the pom, so bumping the Kafka version in the pom
+# re-fetches instead of silently running the old jars.
+install_stamp() { echo "$LIBS/.installed-$(sha256sum "$POM" | cut -c1-16)"; }
+
+cmd_install() {
+    local stamp tmp t0
+    stamp="$(install_stamp)"
+    if [[ -f "$stamp" ]]; then
+        return 0
+    fi
+    command -v mvn >/dev/null || die "mvn not found (needed once to fetch the Kafka jars)"
+    command -v java >/dev/null || die "java not found (Kafka 4 needs Java 17+)"
+    log "fetching Kafka jars from Maven Central into ${LIBS#"$REPO_ROOT"/} ..."
+    t0=$SECONDS
+    mkdir -p "$CACHE"
+    # Download into a scratch dir and swap it in, so an interrupted fetch never
+    # leaves a half-filled libs/ that looks installed.
+    tmp="$(mktemp -d "$CACHE/libs.tmp.XXXXXX")"
+    # Debian's Maven 3.8 emits stray ESC[0m resets even with -q -B; strip them
+    # (pipefail keeps mvn's exit status).
+    if ! mvn -q -B -f "$POM" dependency:copy-dependencies -DoutputDirectory="$tmp" 2>&1 |
+        sed 's/\x1b\[0m//g' >&2; then
+        rm -rf "$tmp"
+        die "mvn failed to fetch the Kafka jars"
+    fi
+    touch "$tmp/$(basename "$stamp")"
+    rm -rf "$LIBS"
+    mv "$tmp" "$LIBS"
+    log "installed $(find "$LIBS" -name '*.jar' | wc -l) jars in $((SECONDS - t0))s"
+}
+
+# ------------------------------------------------------------------- java ---
+
+# Kafka only logs through slf4j; without a log4j2 config it would print
+# nothing below ERROR, and start() needs the INFO "started" line. The broker
+# logs everything to stdout (redirected to the log file); CLI tools log
+# warnings only, to stderr, like the distribution's tools-log4j2.yaml.
+write_log4j_configs() {
+    cat >"$CACHE/log4j2-server.properties" <<'EOF'
+status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+# Per-partition state-change chatter; useless for tests and floods the log.
+logger.state.name = state.change.logger
+logger.state.level = WARN
+# Full config dumps (~2000 lines per start, repeated for every component);
+# the effective settings are in server-PORT.properties next to the log.
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = WARN
+EOF
+    cat >"$CACHE/log4j2-tools.properties" <<'EOF'
+status = warn
+appender.err.type = Console
+appender.err.name = ERR
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.err.ref = ERR
+EOF
+}
+
+# Run a short-lived Kafka CLI class. C1-only JIT and serial GC make these
+# one-shot JVMs start noticeably faster and use less memory.
+run_tool() {
+    [[ -f "$CACHE/log4j2-tools.properties" ]] || write_log4j_configs
+    java -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Djava.awt.headless=true \
+        -Dlog4j2.shutdownHookEnabled=false \
+        -Dlog4j2.configurationFile="$CACHE/log4j2-tools.properties" \
+        -cp "$LIBS/*" "$@"
+}
+
+# A Kafka cluster id is 16 random bytes in unpadded URL-safe base64. Made here
+# instead of with `kafka-storage random-uuid` to save a JVM start (~1 s).
+# Kafka itself never hands out ids starting with '-' (they look like flags).
+random_cluster_id() {
+    local id
+    while :; do
+        id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        [[ "$id" != -* ]] && { echo "$id"; return; }
+    done
+}
+
+# ------------------------------------------------------------------ start ---
+
+write_server_properties() {
+    local port="$1" cport="$2" data="$3" props="$4"
+    cat >"$props" <<EOF
+# Generated by scripts/kafka.sh; rewritten on every start.
+# Combined broker + controller: one JVM, KRaft, no ZooKeeper.
+process.roles=broker,controller
+node.id=1
+listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${cport}
+advertised.listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${cport}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+# Dynamic quorum (KIP-853), the Kafka 4 default; pairs with 'format --standalone'.
+controller.quorum.bootstrap.servers=127.0.0.1:${cport}
+log.dirs=${data}
+
+# Single node: every internal topic must make do with one replica, or
+# consumer groups, transactions and share groups fail to initialise.
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+min.insync.replicas=1
+default.replication.factor=1
+# Internal topics default to 50 partitions each; creating them on first use
+# is the slowest part of a test's first group join / transaction here.
+offsets.topic.num.partitions=3
+transaction.state.log.num.partitions=3
+share.coordinator.state.topic.num.partitions=3
+
+# Tests want consumers assigned at once, not after the 3 s default delay.
+group.initial.rebalance.delay.ms=0
+num.partitions=3
+auto.create.topics.enable=true
+
+# Sized for a 2-core machine; the defaults (8 io threads etc.) only add
+# context switches here.
+num.network.threads=2
+num.io.threads=2
+background.threads=2
+num.recovery.threads.per.data.dir=1
+EOF
+}
+
+cmd_start() {
+    local port cport data props logf pf pid cid deadline
+    port="$(port_arg "${1:-}")"
+    cport=$((port + 1))
+    data="$CACHE/data-$port"
+    props="$CACHE/server-$port.properties"
+    logf="$(log_file "$port")"
+    pf="$(pid_file "$port")"
+
+    cmd_install
+    # start always means a fresh, empty broker, so replace a running one.
+    if running_pid "$port" >/dev/null; then
+        log "a broker is already running on port $port; restarting it fresh"
+        cmd_stop "$port"
+    fi
+    for p in "$port" "$cport"; do
+        if port_open "$p"; then
+            die "port $p is already in use by another process"
+        fi
+    done
+
+    write_log4j_configs
+    write_server_properties "$port" "$cport" "$data" "$props"
+    rm -rf "$data"
+    mkdir -p "$data"
+    cid="$(random_cluster_id)"
+    log "formatting $data (cluster id $cid)"
+    # The format output goes to the top of the log: useful when start fails.
+    if ! run_tool kafka.tools.StorageTool format --config "$props" --cluster-id "$cid" \
+        --standalone >"$logf" 2>&1; then
+        cat "$logf" >&2
+        die "kafka-storage format failed"
+    fi
+
+    log "starting broker on 127.0.0.1:$port (controller :$cport), log ${logf#"$REPO_ROOT"/}"
+    # nohup execs java, so $! is the JVM itself; the broker must outlive this
+    # script. G1 with short pauses mirrors kafka-run-class.sh.
+    # shellcheck disable=SC2086  # the *_OPTS variables are word lists
+    nohup java ${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m} \
+        -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+        -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+        ${KAFKA_JVM_OPTS:-} \
+        -Dlog4j2.configurationFile="$CACHE/log4j2-server.properties" \
+        -cp "$LIBS/*" kafka.Kafka "$props" >>"$logf" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$pf"
+
+    # Ready = the broker logged that startup finished (it does so only after
+    # it has been unfenced by the controller, i.e. can serve produce/fetch)
+    # and the listener accepts connections.
+    deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-90}))
+    while :; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            rm -f "$pf"
+            log "broker exited during startup; last 50 log lines:"
+            tail -n 50 "$logf" >&2
+            exit 1
+        fi
+        if grep -q "Kafka Server started" "$logf" && port_open "$port"; then
+            break
+        fi
+        if ((SECONDS >= deadline)); then
+            log "broker not up after ${KAFKA_START_TIMEOUT:-90}s; last 50 log lines:"
+            tail -n 50 "$logf" >&2
+            cmd_stop "$port" || true
+            exit 1
+        fi
+        sleep 0.2
+    done
+    log "broker up on 127.0.0.1:$port (pid $pid)"
+}
+
+# ------------------------------------------------------------------- stop ---
+
+cmd_stop() {
+    local port pf pid deadline
+    port="$(port_arg "${1:-}")"
+    pf="$(pid_file "$port")"
+    if ! pid="$(running_pid "$port")"; then
+        rm -f "$pf"
+        log "no broker running on port $port"
+        return 0
+    fi
+    log "stopping broker on port $port (pid $pid)"
+    # SIGTERM makes the broker shut down cleanly (it closes its logs and
+    # releases the ports); SIGKILL is only the fallback for a hung JVM.
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + ${KAFKA_STOP_TIMEOUT:-30}))
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            log "still alive after ${KAFKA_STOP_TIMEOUT:-30}s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            # A SIGKILLed process vanishes promptly; don't wait forever anyway.
+            for _ in 1 2 3 4 5 6 7 8 9 10; do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.2
+            done
+            break
+        fi
+        sleep 0.2
+    done
+    rm -f "$pf"
+    log "stopped"
+}
+
+# ----------------------------------------------------------------- status ---
+
+cmd_status() {
+    local port pid
+    port="$(port_arg "${1:-}")"
+    if pid="$(running_pid "$port")"; then
+        if port_open "$port"; then
+            echo "running: pid $pid, 127.0.0.1:$port"
+        else
+            echo "starting: pid $pid, 127.0.0.1:$port not accepting connections yet"
+        fi
+        return 0
+    fi
+    echo "stopped: no broker on port $port"
+    return 1
+}
+
+# ------------------------------------------------------------------ tools ---
+
+cmd_create_topic() {
+    (($# == 3)) || die "usage: kafka.sh create-topic PORT NAME PARTITIONS"
+    local port
+    port="$(port_arg "$1")"
+    cmd_install
+    run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$port" \
+        --create --if-not-exists --topic "$2" --partitions "$3" --replication-factor 1
+}
+
+cmd_tool() {
+    (($# >= 1)) || die "usage: kafka.sh tool CLASS [ARGS...]"
+    cmd_install
+    run_tool "$@"
+}
+
+usage() {
+    sed -n '/^# Usage:/,/^# KAFKA_STOP_TIMEOUT/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+cmd="${1:-}"
+(($# > 0)) && shift
+case "$cmd" in
+    install) cmd_install && log "Kafka jars ready in ${LIBS#"$REPO_ROOT"/}" ;;
+    start) cmd_start "$@" ;;
+    stop) cmd_stop "$@" ;;
+    status) cmd_status "$@" ;;
+    create-topic) cmd_create_topic "$@" ;;
+    tool) cmd_tool "$@" ;;
+    *) usage ;;
+esac
