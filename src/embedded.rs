@@ -47,7 +47,7 @@ pub async fn run_pipeline(
     tokio::time::timeout(Duration::from_secs(10), store.health())
         .await
         .context("store health check timed out")??;
-    let (source, sink, position) = embedded::open(&io).await?;
+    let (source, sink, position) = embedded::open(&io, store.writer()).await?;
     let end = sluice_pipeline::run(config, source, sink, Arc::new(store), stats, shutdown).await?;
     Ok((end, position))
 }

@@ -181,6 +181,10 @@ pub struct PipelineConfig {
     pub channel_capacity: usize,
     /// Maximum records between the source and the commit (the in-flight budget).
     pub max_in_flight_records: usize,
+    /// Maximum bytes of input records between the source and the commit; the source waits
+    /// (Kafka: pauses) when either budget is spent. Parsed requests take a few times their
+    /// input size in memory.
+    pub max_in_flight_bytes: usize,
     /// Treat the whole input as one ordered stream instead of keying by request_id.
     pub ordered: bool,
     /// How long a shutdown may take to drain in-flight work before it is abandoned
@@ -197,6 +201,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             channel_capacity: 64,
             max_in_flight_records: 256,
+            max_in_flight_bytes: 16 * 1024 * 1024,
             ordered: false,
             drain_deadline_ms: 30_000,
             commit_max_records: 500,

@@ -39,7 +39,10 @@ fn obj(v: Value) -> Map<String, Value> {
 
 fn item(index: usize, op: Op, v: Value, key_field: &str) -> Item {
     let (key, body) = match op {
-        Op::Create | Op::Upsert => (Key::from_json(&v[key_field]), ItemBody::Doc(obj(v))),
+        Op::Create | Op::Upsert => (
+            Key::from_json(&v[key_field]),
+            ItemBody::Doc(serde_json::value::to_raw_value(&v).unwrap()),
+        ),
         Op::Update => (
             Key::from_json(&v["key"]),
             ItemBody::Update {

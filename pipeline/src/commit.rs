@@ -86,7 +86,9 @@ impl<S: Sink> Commit<S> {
     }
 
     async fn commit(&mut self) -> Result<(), StageError> {
-        if self.uncommitted == 0 {
+        // After a halt the sink may hold events of the abandoned record: commit anyway so it
+        // discards them, even when no record was finished since the last commit.
+        if self.uncommitted == 0 && !self.halted {
             return Ok(());
         }
         match self.sink.commit().await {

@@ -36,7 +36,17 @@ pub struct RawRecord {
     /// When the record entered the pipeline (for latency figures).
     pub received: Instant,
     /// The record's share of the in-flight budget, released when it is committed.
-    pub permit: Option<OwnedSemaphorePermit>,
+    pub permit: Option<Budget>,
+}
+
+/// A record's share of the in-flight budget: one record and its size in KiB. Dropping it
+/// returns both to the source.
+#[derive(Debug)]
+pub struct Budget {
+    /// One of `pipeline.max_in_flight_records`.
+    pub record: OwnedSemaphorePermit,
+    /// The record's KiB of `pipeline.max_in_flight_bytes`.
+    pub bytes: OwnedSemaphorePermit,
 }
 
 /// The part of a record every stage passes along unchanged until commit.
@@ -51,7 +61,7 @@ pub struct Meta {
     /// When the record entered the pipeline.
     pub received: Instant,
     /// In-flight budget share; dropped at commit.
-    pub permit: Option<OwnedSemaphorePermit>,
+    pub permit: Option<Budget>,
 }
 
 impl RawRecord {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::contract::{ItemResult, Op, Options};
@@ -45,10 +46,10 @@ impl fmt::Display for Key {
 }
 
 /// What an item asks the store to do, by op.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum ItemBody {
-    /// create/upsert: the whole document (it contains the key field).
-    Doc(Map<String, Value>),
+    /// create/upsert: the whole document as its JSON text (it contains the key field).
+    Doc(Box<RawValue>),
     /// update: fields to set and fields to remove.
     Update {
         /// Fields to set (top-level names).
@@ -60,6 +61,19 @@ pub enum ItemBody {
     Key,
     /// The item was invalid; its result is already decided.
     Invalid,
+}
+
+impl PartialEq for ItemBody {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ItemBody::Doc(a), ItemBody::Doc(b)) => a.get() == b.get(),
+            (ItemBody::Update { set: s1, unset: u1 }, ItemBody::Update { set: s2, unset: u2 }) => {
+                s1 == s2 && u1 == u2
+            }
+            (ItemBody::Key, ItemBody::Key) | (ItemBody::Invalid, ItemBody::Invalid) => true,
+            _ => false,
+        }
+    }
 }
 
 /// One item of a validated request.

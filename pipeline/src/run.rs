@@ -21,7 +21,7 @@ use crate::commit::Commit;
 use crate::dedupe::Dedupe;
 use crate::execute::Execute;
 use crate::metrics::IN_FLIGHT;
-use crate::record::RawRecord;
+use crate::record::{Budget, RawRecord};
 use crate::report::RunStats;
 use crate::sink::Sink;
 use crate::source::Source;
@@ -73,6 +73,8 @@ where
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
     let in_flight = Arc::new(Semaphore::new(p.max_in_flight_records));
+    let bytes_kib = (p.max_in_flight_bytes / 1024).min(Semaphore::MAX_PERMITS) as u32;
+    let in_flight_bytes = Arc::new(Semaphore::new(bytes_kib as usize));
     let tasks = TaskTracker::new();
 
     let (validate_tx, validate_rx) = channel("validate", cap);
@@ -127,7 +129,13 @@ where
     let watcher = tokio::spawn(shutdown_watch);
 
     let max = p.max_in_flight_records;
-    let read = read_source(&mut source, validate_tx, in_flight, max, &stop).await;
+    let budget = InFlight {
+        records: in_flight,
+        bytes: in_flight_bytes,
+        bytes_kib,
+        max,
+    };
+    let read = read_source(&mut source, validate_tx, budget, &stop).await;
 
     let mut first_error: Option<RunError> = read.err();
     while let Some(joined) = stages.join_next().await {
@@ -158,19 +166,27 @@ where
     })
 }
 
+/// The in-flight budget: records and KiB of input.
+struct InFlight {
+    records: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    bytes_kib: u32,
+    max: usize,
+}
+
 /// Feeds the source into validate while the in-flight budget has room.
 async fn read_source<Src: Source>(
     source: &mut Src,
     out: Outbox<RawRecord>,
-    in_flight: Arc<Semaphore>,
-    max: usize,
+    budget: InFlight,
     stop: &CancellationToken,
 ) -> Result<(), RunError> {
     let started = Instant::now();
+    let closed = "the in-flight semaphores are never closed";
     loop {
         let permit = tokio::select! {
             _ = stop.cancelled() => break,
-            p = in_flight.clone().acquire_owned() => p.expect("the in-flight semaphore is never closed"),
+            p = budget.records.clone().acquire_owned() => p.expect(closed),
         };
         let next = tokio::select! {
             _ = stop.cancelled() => break,
@@ -190,8 +206,17 @@ async fn read_source<Src: Source>(
                 return Err(e.into());
             }
         };
-        gauge!(IN_FLIGHT).set((max - in_flight.available_permits()) as f64);
-        record.permit = Some(permit);
+        // The size is known once read: at most one record beyond the byte budget is held.
+        let kib = (record.payload.len() / 1024 + 1).min(budget.bytes_kib as usize) as u32;
+        let bytes = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = budget.bytes.clone().acquire_many_owned(kib) => p.expect(closed),
+        };
+        gauge!(IN_FLIGHT).set((budget.max - budget.records.available_permits()) as f64);
+        record.permit = Some(Budget {
+            record: permit,
+            bytes,
+        });
         if out.send(record).await.is_err() {
             // validate is gone: a stage failed; the join loop reports why.
             break;

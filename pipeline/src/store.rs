@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::codes::{ItemErrorCode, StoreError};
@@ -127,15 +128,10 @@ pub trait ItemWriter: Send {
         &mut self,
         t: &Target,
         key: &Key,
-        doc: &Map<String, Value>,
+        doc: &RawValue,
     ) -> Result<Inserted, StoreError>;
     /// Inserts or replaces the document with `key`.
-    async fn upsert(
-        &mut self,
-        t: &Target,
-        key: &Key,
-        doc: &Map<String, Value>,
-    ) -> Result<(), StoreError>;
+    async fn upsert(&mut self, t: &Target, key: &Key, doc: &RawValue) -> Result<(), StoreError>;
     /// Sets and unsets top-level fields; `false` when `key` does not exist.
     async fn update(
         &mut self,

@@ -411,6 +411,49 @@ impl Validate {
             );
             return item;
         }
+        if matches!(op, Op::Create | Op::Upsert) {
+            // Documents stay as their raw JSON text (compact in memory, written as is): only
+            // the field names and the key field are read.
+            let Ok(fields) = serde_json::from_str::<BTreeMap<String, &RawValue>>(raw.get()) else {
+                item.decided = fail(
+                    ItemErrorCode::InvalidItem,
+                    "item must be a JSON object".into(),
+                );
+                return item;
+            };
+            if let Some(bad) = fields
+                .keys()
+                .find(|k| k.starts_with('$') || k.as_str() == "_id")
+            {
+                item.decided = fail(
+                    ItemErrorCode::InvalidItem,
+                    format!("field `{bad}` is reserved (no `_id`, no leading `$`)"),
+                );
+                return item;
+            }
+            let key = fields
+                .get(key_field)
+                .and_then(|v| serde_json::from_str::<Value>(v.get()).ok());
+            match key.as_ref().map(Key::from_json) {
+                Some(Some(key)) => {
+                    item.key = Some(key);
+                    item.body = ItemBody::Doc(raw.to_owned());
+                }
+                Some(None) => {
+                    item.decided = fail(
+                        ItemErrorCode::MissingKey,
+                        format!("`{key_field}` must be a string or an integer"),
+                    )
+                }
+                None => {
+                    item.decided = fail(
+                        ItemErrorCode::MissingKey,
+                        format!("item has no `{key_field}`"),
+                    )
+                }
+            }
+            return item;
+        }
         let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(raw.get()) else {
             item.decided = fail(
                 ItemErrorCode::InvalidItem,
@@ -433,19 +476,7 @@ impl Validate {
             }
         };
         let result = match op {
-            Op::Create | Op::Upsert => (|| {
-                if let Some(bad) = obj
-                    .keys()
-                    .find(|k| k.starts_with('$') || k.as_str() == "_id")
-                {
-                    return Err(fail(
-                        ItemErrorCode::InvalidItem,
-                        format!("field `{bad}` is reserved (no `_id`, no leading `$`)"),
-                    ));
-                }
-                let key = key_of(obj.get(key_field), key_field)?;
-                Ok((key, ItemBody::Doc(std::mem::take(&mut obj))))
-            })(),
+            Op::Create | Op::Upsert => unreachable!("handled above"),
             Op::Update => (|| {
                 let key = key_of(obj.get("key"), "key")?;
                 let set = match obj.remove("set") {

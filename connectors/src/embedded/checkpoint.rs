@@ -1,6 +1,6 @@
 //! The embedded checkpoint: one row per (input, output) in the state database.
 
-use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -17,18 +17,18 @@ pub struct Position {
     pub dead_letter_len: u64,
 }
 
-/// The checkpoint row of one (input, output) pair.
+/// The checkpoint row of one (input, output) pair. It writes through the store's own writer
+/// connection, so checkpoints and chunk transactions never wait on each other's SQLite locks.
 pub struct Checkpoint {
-    conn: Connection,
+    conn: Arc<Mutex<Connection>>,
     input: String,
     output: String,
 }
 
 impl Checkpoint {
     /// Opens (creating the table if needed) the checkpoint for `input` → `output`.
-    pub fn open(state: &Path, input: &str, output: &str) -> rusqlite::Result<Self> {
-        let conn = crate::sqlite::connect(state)?;
-        conn.execute_batch(
+    pub fn open(conn: Arc<Mutex<Connection>>, input: &str, output: &str) -> rusqlite::Result<Self> {
+        lock(&conn).execute_batch(
             "CREATE TABLE IF NOT EXISTS checkpoints (
                 input TEXT NOT NULL, output TEXT NOT NULL, line INTEGER NOT NULL,
                 byte INTEGER NOT NULL, output_len INTEGER NOT NULL, dead_letter_len INTEGER NOT NULL,
@@ -43,8 +43,7 @@ impl Checkpoint {
 
     /// The recorded position, or the start.
     pub fn load(&self) -> rusqlite::Result<Position> {
-        Ok(self
-            .conn
+        Ok(lock(&self.conn)
             .query_row(
                 "SELECT line, byte, output_len, dead_letter_len FROM checkpoints WHERE input = ?1 AND output = ?2",
                 params![self.input, self.output],
@@ -63,7 +62,7 @@ impl Checkpoint {
 
     /// Records `p` (one small write; the outputs must already hold everything up to it).
     pub fn store(&self, p: &Position) -> rusqlite::Result<()> {
-        self.conn
+        lock(&self.conn)
             .prepare_cached(
                 "INSERT INTO checkpoints (input, output, line, byte, output_len, dead_letter_len)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -80,4 +79,10 @@ impl Checkpoint {
             ])?;
         Ok(())
     }
+}
+
+/// Locks the shared connection; a panic while holding it cannot leave SQLite half-written
+/// (every use is one statement), so a poisoned lock is still usable.
+fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(|p| p.into_inner())
 }

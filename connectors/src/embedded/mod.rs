@@ -12,6 +12,7 @@ pub mod sink;
 pub mod source;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub use checkpoint::{Checkpoint, Position};
 pub use sink::{FileSink, Output};
@@ -67,11 +68,15 @@ pub fn identity(path: Option<&Path>) -> String {
 
 /// Opens the source and the sink at the last committed position, cutting outputs back to
 /// their committed lengths.
-pub async fn open(io: &EmbeddedIo) -> Result<(LineSource, FileSink, Position), OpenError> {
+/// `state` is the store's writer connection to the state database.
+pub async fn open(
+    io: &EmbeddedIo,
+    state: Arc<Mutex<rusqlite::Connection>>,
+) -> Result<(LineSource, FileSink, Position), OpenError> {
     let output_id = identity(io.output.as_deref());
     let mut sink = FileSink::open(io, &output_id)?;
     let input_id = identity(io.input.as_deref());
-    let checkpoint = Checkpoint::open(&io.state, &input_id, &output_id)?;
+    let checkpoint = Checkpoint::open(state, &input_id, &output_id)?;
     let position = checkpoint.load()?;
     sink.restore(&position, checkpoint)?;
     let source =

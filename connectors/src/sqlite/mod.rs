@@ -8,6 +8,7 @@
 
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,11 +24,12 @@ use sluice_pipeline::request::Key;
 use sluice_pipeline::store::{apply_items, ChunkCommit, Claim, Target, WriteChunk};
 use sluice_pipeline::{SourceRef, Store, StoreError};
 
-pub use writer::{key_text, table};
+pub use writer::{key_text, table, TableSql};
 
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
+    sql: Arc<HashMap<String, TableSql>>,
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
@@ -104,8 +106,14 @@ impl SqliteStore {
             .map(|_| connect(path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(classify)?;
+        let sql = config
+            .collections
+            .iter()
+            .map(|(name, c)| (name.clone(), TableSql::new(name, c.parent_field.as_deref())))
+            .collect();
         Ok(SqliteStore {
             path: path.to_path_buf(),
+            sql: Arc::new(sql),
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
@@ -115,6 +123,12 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The writer connection, for other state kept in the same database (the embedded
+    /// checkpoint): sharing it avoids SQLite lock contention between two writers.
+    pub fn writer(&self) -> Arc<Mutex<Connection>> {
+        self.writer.clone()
     }
 
     async fn with_writer<T: Send + 'static>(
@@ -187,9 +201,10 @@ impl Store for SqliteStore {
     }
 
     async fn write_chunk(&self, chunk: Arc<WriteChunk>) -> Result<ChunkCommit, StoreError> {
+        let sql = self.sql.clone();
         self.with_writer(move |c| {
             c.execute_batch("BEGIN IMMEDIATE").map_err(classify)?;
-            let result = write_in_transaction(c, &chunk);
+            let result = write_in_transaction(c, &sql, &chunk);
             let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
             match (result, c.execute_batch(end).map_err(classify)) {
                 (Ok(commit), Ok(())) => Ok(commit),
@@ -240,7 +255,11 @@ impl Store for SqliteStore {
 }
 
 /// The body of a chunk transaction: ledger look-up, item writes, ledger entry.
-fn write_in_transaction(c: &mut Connection, chunk: &WriteChunk) -> Result<ChunkCommit, StoreError> {
+fn write_in_transaction(
+    c: &mut Connection,
+    sql: &HashMap<String, TableSql>,
+    chunk: &WriteChunk,
+) -> Result<ChunkCommit, StoreError> {
     let id = &chunk.request.request_id;
     let stored: Option<String> = c
         .prepare_cached("SELECT event FROM ledger WHERE request_id = ?1 AND chunk = ?2")
@@ -259,7 +278,7 @@ fn write_in_transaction(c: &mut Connection, chunk: &WriteChunk) -> Result<ChunkC
     }
     c.execute_batch("SAVEPOINT items").map_err(classify)?;
     let applied = {
-        let mut w = writer::SqlWriter { conn: c };
+        let mut w = writer::SqlWriter { conn: c, sql };
         futures::executor::block_on(apply_items(chunk, &mut w))?
     };
     if applied.rollback {
