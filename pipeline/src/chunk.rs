@@ -65,3 +65,97 @@ impl Stage for Chunk {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{Op, Options};
+    use crate::request::{Item, ItemBody};
+    use crate::stage::{channel, run_stage};
+
+    fn request(sizes: &[usize], atomic: bool) -> Request {
+        let items = sizes
+            .iter()
+            .enumerate()
+            .map(|(index, &bytes)| Item {
+                index,
+                key: None,
+                body: ItemBody::Key,
+                bytes,
+                decided: None,
+            })
+            .collect();
+        Request {
+            request_id: "r".into(),
+            collection: "c".into(),
+            op: Op::Delete,
+            items,
+            options: Options {
+                atomic,
+                ..Options::default()
+            },
+        }
+    }
+
+    fn chunker(max_items: usize, max_bytes: usize) -> Chunk {
+        Chunk::new(ChunkConfig {
+            max_items,
+            max_bytes,
+            atomic_max_items: 1000,
+        })
+    }
+
+    #[test]
+    fn cuts_by_item_count_and_by_bytes() {
+        assert_eq!(
+            chunker(2, 1000).plan(&request(&[1; 5], false)),
+            vec![0..2, 2..4, 4..5]
+        );
+        assert_eq!(
+            chunker(10, 100).plan(&request(&[60, 30, 20, 100, 1], false)),
+            vec![0..2, 2..3, 3..4, 4..5]
+        );
+        // An item as large as the byte limit still gets a chunk of its own.
+        assert_eq!(
+            chunker(10, 100).plan(&request(&[100, 100], false)),
+            vec![0..1, 1..2]
+        );
+    }
+
+    #[test]
+    fn atomic_requests_are_one_chunk() {
+        assert_eq!(chunker(2, 10).plan(&request(&[5; 7], true)).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn stage_fills_in_the_plan_and_passes_other_work_through() {
+        let (tx, rx) = channel("chunk", 4);
+        let (otx, mut orx) = channel("execute", 4);
+        let h = tokio::spawn(run_stage(chunker(3, 1000), rx, otx));
+        let meta = || crate::record::Meta {
+            source: crate::SourceRef {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+            },
+            key: None,
+            resume_at: 0,
+            received: std::time::Instant::now(),
+            permit: None,
+        };
+        tx.send(Work::Execute {
+            meta: meta(),
+            request: request(&[1; 7], false),
+            chunks: vec![],
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        match orx.recv().await {
+            Some(Work::Execute { chunks, .. }) => assert_eq!(chunks, vec![0..3, 3..6, 6..7]),
+            other => panic!("{other:?}"),
+        }
+        assert!(orx.recv().await.is_none());
+        h.await.unwrap().unwrap();
+    }
+}

@@ -143,3 +143,70 @@ impl Stage for Dedupe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{Op, Options};
+    use crate::request::{Item, ItemBody};
+
+    fn request(keys: &[Option<&str>], dedupe: bool) -> Request {
+        let items = keys
+            .iter()
+            .enumerate()
+            .map(|(index, k)| Item {
+                index,
+                key: k.map(|k| Key::Str(k.into())),
+                body: ItemBody::Key,
+                bytes: 1,
+                decided: k
+                    .is_none()
+                    .then(|| ItemResult::status(index, ItemStatus::Failed)),
+            })
+            .collect();
+        Request {
+            request_id: "r".into(),
+            collection: "c".into(),
+            op: Op::Delete,
+            items,
+            options: Options {
+                dedupe,
+                ..Options::default()
+            },
+        }
+    }
+
+    fn statuses(r: &Request) -> Vec<Option<(ItemStatus, Option<usize>)>> {
+        r.items
+            .iter()
+            .map(|i| i.decided.as_ref().map(|d| (d.status, d.of)))
+            .collect()
+    }
+
+    #[test]
+    fn later_repeats_are_duplicates_of_the_first() {
+        let mut r = request(
+            &[Some("a"), Some("b"), Some("a"), None, Some("b"), Some("a")],
+            true,
+        );
+        mark_duplicate_items(&mut r);
+        assert_eq!(
+            statuses(&r),
+            vec![
+                None,
+                None,
+                Some((ItemStatus::Duplicate, Some(0))),
+                Some((ItemStatus::Failed, None)),
+                Some((ItemStatus::Duplicate, Some(1))),
+                Some((ItemStatus::Duplicate, Some(0))),
+            ]
+        );
+    }
+
+    #[test]
+    fn dedupe_false_keeps_every_item() {
+        let mut r = request(&[Some("a"), Some("a")], false);
+        mark_duplicate_items(&mut r);
+        assert_eq!(statuses(&r), vec![None, None]);
+    }
+}
