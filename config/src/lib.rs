@@ -61,6 +61,56 @@ pub struct Config {
     pub collections: BTreeMap<String, CollectionConfig>,
     /// The embedded default: JSON-lines input/output and a SQLite store.
     pub embedded: EmbeddedConfig,
+    /// Metrics, health endpoints and logs.
+    pub observability: ObservabilityConfig,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Metrics, health endpoints and logs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityConfig {
+    /// Address of the HTTP listener serving `/metrics`, `/healthz` and `/readyz`
+    /// (e.g. `127.0.0.1:9464`); absent = no listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Log format on stderr.
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax); `SLUICE_LOG` overrides it.
+    pub log_filter: String,
+    /// How often the store (and broker) health checks run, in milliseconds.
+    pub health_interval_ms: u64,
+    /// How long one health check may take before it counts as failed, in milliseconds.
+    pub health_timeout_ms: u64,
+    /// Not ready when records are in flight but none was committed for this long (ms).
+    pub stall_after_ms: u64,
+    /// At most this many repeated warnings/errors are logged per second (the rest are counted
+    /// in `sluice_logs_suppressed_total`).
+    pub max_error_logs_per_sec: u32,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        ObservabilityConfig {
+            listen: None,
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+            health_interval_ms: 2_000,
+            health_timeout_ms: 1_000,
+            stall_after_ms: 60_000,
+            max_error_logs_per_sec: 10,
+        }
+    }
 }
 
 /// Per-op item limits. Nothing about request size is hard-coded: all of it lives here.
@@ -249,12 +299,16 @@ pub struct CollectionConfig {
 pub struct EmbeddedConfig {
     /// SQLite database holding the documents, the ledger and the input/output positions.
     pub state: PathBuf,
+    /// How long a SQLite statement waits for a lock held by another process before failing
+    /// with a transient `busy` error (then retried by `[execute]`), in milliseconds.
+    pub busy_timeout_ms: u64,
 }
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
         EmbeddedConfig {
             state: PathBuf::from("sluice.db"),
+            busy_timeout_ms: 5_000,
         }
     }
 }
@@ -375,6 +429,27 @@ impl Config {
             "pipeline.commit_max_records",
             self.pipeline.commit_max_records,
         )?;
+        let o = &self.observability;
+        if let Some(listen) = &o.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::invalid(
+                    "observability.listen",
+                    format!("`{listen}` is not an address like 127.0.0.1:9464"),
+                ));
+            }
+        }
+        if o.health_interval_ms == 0 || o.health_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "observability.health_interval_ms",
+                "health interval and timeout must be at least 1 ms",
+            ));
+        }
+        if o.health_timeout_ms > o.health_interval_ms {
+            return Err(ConfigError::invalid(
+                "observability.health_timeout_ms",
+                "must not exceed observability.health_interval_ms",
+            ));
+        }
         if self.dedupe.window_secs == 0 {
             return Err(ConfigError::invalid(
                 "dedupe.window_secs",

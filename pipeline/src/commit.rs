@@ -10,13 +10,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::{counter, gauge, histogram};
-use tokio::sync::Semaphore;
+use metrics::{counter, histogram};
 
+use crate::budget::InFlight;
 use crate::contract::{ItemStatus, ResultEvent};
-use crate::metrics::{
-    COMMITS, DEAD_LETTERS, END_TO_END, IN_FLIGHT, ITEMS, ITEM_ERRORS, REJECTIONS, REQUESTS,
-};
+use crate::health::Health;
+use crate::metrics::{COMMITS, DEAD_LETTERS, END_TO_END, ITEMS, ITEM_ERRORS, REJECTIONS, REQUESTS};
 use crate::report::RunStats;
 use crate::sink::Sink;
 use crate::stage::{Outbox, Stage, StageError};
@@ -31,8 +30,8 @@ pub struct Commit<S: Sink> {
     last_commit: Instant,
     halted: bool,
     stats: Arc<RunStats>,
-    in_flight: Arc<Semaphore>,
-    in_flight_max: usize,
+    in_flight: Arc<InFlight>,
+    health: Arc<Health>,
 }
 
 impl<S: Sink> Commit<S> {
@@ -42,7 +41,8 @@ impl<S: Sink> Commit<S> {
         sink: S,
         config: &sluice_config::PipelineConfig,
         stats: Arc<RunStats>,
-        in_flight: Arc<Semaphore>,
+        in_flight: Arc<InFlight>,
+        health: Arc<Health>,
     ) -> Self {
         Commit {
             sink,
@@ -53,22 +53,27 @@ impl<S: Sink> Commit<S> {
             halted: false,
             stats,
             in_flight,
-            in_flight_max: config.max_in_flight_records,
+            health,
         }
     }
 
-    async fn publish(&mut self, event: &ResultEvent, op: &str) -> Result<(), StageError> {
+    async fn publish(&mut self, event: &ResultEvent, op: &'static str) -> Result<(), StageError> {
         self.sink.publish(event).await?;
         self.stats.event(event);
         match event {
             ResultEvent::Progress(p) => {
+                let mut by_status = [0u64; ItemStatus::ALL.len()];
                 for item in &p.items {
-                    counter!(ITEMS, "op" => op.to_string(), "status" => item.status.as_str())
-                        .increment(1);
+                    by_status[item.status as usize] += 1;
                     if let (Some(e), ItemStatus::Failed | ItemStatus::NotAttempted) =
                         (&item.error, item.status)
                     {
-                        counter!(ITEM_ERRORS, "op" => op.to_string(), "error_code" => e.code.as_str()).increment(1);
+                        counter!(ITEM_ERRORS, "error_code" => e.code.as_str()).increment(1);
+                    }
+                }
+                for (status, n) in ItemStatus::ALL.iter().zip(by_status) {
+                    if n > 0 {
+                        counter!(ITEMS, "op" => op, "status" => status.as_str()).increment(n);
                     }
                 }
             }
@@ -76,10 +81,10 @@ impl<S: Sink> Commit<S> {
                 for e in &r.errors {
                     counter!(REJECTIONS, "error_code" => e.code.as_str()).increment(1);
                 }
-                counter!(REQUESTS, "op" => op.to_string(), "outcome" => "rejected").increment(1);
+                counter!(REQUESTS, "op" => op, "outcome" => "rejected").increment(1);
             }
             ResultEvent::Completed(_) | ResultEvent::Duplicate(_) => {
-                counter!(REQUESTS, "op" => op.to_string(), "outcome" => event.kind()).increment(1);
+                counter!(REQUESTS, "op" => op, "outcome" => event.kind()).increment(1);
             }
         }
         Ok(())
@@ -149,7 +154,8 @@ impl<S: Sink> Stage for Commit<S> {
         histogram!(END_TO_END).record(latency.as_secs_f64());
         self.stats.record_done(latency);
         drop(meta.permit);
-        gauge!(IN_FLIGHT).set((self.in_flight_max - self.in_flight.available_permits()) as f64);
+        self.in_flight.report();
+        self.health.progress();
         self.uncommitted += 1;
         if self.uncommitted >= self.max_records {
             self.commit().await?;

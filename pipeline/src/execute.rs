@@ -337,7 +337,9 @@ impl Job {
 
     fn store_failure(&self, chunk: &WriteChunk, e: StoreError) -> ProgressEvent {
         counter!(CHUNKS, "op" => self.request.op.as_str(), "outcome" => "failed").increment(1);
-        tracing::warn!(chunk = chunk.index, code = e.code, error = %e.message, "chunk failed");
+        if crate::logs::allow() {
+            tracing::warn!(chunk = chunk.index, code = e.code, error = %e.message, "chunk failed");
+        }
         let retryable = e.kind != StoreErrorKind::Permanent;
         self.unattempted(
             chunk,

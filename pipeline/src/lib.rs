@@ -16,13 +16,17 @@
 //!   holds the item rules every store shares.
 //! - [`retry`]: backoff with jitter by error kind; [`metrics`]: every metric name;
 //!   [`report`]: live counters for progress bars and benchmarks; [`run`]: wiring and shutdown.
+//! - [`budget`]: the in-flight budget (records and bytes); [`health`]: readiness.
 
+pub mod budget;
 pub mod chunk;
 pub mod codes;
 pub mod commit;
 pub mod contract;
 pub mod dedupe;
 pub mod execute;
+pub mod health;
+pub mod logs;
 pub mod metrics;
 pub mod record;
 pub mod report;

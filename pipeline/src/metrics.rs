@@ -4,7 +4,10 @@
 //! durations; labels are bounded sets only (`stage`, `op`, `outcome`, `status`, `error_code`,
 //! `reason`, `kind`) — never request ids or messages. [`describe`] runs once at start-up.
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+
+use crate::codes::{DeadLetterCode, ItemErrorCode, RejectCode};
+use crate::contract::{ItemStatus, Op};
 
 /// Records read from the source. Labels: none.
 pub const RECORDS_CONSUMED: &str = "sluice_records_consumed_total";
@@ -13,7 +16,7 @@ pub const RECORDS_CONSUMED: &str = "sluice_records_consumed_total";
 pub const REQUESTS: &str = "sluice_requests_total";
 /// Items by final status. Labels: `op`, `status`.
 pub const ITEMS: &str = "sluice_items_total";
-/// Item failures by code. Labels: `op`, `error_code`.
+/// Failed and not-attempted items by code. Labels: `error_code`.
 pub const ITEM_ERRORS: &str = "sluice_item_errors_total";
 /// Rejections by code. Labels: `error_code`.
 pub const REJECTIONS: &str = "sluice_rejections_total";
@@ -35,8 +38,40 @@ pub const STAGE_DURATION: &str = "sluice_stage_duration_seconds";
 pub const IN_FLIGHT: &str = "sluice_in_flight_records";
 /// Record read → terminal event committed. Labels: none.
 pub const END_TO_END: &str = "sluice_end_to_end_latency_seconds";
-/// Position checkpoints / sink commits. Labels: `outcome` = ok | error.
+/// Sink commits: Kafka transactions, or position checkpoints in embedded mode.
+/// Labels: `outcome` = ok | error.
 pub const COMMITS: &str = "sluice_commits_total";
+/// Input bytes between the source and the commit. Labels: none.
+pub const IN_FLIGHT_BYTES: &str = "sluice_in_flight_bytes";
+/// Records not yet read from the source (Kafka: high watermark − position; embedded file:
+/// lines left in the input). Labels: `partition`.
+pub const CONSUMER_LAG: &str = "sluice_consumer_lag_records";
+/// Consumer-group rebalances (Kafka; always 0 in embedded mode). Labels: `kind` = assign | revoke.
+pub const REBALANCES: &str = "sluice_rebalances_total";
+/// 1 when `/readyz` would answer ready. Labels: none.
+pub const READY: &str = "sluice_ready";
+/// 1 when the last store health check passed. Labels: none.
+pub const STORE_UP: &str = "sluice_store_up";
+/// Fatal pipeline errors (a stage or the source stopped). Labels: `component`.
+pub const PIPELINE_ERRORS: &str = "sluice_pipeline_errors_total";
+/// Warnings and errors not logged because of the log rate limit. Labels: none.
+pub const LOGS_SUPPRESSED: &str = "sluice_logs_suppressed_total";
+/// Always 1; carries the version. Labels: `version`.
+pub const BUILD_INFO: &str = "sluice_build_info";
+/// Seconds since the process started. Labels: none.
+pub const UPTIME: &str = "sluice_uptime_seconds";
+
+/// The stage names used as `stage` labels.
+pub const STAGES: [&str; 5] = ["validate", "dedupe", "chunk", "execute", "commit"];
+
+/// Histograms and their buckets (exporters set them explicitly from this list).
+pub fn buckets() -> [(&'static str, &'static [f64]); 3] {
+    [
+        (CHUNK_DURATION, DURATION_BUCKETS),
+        (STAGE_DURATION, DURATION_BUCKETS),
+        (END_TO_END, LATENCY_BUCKETS),
+    ]
+}
 
 /// Histogram buckets for chunk and stage durations (seconds).
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -46,6 +81,52 @@ pub const DURATION_BUCKETS: &[f64] = &[
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
+
+/// Describes every metric once and creates the series of every bounded label combination at
+/// zero, so dashboards and alerts see `0` (not "no data") before the first event.
+pub fn register() {
+    describe();
+    counter!(RECORDS_CONSUMED).absolute(0);
+    for op in Op::ALL {
+        for outcome in ["completed", "rejected", "duplicate"] {
+            counter!(REQUESTS, "op" => op.as_str(), "outcome" => outcome).absolute(0);
+        }
+        for outcome in ["applied", "replayed", "failed"] {
+            counter!(CHUNKS, "op" => op.as_str(), "outcome" => outcome).absolute(0);
+        }
+        for status in ItemStatus::ALL {
+            counter!(ITEMS, "op" => op.as_str(), "status" => status.as_str()).absolute(0);
+        }
+    }
+    for outcome in ["rejected", "duplicate"] {
+        counter!(REQUESTS, "op" => "none", "outcome" => outcome).absolute(0);
+    }
+    for code in ItemErrorCode::ALL {
+        counter!(ITEM_ERRORS, "error_code" => code.as_str()).absolute(0);
+    }
+    for code in RejectCode::ALL {
+        counter!(REJECTIONS, "error_code" => code.as_str()).absolute(0);
+    }
+    for code in DeadLetterCode::ALL {
+        counter!(DEAD_LETTERS, "reason" => code.as_str()).absolute(0);
+    }
+    for reason in ["transient", "unavailable"] {
+        counter!(CHUNK_RETRIES, "reason" => reason).absolute(0);
+    }
+    for outcome in ["ok", "error"] {
+        counter!(COMMITS, "outcome" => outcome).absolute(0);
+    }
+    for kind in ["assign", "revoke"] {
+        counter!(REBALANCES, "kind" => kind).absolute(0);
+    }
+    for stage in STAGES {
+        gauge!(QUEUE_DEPTH, "stage" => stage).set(0.0);
+    }
+    counter!(LOGS_SUPPRESSED).absolute(0);
+    gauge!(IN_FLIGHT).set(0.0);
+    gauge!(IN_FLIGHT_BYTES).set(0.0);
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
 
 /// Describes every metric once, so exporters show help text and units.
 pub fn describe() {

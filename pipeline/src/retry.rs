@@ -84,11 +84,15 @@ impl RetryPolicy {
                 .increment(1);
             match err.kind {
                 StoreErrorKind::Permanent => {
-                    tracing::warn!(what, code = err.code, error = %err.message, "permanent store error");
+                    if crate::logs::allow() {
+                        tracing::warn!(what, code = err.code, error = %err.message, "permanent store error");
+                    }
                     return Err(err);
                 }
                 StoreErrorKind::Transient if attempt >= self.max_attempts => {
-                    tracing::warn!(what, attempts = attempt, code = err.code, error = %err.message, "store retries exhausted");
+                    if crate::logs::allow() {
+                        tracing::warn!(what, attempts = attempt, code = err.code, error = %err.message, "store retries exhausted");
+                    }
                     return Err(err);
                 }
                 StoreErrorKind::Transient => {
@@ -102,7 +106,9 @@ impl RetryPolicy {
                 StoreErrorKind::Unavailable => {
                     if unavailable_since.is_none() {
                         unavailable_since = Some(std::time::Instant::now());
-                        tracing::warn!(what, code = err.code, error = %err.message, "store unavailable; waiting");
+                        if crate::logs::allow() {
+                            tracing::warn!(what, code = err.code, error = %err.message, "store unavailable; waiting");
+                        }
                     }
                 }
             }

@@ -10,18 +10,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::gauge;
+use metrics::counter;
 use sluice_config::Config;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::InFlight;
 use crate::chunk::Chunk;
 use crate::commit::Commit;
 use crate::dedupe::Dedupe;
 use crate::execute::Execute;
-use crate::metrics::IN_FLIGHT;
-use crate::record::{Budget, RawRecord};
+use crate::health::Health;
+use crate::metrics::PIPELINE_ERRORS;
+use crate::record::RawRecord;
 use crate::report::RunStats;
 use crate::sink::Sink;
 use crate::source::Source;
@@ -62,6 +63,7 @@ pub async fn run<Src, Snk>(
     sink: Snk,
     store: Arc<dyn Store>,
     stats: Arc<RunStats>,
+    health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunEnd, RunError>
 where
@@ -72,9 +74,11 @@ where
     let cap = p.channel_capacity;
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
-    let in_flight = Arc::new(Semaphore::new(p.max_in_flight_records));
-    let bytes_kib = (p.max_in_flight_bytes / 1024).min(Semaphore::MAX_PERMITS) as u32;
-    let in_flight_bytes = Arc::new(Semaphore::new(bytes_kib as usize));
+    let in_flight = Arc::new(InFlight::new(
+        p.max_in_flight_records,
+        p.max_in_flight_bytes,
+        health.clone(),
+    ));
     let tasks = TaskTracker::new();
 
     let (validate_tx, validate_rx) = channel("validate", cap);
@@ -106,7 +110,7 @@ where
         commit_tx,
     ));
     stages.spawn(run_stage(
-        Commit::new(sink, p, stats, in_flight.clone()),
+        Commit::new(sink, p, stats, in_flight.clone(), health.clone()),
         commit_rx,
         done_tx,
     ));
@@ -128,14 +132,11 @@ where
     };
     let watcher = tokio::spawn(shutdown_watch);
 
-    let max = p.max_in_flight_records;
-    let budget = InFlight {
-        records: in_flight,
-        bytes: in_flight_bytes,
-        bytes_kib,
-        max,
-    };
-    let read = read_source(&mut source, validate_tx, budget, &stop).await;
+    let read = read_source(&mut source, validate_tx, &in_flight, &stop).await;
+    if let Err(e) = &read {
+        counter!(PIPELINE_ERRORS, "component" => "source").increment(1);
+        tracing::error!(error = %e, "source failed; draining what was read");
+    }
 
     let mut first_error: Option<RunError> = read.err();
     while let Some(joined) = stages.join_next().await {
@@ -145,6 +146,7 @@ where
             Ok(Err(e)) => RunError::Stage(e),
             Err(e) => RunError::Task(e.to_string()),
         };
+        counter!(PIPELINE_ERRORS, "component" => "stage").increment(1);
         tracing::error!(error = %err, "pipeline stage failed");
         // Stop the rest quickly: nothing more can be committed in order after a failure.
         abort.cancel();
@@ -166,27 +168,18 @@ where
     })
 }
 
-/// The in-flight budget: records and KiB of input.
-struct InFlight {
-    records: Arc<Semaphore>,
-    bytes: Arc<Semaphore>,
-    bytes_kib: u32,
-    max: usize,
-}
-
 /// Feeds the source into validate while the in-flight budget has room.
 async fn read_source<Src: Source>(
     source: &mut Src,
     out: Outbox<RawRecord>,
-    budget: InFlight,
+    budget: &InFlight,
     stop: &CancellationToken,
 ) -> Result<(), RunError> {
     let started = Instant::now();
-    let closed = "the in-flight semaphores are never closed";
     loop {
         let permit = tokio::select! {
             _ = stop.cancelled() => break,
-            p = budget.records.clone().acquire_owned() => p.expect(closed),
+            p = budget.record() => p,
         };
         let next = tokio::select! {
             _ = stop.cancelled() => break,
@@ -201,22 +194,15 @@ async fn read_source<Src: Source>(
                 );
                 break;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "source failed; draining what was read");
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         };
         // The size is known once read: at most one record beyond the byte budget is held.
-        let kib = (record.payload.len() / 1024 + 1).min(budget.bytes_kib as usize) as u32;
-        let bytes = tokio::select! {
+        let size = record.payload.len();
+        record.permit = Some(tokio::select! {
             _ = stop.cancelled() => break,
-            p = budget.bytes.clone().acquire_many_owned(kib) => p.expect(closed),
-        };
-        gauge!(IN_FLIGHT).set((budget.max - budget.records.available_permits()) as f64);
-        record.permit = Some(Budget {
-            record: permit,
-            bytes,
+            b = budget.bytes(permit, size) => b,
         });
+        budget.report();
         if out.send(record).await.is_err() {
             // validate is gone: a stage failed; the join loop reports why.
             break;

@@ -34,6 +34,8 @@ pub struct EmbeddedIo {
     pub max_line_bytes: usize,
     /// fsync outputs at each commit (durable against power loss, not only process crashes).
     pub fsync: bool,
+    /// Follow the input file as it grows instead of stopping at its end.
+    pub follow: bool,
 }
 
 /// Errors opening the embedded source and sink.
@@ -79,7 +81,13 @@ pub async fn open(
     let checkpoint = Checkpoint::open(state, &input_id, &output_id)?;
     let position = checkpoint.load()?;
     sink.restore(&position, checkpoint)?;
-    let source =
-        LineSource::open(io.input.as_deref(), &input_id, &position, io.max_line_bytes).await?;
+    let source = LineSource::open(
+        io.input.as_deref(),
+        &input_id,
+        &position,
+        io.max_line_bytes,
+        io.follow,
+    )
+    .await?;
     Ok((source, sink, position))
 }

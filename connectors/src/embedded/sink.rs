@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use sluice_pipeline::contract::{DeadLetter, ResultEvent};
-use sluice_pipeline::{Sink, SinkError, SourceRef};
+use sluice_pipeline::metrics::STORE_ERRORS;
+use sluice_pipeline::{Sink, SinkError, SourceRef, StoreErrorKind};
 
 use super::{Checkpoint, EmbeddedIo, OpenError, Position};
 
@@ -194,8 +195,25 @@ impl Sink for FileSink {
             self.written = self.done.output_len;
         }
         if let Some(cp) = &self.checkpoint {
-            cp.store(&self.done)
-                .map_err(|e| SinkError(format!("checkpoint: {e}")))?;
+            // Another process holding the database lock (or a full disk) stalls the commit
+            // until it clears, like an unreachable store; other errors stop the pipeline.
+            let mut waited = 0u32;
+            loop {
+                match cp.store(&self.done).map_err(crate::sqlite::classify) {
+                    Ok(()) => break,
+                    Err(e) if e.kind != StoreErrorKind::Permanent => {
+                        metrics::counter!(STORE_ERRORS, "kind" => e.kind.as_str(), "error_code" => e.code)
+                            .increment(1);
+                        if waited == 0 && sluice_pipeline::logs::allow() {
+                            tracing::warn!(error = %e.message, "checkpoint waits for the state database");
+                        }
+                        waited += 1;
+                        let ms = (10u64 << waited.min(7)).min(1_000);
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    }
+                    Err(e) => return Err(SinkError(format!("checkpoint: {}", e.message))),
+                }
+            }
         }
         Ok(())
     }

@@ -19,7 +19,15 @@ pub struct LineSource {
     byte: u64,
     cap: usize,
     buf: Vec<u8>,
+    /// Lines left in the input (files only): exported as `sluice_consumer_lag_records`.
+    remaining: Option<u64>,
+    /// Set when following a growing file (`tail -f`): the file and when lag was last counted.
+    follow: Option<(std::path::PathBuf, Instant)>,
 }
+
+/// How often a followed file is polled at its end, and its lag recounted while reading.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+const RECOUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl LineSource {
     /// Opens `path` (or stdin) at `position`. `topic` names the input in result events.
@@ -28,6 +36,7 @@ impl LineSource {
         topic: &str,
         position: &Position,
         cap: usize,
+        follow: bool,
     ) -> Result<Self, OpenError> {
         let io_err = |source| OpenError::Io {
             path: topic.to_string(),
@@ -61,6 +70,21 @@ impl LineSource {
         }
         source.line = position.line;
         source.byte = position.byte;
+        if let Some(p) = path {
+            let (owned, from) = (p.to_path_buf(), position.byte);
+            let count = tokio::task::spawn_blocking(move || count_lines(&owned, from))
+                .await
+                .map_err(|e| OpenError::Io {
+                    path: topic.to_string(),
+                    source: std::io::Error::other(e),
+                })?
+                .map_err(io_err)?;
+            source.remaining = Some(count);
+            source.report_lag();
+            if follow {
+                source = source.follow(p);
+            }
+        }
         Ok(source)
     }
 
@@ -73,7 +97,16 @@ impl LineSource {
             byte: 0,
             cap,
             buf: Vec::new(),
+            remaining: None,
+            follow: None,
         }
+    }
+
+    /// Keeps reading at the end of the file, waiting for more lines (a producer appending to
+    /// the file), until shutdown. A last line without its newline is waited for, not read.
+    pub fn follow(mut self, path: &Path) -> Self {
+        self.follow = Some((path.to_path_buf(), Instant::now()));
+        self
     }
 
     /// Reads one line into `self.buf` (without its newline, at most `cap` bytes kept).
@@ -84,6 +117,14 @@ impl LineSource {
         loop {
             let available = self.reader.fill_buf().await?;
             if available.is_empty() {
+                if self.follow.is_some() {
+                    if consumed == 0 && self.remaining != Some(0) {
+                        self.remaining = Some(0);
+                        self.report_lag();
+                    }
+                    tokio::time::sleep(FOLLOW_POLL).await;
+                    continue;
+                }
                 return Ok(if consumed == 0 {
                     None
                 } else {
@@ -109,6 +150,31 @@ impl LineSource {
     }
 }
 
+/// Lines from byte `from` to the end of the file (a last line without newline counts).
+fn count_lines(path: &Path, from: u64) -> std::io::Result<u64> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(std::io::SeekFrom::Start(from))?;
+    let (mut n, mut last, mut buf) = (0u64, b'\n', vec![0u8; 1 << 16]);
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            return Ok(n + u64::from(last != b'\n'));
+        }
+        n += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64;
+        last = buf[k - 1];
+    }
+}
+
+impl LineSource {
+    fn report_lag(&self) {
+        if let Some(n) = self.remaining {
+            metrics::gauge!(sluice_pipeline::metrics::CONSUMER_LAG, "partition" => "0")
+                .set(n as f64);
+        }
+    }
+}
+
 fn memchr_newline(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == b'\n')
 }
@@ -127,6 +193,23 @@ impl Source for LineSource {
             let line = self.line;
             self.line += 1;
             self.byte += consumed;
+            if let Some(n) = self.remaining.as_mut() {
+                *n = n.saturating_sub(1);
+                self.report_lag();
+            }
+            if let Some((path, counted)) = &self.follow {
+                if counted.elapsed() >= RECOUNT_EVERY {
+                    let (path, from) = (path.clone(), self.byte);
+                    let n = tokio::task::spawn_blocking(move || count_lines(&path, from)).await;
+                    if let Ok(Ok(n)) = n {
+                        self.remaining = Some(n);
+                        self.report_lag();
+                    }
+                    if let Some((_, counted)) = self.follow.as_mut() {
+                        *counted = Instant::now();
+                    }
+                }
+            }
             let mut payload = &self.buf[..];
             if payload.last() == Some(&b'\r') {
                 payload = &payload[..payload.len() - 1];

@@ -35,10 +35,11 @@ pub struct SqliteStore {
     next_reader: AtomicUsize,
 }
 
-/// Opens a connection with the settings every sluice connection uses.
-pub fn connect(path: &Path) -> rusqlite::Result<Connection> {
+/// Opens a connection with the settings every sluice connection uses; `busy` is how long a
+/// statement waits for another process's lock.
+pub fn connect(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(busy)?;
     // WAL: readers do not block the writer; NORMAL sync is durable against process crashes
     // (what kill -9 tests), the WAL is synced at checkpoints.
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -66,7 +67,8 @@ impl SqliteStore {
     /// Opens (creating if needed) the store at `path` with tables for `config`'s collections,
     /// and forgets ledger entries older than the dedupe window.
     pub fn open(path: &Path, config: &Config) -> Result<Self, StoreError> {
-        let writer = connect(path).map_err(classify)?;
+        let busy = Duration::from_millis(config.embedded.busy_timeout_ms);
+        let writer = connect(path, busy).map_err(classify)?;
         writer
             .execute_batch(
                 "CREATE TABLE IF NOT EXISTS requests (
@@ -103,7 +105,7 @@ impl SqliteStore {
             .and_then(|_| writer.execute("DELETE FROM requests WHERE expires_at < ?1", [now]))
             .map_err(classify)?;
         let readers = (0..config.execute.lookup_concurrency.clamp(1, 4))
-            .map(|_| connect(path).map(Mutex::new))
+            .map(|_| connect(path, busy).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(classify)?;
         let sql = config
@@ -154,8 +156,13 @@ impl Store for SqliteStore {
     }
 
     async fn health(&self) -> Result<(), StoreError> {
-        self.with_writer(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(classify))
-            .await
+        // A write probe: reads keep working while another process holds the write lock, but
+        // chunks cannot commit, and readiness is about being able to commit.
+        self.with_writer(|c| {
+            c.execute_batch("BEGIN IMMEDIATE").map_err(classify)?;
+            c.execute_batch("ROLLBACK").map_err(classify)
+        })
+        .await
     }
 
     async fn claim(

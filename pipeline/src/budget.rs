@@ -1,0 +1,66 @@
+//! The in-flight budget: how many records, and how many KiB of input, may be between the
+//! source and the commit. The source takes a share before handing a record on; the commit
+//! stage's drop of the record's [`Budget`] gives it back.
+
+use std::sync::Arc;
+
+use metrics::gauge;
+use tokio::sync::Semaphore;
+
+use crate::health::Health;
+use crate::metrics::{IN_FLIGHT, IN_FLIGHT_BYTES};
+use crate::record::Budget;
+
+/// The two semaphores and their sizes.
+#[derive(Debug)]
+pub struct InFlight {
+    records: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_records: usize,
+    max_kib: u32,
+    health: Arc<Health>,
+}
+
+const CLOSED: &str = "the in-flight semaphores are never closed";
+
+impl InFlight {
+    /// A budget of `max_records` records and `max_bytes` bytes.
+    pub fn new(max_records: usize, max_bytes: usize, health: Arc<Health>) -> Self {
+        let max_kib =
+            (max_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
+        InFlight {
+            records: Arc::new(Semaphore::new(max_records)),
+            bytes: Arc::new(Semaphore::new(max_kib as usize)),
+            max_records,
+            max_kib,
+            health,
+        }
+    }
+
+    /// Waits for room for one more record.
+    pub async fn record(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.records.clone().acquire_owned().await.expect(CLOSED)
+    }
+
+    /// Waits for room for `bytes` more input bytes (a record larger than the whole budget
+    /// takes all of it), and combines it with the record's permit.
+    pub async fn bytes(&self, record: tokio::sync::OwnedSemaphorePermit, bytes: usize) -> Budget {
+        let kib = (bytes / 1024 + 1).min(self.max_kib as usize) as u32;
+        let bytes = self
+            .bytes
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .expect(CLOSED);
+        Budget { record, bytes }
+    }
+
+    /// Exports the budget in use (`sluice_in_flight_records`, `sluice_in_flight_bytes`).
+    pub fn report(&self) {
+        let records = self.max_records - self.records.available_permits();
+        let kib = self.max_kib as usize - self.bytes.available_permits();
+        gauge!(IN_FLIGHT).set(records as f64);
+        gauge!(IN_FLIGHT_BYTES).set((kib * 1024) as f64);
+        self.health.set_in_flight(records);
+    }
+}
