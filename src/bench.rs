@@ -47,6 +47,7 @@ fn peak_rss_kib() -> Option<u64> {
 /// `sluice bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut config: Config = sluice_config::load(args.config.as_deref())?;
+    crate::logging::init(&config.observability);
     config.collections.insert(
         "words".into(),
         CollectionConfig {
@@ -82,6 +83,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         state: dir.path().join("pipeline.db"),
         max_line_bytes: config.limits.max_record_bytes.saturating_mul(4),
         fsync: false,
+        follow: false,
     };
     let stats = Arc::new(RunStats::default());
     let chunk_items = config.chunk.max_items;
@@ -99,7 +101,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Baseline: the same documents, inserted directly in transactions of the same chunk size.
     let raw_secs = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
         let path = dir.path().join("raw.db");
-        let conn = connect(&path)?;
+        let conn = connect(&path, std::time::Duration::from_secs(5))?;
         conn.execute_batch(&format!(
             "CREATE TABLE {} (key TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID",
             table("words")

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sluice_config::Config;
 use sluice_connectors::embedded::{self, EmbeddedIo};
 use sluice_connectors::sqlite::SqliteStore;
+use sluice_pipeline::health::Health;
 use sluice_pipeline::{RunEnd, RunStats, Store};
 
 use crate::RunArgs;
@@ -41,20 +42,34 @@ pub async fn run_pipeline(
     stats: Arc<RunStats>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(RunEnd, embedded::Position)> {
-    sluice_pipeline::metrics::describe();
     let store = SqliteStore::open(&io.state, &config)
         .with_context(|| format!("opening state database {}", io.state.display()))?;
-    tokio::time::timeout(Duration::from_secs(10), store.health())
+    let writer = store.writer();
+    let timeout = Duration::from_millis(config.observability.health_timeout_ms.max(10_000));
+    tokio::time::timeout(timeout, store.health())
         .await
-        .context("store health check timed out")??;
-    let (source, sink, position) = embedded::open(&io, store.writer()).await?;
-    let end = sluice_pipeline::run(config, source, sink, Arc::new(store), stats, shutdown).await?;
+        .context("store health check timed out at start-up")?
+        .context("store health check failed at start-up")?;
+    let health = Arc::new(Health::new(Duration::from_millis(
+        config.observability.stall_after_ms,
+    )));
+    health.set_store(Ok(()));
+    let store: Arc<dyn Store> = Arc::new(store);
+    if let Some(listen) = &config.observability.listen {
+        let handle = crate::observability::install_recorder()?;
+        crate::observability::serve(listen, handle, health.clone()).await?;
+        crate::observability::spawn_checks(store.clone(), health.clone(), &config.observability);
+    }
+    let (source, sink, position) = embedded::open(&io, writer).await?;
+    let end = sluice_pipeline::run(config, source, sink, store, stats, health, shutdown).await?;
     Ok((end, position))
 }
 
 /// `sluice run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = Arc::new(config(&args)?);
+    let config = config(&args)?;
+    crate::logging::init(&config.observability);
+    let config = Arc::new(config);
     let io = EmbeddedIo {
         input: path_arg(&args.input),
         output: path_arg(&args.output),
@@ -62,7 +77,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         state: config.embedded.state.clone(),
         max_line_bytes: config.limits.max_record_bytes.saturating_mul(4),
         fsync: false,
+        follow: args.follow,
     };
+    anyhow::ensure!(
+        !args.follow || io.input.is_some(),
+        "--follow needs an input file"
+    );
     let stats = Arc::new(RunStats::default());
     let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| progress_bar(stats.clone()));
     let started = std::time::Instant::now();

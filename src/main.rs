@@ -4,6 +4,7 @@
 mod bench;
 mod embedded;
 mod logging;
+mod observability;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +70,9 @@ pub struct RunArgs {
     /// Treat the whole input as one ordered stream (overrides `pipeline.ordered`).
     #[arg(long)]
     ordered: bool,
+    /// Keep reading the input file as it grows (like `tail -f`) until SIGINT/SIGTERM.
+    #[arg(long)]
+    follow: bool,
     /// Never show a progress bar, even on a terminal.
     #[arg(long)]
     quiet: bool,
@@ -77,18 +81,12 @@ pub struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => {
-            logging::init();
-            runtime().and_then(|rt| rt.block_on(embedded::run(args)))
-        }
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(embedded::run(args))),
         Command::Schema { out } => schema(out),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(file),
-        Command::Bench(args) => {
-            logging::init();
-            runtime().and_then(|rt| rt.block_on(bench::run(args)))
-        }
+        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

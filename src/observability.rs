@@ -1,0 +1,126 @@
+//! What SREs see: the Prometheus recorder, the HTTP listener (`/metrics`, `/healthz`,
+//! `/readyz`), the periodic store health check that drives readiness, and uptime.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sluice_config::ObservabilityConfig;
+use sluice_pipeline::health::Health;
+use sluice_pipeline::metrics::{buckets, register, UPTIME};
+use sluice_pipeline::Store;
+
+/// Installs the global Prometheus recorder (explicit buckets for every histogram) and
+/// registers every metric.
+pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    let mut builder = PrometheusBuilder::new();
+    for (name, b) in buckets() {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_string()), b)?;
+    }
+    let handle = builder
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    register();
+    Ok(handle)
+}
+
+#[derive(Clone)]
+struct AppState {
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+    process: Arc<metrics_process::Collector>,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until the process exits.
+pub async fn serve(
+    listen: &str,
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    let process = metrics_process::Collector::default();
+    process.describe();
+    let state = AppState {
+        handle,
+        health,
+        process: Arc::new(process),
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the observability listener on {listen}"))?;
+    tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "observability listener stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    s.process.collect();
+    let _ = s.health.readiness(); // refreshes sluice_ready
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.handle.render(),
+    )
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let r = s.health.readiness();
+    let code = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(r))
+}
+
+/// Checks the store every `health_interval_ms` (each check bounded by `health_timeout_ms`)
+/// and updates readiness; also keeps `sluice_uptime_seconds` current.
+pub fn spawn_checks(store: Arc<dyn Store>, health: Arc<Health>, config: &ObservabilityConfig) {
+    let interval = Duration::from_millis(config.health_interval_ms);
+    let timeout = Duration::from_millis(config.health_timeout_ms);
+    let started = Instant::now();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_ok = true;
+        loop {
+            tick.tick().await;
+            metrics::gauge!(UPTIME).set(started.elapsed().as_secs_f64());
+            let result = match tokio::time::timeout(timeout, store.health()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "health check timed out after {} ms",
+                    timeout.as_millis()
+                )),
+            };
+            let ok = result.is_ok();
+            if ok != was_ok {
+                match &result {
+                    Ok(()) => tracing::info!(store = store.kind(), "store healthy again"),
+                    Err(e) => {
+                        tracing::warn!(store = store.kind(), error = %e, "store health check failing")
+                    }
+                }
+            }
+            was_ok = ok;
+            health.set_store(result);
+        }
+    });
+}
