@@ -1,0 +1,88 @@
+//! docker-compose.yml cannot run here (no Docker engine): check that it lines up with the
+//! repository — mounted files exist, Prometheus scrapes the port sluice listens on, the
+//! services start in dependency order behind health checks.
+
+mod common;
+
+use common::*;
+use serde_yaml::Value;
+
+fn load(path: &str) -> Value {
+    serde_yaml::from_str(&std::fs::read_to_string(root().join(path)).unwrap()).unwrap()
+}
+
+#[test]
+fn compose_file_lines_up_with_the_repository() {
+    let compose = load("docker-compose.yml");
+    let services = compose["services"].as_mapping().unwrap();
+    for name in ["sluice", "prometheus", "grafana"] {
+        assert!(services.contains_key(name), "service {name}");
+    }
+    for (name, svc) in services {
+        for v in svc["volumes"].as_sequence().into_iter().flatten() {
+            let src = v.as_str().unwrap().split(':').next().unwrap();
+            if let Some(rel) = src.strip_prefix("./") {
+                assert!(
+                    root().join(rel).exists(),
+                    "{name:?} mounts {src}, which does not exist"
+                );
+            } else {
+                assert!(
+                    compose["volumes"].get(src).is_some(),
+                    "{name:?}: named volume {src} is not declared"
+                );
+            }
+        }
+        if let Some(deps) = svc["depends_on"].as_mapping() {
+            for (dep, cond) in deps {
+                assert!(
+                    services.contains_key(dep),
+                    "{name:?} depends on unknown {dep:?}"
+                );
+                assert_eq!(cond["condition"], "service_healthy");
+                assert!(
+                    services[dep].get("healthcheck").is_some(),
+                    "{dep:?} needs a healthcheck"
+                );
+            }
+        }
+    }
+    // The sluice service's config parses and listens where Prometheus scrapes.
+    let cfg = sluice_config_listen();
+    let port = cfg.rsplit(':').next().unwrap().to_string();
+    let prom = load("grafana/prometheus/prometheus.yml");
+    let target = prom["scrape_configs"][0]["static_configs"][0]["targets"][0]
+        .as_str()
+        .unwrap();
+    assert_eq!(target, format!("sluice:{port}"));
+    let published = services[&Value::from("sluice")]["ports"][0]
+        .as_str()
+        .unwrap();
+    assert!(published.ends_with(&format!(":{port}")), "{published}");
+    assert!(
+        prom["rule_files"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("alerts.yml"),
+        "prometheus loads the alert rules"
+    );
+}
+
+fn sluice_config_listen() -> String {
+    let out = sluice()
+        .args(["config", "check", "deploy/sluice.toml"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("listen"))
+        .expect("observability.listen is set");
+    line.split('"').nth(1).unwrap().to_string()
+}
