@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sluice_config::ObservabilityConfig;
 use sluice_pipeline::health::Health;
-use sluice_pipeline::metrics::{buckets, register, UPTIME};
+use sluice_pipeline::metrics::{buckets, register, HEALTH_FAILURES, PIPELINE_ERRORS, UPTIME};
 use sluice_pipeline::Store;
 
 /// Installs the global Prometheus recorder (explicit buckets for every histogram) and
@@ -61,6 +61,7 @@ pub async fn serve(
     tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
+            metrics::counter!(PIPELINE_ERRORS, "component" => "observability").increment(1);
             tracing::error!(error = %e, "observability listener stopped");
         }
     });
@@ -115,6 +116,7 @@ pub fn spawn_checks(store: Arc<dyn Store>, health: Arc<Health>, config: &Observa
                 match &result {
                     Ok(()) => tracing::info!(store = store.kind(), "store healthy again"),
                     Err(e) => {
+                        metrics::counter!(HEALTH_FAILURES, "component" => "store").increment(1);
                         tracing::warn!(store = store.kind(), error = %e, "store health check failing")
                     }
                 }

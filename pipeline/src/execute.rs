@@ -209,7 +209,10 @@ impl Job {
         if self.request.op == Op::Lookup {
             let concurrency = self.shared.config.execute.lookup_concurrency;
             let mut events = futures::stream::iter(0..n)
-                .map(|i| self.lookup_chunk(i))
+                .map(|i| {
+                    self.lookup_chunk(i)
+                        .instrument(tracing::debug_span!("chunk", chunk = i))
+                })
                 .buffered(concurrency);
             while let Some(event) = events.next().await {
                 let Some(event) = event else { return };
@@ -220,7 +223,8 @@ impl Job {
         } else {
             let mut stopped = false;
             for i in 0..n {
-                let Some(event) = self.write_chunk(i, stopped).await else {
+                let span = tracing::debug_span!("chunk", chunk = i);
+                let Some(event) = self.write_chunk(i, stopped).instrument(span).await else {
                     return;
                 };
                 stopped |= self.request.options.stop_on_error

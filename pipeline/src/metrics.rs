@@ -54,6 +54,8 @@ pub const READY: &str = "sluice_ready";
 pub const STORE_UP: &str = "sluice_store_up";
 /// Fatal pipeline errors (a stage or the source stopped). Labels: `component`.
 pub const PIPELINE_ERRORS: &str = "sluice_pipeline_errors_total";
+/// Health checks that started failing (transitions from healthy). Labels: `component`.
+pub const HEALTH_FAILURES: &str = "sluice_health_check_failures_total";
 /// Warnings and errors not logged because of the log rate limit. Labels: none.
 pub const LOGS_SUPPRESSED: &str = "sluice_logs_suppressed_total";
 /// Always 1; carries the version. Labels: `version`.
@@ -123,6 +125,7 @@ pub fn register() {
         gauge!(QUEUE_DEPTH, "stage" => stage).set(0.0);
     }
     counter!(LOGS_SUPPRESSED).absolute(0);
+    counter!(HEALTH_FAILURES, "component" => "store").absolute(0);
     gauge!(IN_FLIGHT).set(0.0);
     gauge!(IN_FLIGHT_BYTES).set(0.0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -135,7 +138,7 @@ pub fn describe() {
     describe_counter!(ITEMS, "Items by op and final status.");
     describe_counter!(
         ITEM_ERRORS,
-        "Failed or not-attempted items by op and error code."
+        "Failed or not-attempted items by error code."
     );
     describe_counter!(REJECTIONS, "Request rejections by error code.");
     describe_counter!(
@@ -164,6 +167,29 @@ pub fn describe() {
     );
     describe_counter!(
         COMMITS,
-        "Position checkpoints (embedded) or Kafka transactions, by outcome."
+        "Sink commits (Kafka transactions / embedded checkpoints) by outcome."
     );
+    describe_gauge!(
+        IN_FLIGHT_BYTES,
+        Unit::Bytes,
+        "Input bytes read but not yet committed."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Records not yet read from the source, per partition."
+    );
+    describe_counter!(REBALANCES, "Consumer-group rebalances by kind (Kafka).");
+    describe_gauge!(READY, "1 when the instance is ready (see /readyz).");
+    describe_gauge!(STORE_UP, "1 when the last store health check passed.");
+    describe_counter!(PIPELINE_ERRORS, "Fatal pipeline errors by component.");
+    describe_counter!(
+        HEALTH_FAILURES,
+        "Health checks that went from passing to failing."
+    );
+    describe_counter!(
+        LOGS_SUPPRESSED,
+        "Warnings/errors dropped by the log rate limit."
+    );
+    describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
+    describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the process started.");
 }
