@@ -11,6 +11,8 @@
 #   scripts/kafka.sh install                          fetch jars into .cache/kafka/libs
 #   scripts/kafka.sh start  [PORT]                    fresh broker on 127.0.0.1:PORT
 #   scripts/kafka.sh stop   [PORT]
+#   scripts/kafka.sh restart [PORT]                   stop, then start on the same data
+#   scripts/kafka.sh resume [PORT]                    start a stopped broker on its data
 #   scripts/kafka.sh status [PORT]
 #   scripts/kafka.sh create-topic PORT NAME PARTITIONS
 #   scripts/kafka.sh tool CLASS [ARGS...]             any Kafka CLI class, e.g.
@@ -217,15 +219,20 @@ cmd_start() {
 
     write_log4j_configs
     write_server_properties "$port" "$cport" "$data" "$props"
-    rm -rf "$data"
-    mkdir -p "$data"
-    cid="$(random_cluster_id)"
-    log "formatting $data (cluster id $cid)"
-    # The format output goes to the top of the log: useful when start fails.
-    if ! run_tool kafka.tools.StorageTool format --config "$props" --cluster-id "$cid" \
-        --standalone >"$logf" 2>&1; then
-        cat "$logf" >&2
-        die "kafka-storage format failed"
+    if [[ "${KEEP_DATA:-0}" == 1 && -f "$data/meta.properties" ]]; then
+        # restart: same data, same cluster id (a broker restart, not a new cluster).
+        log "starting on the existing data in $data"
+    else
+        rm -rf "$data"
+        mkdir -p "$data"
+        cid="$(random_cluster_id)"
+        log "formatting $data (cluster id $cid)"
+        # The format output goes to the top of the log: useful when start fails.
+        if ! run_tool kafka.tools.StorageTool format --config "$props" --cluster-id "$cid" \
+            --standalone >"$logf" 2>&1; then
+            cat "$logf" >&2
+            die "kafka-storage format failed"
+        fi
     fi
 
     log "starting broker on 127.0.0.1:$port (controller :$cport), log ${logf#"$REPO_ROOT"/}"
@@ -343,6 +350,8 @@ cmd="${1:-}"
 case "$cmd" in
     install) cmd_install && log "Kafka jars ready in ${LIBS#"$REPO_ROOT"/}" ;;
     start) cmd_start "$@" ;;
+    restart) cmd_stop "$@" && KEEP_DATA=1 cmd_start "$@" ;;
+    resume) KEEP_DATA=1 cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
     status) cmd_status "$@" ;;
     create-topic) cmd_create_topic "$@" ;;

@@ -26,6 +26,10 @@ pub struct BenchArgs {
     /// Optional TOML config (chunk size, concurrency…); collection `words` is added.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// Benchmark Kafka → pipeline → Kafka against this broker instead (exactly-once,
+    /// at-least-once and the raw consume→produce ceiling).
+    #[arg(long)]
+    kafka: Option<String>,
 }
 
 fn doc(r: usize, i: usize) -> serde_json::Value {
@@ -48,6 +52,9 @@ fn peak_rss_kib() -> Option<u64> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut config: Config = sluice_config::load(args.config.as_deref())?;
     crate::logging::init(&config.observability);
+    if let Some(brokers) = &args.kafka {
+        return crate::bench_kafka::run(brokers, args.requests, args.items, config).await;
+    }
     config.collections.insert(
         "words".into(),
         CollectionConfig {

@@ -70,6 +70,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
     crate::logging::init(&config.observability);
     let config = Arc::new(config);
+    if config.kafka.is_some() {
+        return crate::kafka::run(config).await;
+    }
     let io = EmbeddedIo {
         input: path_arg(&args.input),
         output: path_arg(&args.output),
@@ -112,7 +115,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Resolves at the first SIGINT/SIGTERM; a second one exits the process at once.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     wait_signal().await;
     eprintln!("sluice: stopping — finishing in-flight requests (press Ctrl-C again to stop now)");
     tokio::spawn(async {

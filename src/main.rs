@@ -2,7 +2,9 @@
 //! contract's JSON Schemas, checks configs, and benchmarks the embedded pipeline.
 
 mod bench;
+mod bench_kafka;
 mod embedded;
+mod kafka;
 mod logging;
 mod observability;
 
@@ -37,6 +39,43 @@ enum Command {
     },
     /// Benchmark the embedded pipeline against raw SQLite inserts of the same documents.
     Bench(bench::BenchArgs),
+    /// Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Publish requests (JSON lines from FILE or `-` for stdin) to the requests topic, keyed by
+    /// request_id.
+    Produce {
+        /// TOML config with a [kafka] section.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Requests file, or `-` for stdin.
+        input: String,
+    },
+    /// Print result events (read_committed); with --request-id, until each has its terminal
+    /// event.
+    Tail {
+        /// TOML config with a [kafka] section.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only these requests; exit once each has its terminal event.
+        #[arg(long = "request-id")]
+        request_ids: Vec<String>,
+        /// Give up after this many seconds.
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create the requests, results and DLQ topics (partitions and replication from config).
+    Create {
+        /// TOML config with a [kafka] section.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -87,6 +126,24 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => config_check(file),
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
+        Command::Topics {
+            command: TopicsCommand::Create { config },
+        } => with_config(config, |c| async move { kafka::topics_create(&c).await }),
+        Command::Produce { config, input } => {
+            with_config(config, |c| async move { kafka::produce(&c, &input).await })
+        }
+        Command::Tail {
+            config,
+            request_ids,
+            timeout_secs,
+        } => with_config(config, |c| async move {
+            kafka::tail(
+                &c,
+                &request_ids,
+                timeout_secs.map(std::time::Duration::from_secs),
+            )
+            .await
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,6 +152,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Loads the config, sets up logging and runs `f` on a runtime.
+fn with_config<F, Fut>(file: Option<PathBuf>, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(sluice_config::Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let config = sluice_config::load(file.as_deref())?;
+    logging::init(&config.observability);
+    runtime()?.block_on(f(config))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -124,7 +124,7 @@ fn kill_9_at_random_points_loses_nothing_and_doubles_nothing() {
         "every input line has exactly one terminal event"
     );
     for (line, &size) in sizes.iter().enumerate() {
-        let e = &terminal[&format!("c-{line}@{line}")];
+        let e = &terminal[&format!("c-{line}@0:{line}")];
         assert_eq!(e["event"], "completed", "{e}");
         assert_eq!(
             e["counts"]["ok"], size,
@@ -133,11 +133,11 @@ fn kill_9_at_random_points_loses_nothing_and_doubles_nothing() {
     }
     for line in CREATES..TOTAL {
         if let Some(original) = duplicates.get(&line) {
-            let e = &terminal[&format!("c-{original}@{line}")];
+            let e = &terminal[&format!("c-{original}@0:{line}")];
             assert_eq!(e["event"], "duplicate", "{e}");
             assert_eq!(e["original"]["offset"], *original as u64);
         } else {
-            let e = &terminal[&format!("d-{line}@{line}")];
+            let e = &terminal[&format!("d-{line}@0:{line}")];
             assert_eq!(
                 e["counts"]["ok"],
                 sizes[line - CREATES],

@@ -63,6 +63,121 @@ pub struct Config {
     pub embedded: EmbeddedConfig,
     /// Metrics, health endpoints and logs.
     pub observability: ObservabilityConfig,
+    /// Kafka source and sink. When present, `sluice run` is the Kafka service; when absent,
+    /// it runs the embedded default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// Delivery guarantee of the Kafka sink.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Results and input offsets commit in one Kafka transaction (the default).
+    #[default]
+    ExactlyOnce,
+    /// Results are flushed, then offsets committed: duplicates possible after a crash. For
+    /// measuring the cost of exactly-once, not for production.
+    AtLeastOnce,
+}
+
+/// Kafka topics.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaTopics {
+    /// Input topic of batch requests.
+    pub requests: String,
+    /// Output topic of result events (key = request_id).
+    pub results: String,
+    /// Dead-letter topic: unusable records, unchanged, with error headers.
+    pub dlq: String,
+}
+
+impl Default for KafkaTopics {
+    fn default() -> Self {
+        KafkaTopics {
+            requests: "sluice.requests".into(),
+            results: "sluice.results".into(),
+            dlq: "sluice.dlq".into(),
+        }
+    }
+}
+
+/// Kafka connection and behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// Consumer group of the service's instances.
+    pub group_id: String,
+    /// Prefix of the transactional id; each process appends a unique suffix.
+    pub transactional_id_prefix: String,
+    /// Stable identity of this instance (e.g. the pod name). Sets static group membership
+    /// (`group.instance.id`: a restarted instance gets its partitions back without a
+    /// rebalance) and a stable transactional id (a restart fences its previous incarnation and
+    /// aborts its open transaction at once). Without it each process start is a new member with
+    /// a random transactional id, and a crashed instance's open transaction holds back
+    /// read_committed consumers until `transaction_timeout_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Topic names.
+    pub topics: KafkaTopics,
+    /// `exactly_once` (default) or `at_least_once`.
+    pub delivery: Delivery,
+    /// Partitions of topics made by `sluice topics create`.
+    pub partitions: i32,
+    /// Replication factor of topics made by `sluice topics create`.
+    pub replication: i32,
+    /// Consumer session timeout (ms): how fast a dead instance's partitions move.
+    pub session_timeout_ms: u64,
+    /// Longest gap between two polls before the group evicts this instance (ms).
+    pub max_poll_interval_ms: u64,
+    /// Kafka transaction timeout (ms).
+    pub transaction_timeout_ms: u64,
+    /// Timeout of broker operations (transaction commit, metadata, init) in milliseconds.
+    pub operation_timeout_ms: u64,
+    /// librdkafka's prefetch buffer per partition, in KiB (bounds memory below the budget).
+    pub queued_max_kbytes: u64,
+    /// Extra librdkafka properties, passed through (e.g. `security.protocol`, `sasl.*`,
+    /// `ssl.*`). Values of keys naming passwords, secrets or keys are masked when printed.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "sluice".into(),
+            transactional_id_prefix: "sluice".into(),
+            instance_id: None,
+            topics: KafkaTopics::default(),
+            delivery: Delivery::ExactlyOnce,
+            partitions: 6,
+            replication: 1,
+            session_timeout_ms: 10_000,
+            max_poll_interval_ms: 600_000,
+            transaction_timeout_ms: 60_000,
+            operation_timeout_ms: 30_000,
+            queued_max_kbytes: 8 * 1024,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Whether a librdkafka property (or similar key) holds a secret.
+pub fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "key.pem",
+        "ssl.key",
+        "token",
+        "sasl.oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
 /// Log output format.
@@ -450,6 +565,55 @@ impl Config {
                 "must not exceed observability.health_interval_ms",
             ));
         }
+        if let Some(k) = &self.kafka {
+            for (field, v) in [
+                ("kafka.brokers", &k.brokers),
+                ("kafka.group_id", &k.group_id),
+                ("kafka.transactional_id_prefix", &k.transactional_id_prefix),
+                ("kafka.topics.requests", &k.topics.requests),
+                ("kafka.topics.results", &k.topics.results),
+                ("kafka.topics.dlq", &k.topics.dlq),
+            ] {
+                if v.trim().is_empty() {
+                    return Err(ConfigError::invalid(field, "must not be empty"));
+                }
+            }
+            let t = &k.topics;
+            if t.requests == t.results || t.requests == t.dlq || t.results == t.dlq {
+                return Err(ConfigError::invalid(
+                    "kafka.topics",
+                    "requests, results and dlq must be three different topics",
+                ));
+            }
+            if k.partitions < 1 || k.replication < 1 {
+                return Err(ConfigError::invalid(
+                    "kafka.partitions",
+                    "partitions and replication must be at least 1",
+                ));
+            }
+            if k.transaction_timeout_ms < self.pipeline.commit_interval_ms * 2 {
+                return Err(ConfigError::invalid(
+                    "kafka.transaction_timeout_ms",
+                    "must be at least twice pipeline.commit_interval_ms",
+                ));
+            }
+            for key in k.properties.keys() {
+                if [
+                    "bootstrap.servers",
+                    "group.id",
+                    "transactional.id",
+                    "enable.auto.commit",
+                    "isolation.level",
+                ]
+                .contains(&key.as_str())
+                {
+                    return Err(ConfigError::invalid(
+                        format!("kafka.properties.{key}"),
+                        "is set by sluice itself (use the typed kafka.* fields)",
+                    ));
+                }
+            }
+        }
         if self.dedupe.window_secs == 0 {
             return Err(ConfigError::invalid(
                 "dedupe.window_secs",
@@ -532,9 +696,15 @@ impl Config {
 
     /// The config as TOML with secrets masked, for `sluice config check` and start-up logs.
     pub fn masked(&self) -> String {
-        // No secret-bearing fields exist yet in the embedded config; connector sections that
-        // carry credentials (Kafka SASL, MongoDB URI) mask them here as they are added.
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("<unprintable config: {e}>"))
+        let mut c = self.clone();
+        if let Some(k) = c.kafka.as_mut() {
+            for (key, value) in k.properties.iter_mut() {
+                if is_secret(key) {
+                    *value = "***".into();
+                }
+            }
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("<unprintable config: {e}>"))
     }
 }
 
@@ -590,6 +760,21 @@ mod tests {
             assert_eq!(c.chunk.max_bytes, 9_999_999);
             Ok(())
         });
+    }
+
+    #[test]
+    fn kafka_secrets_are_masked() {
+        let c = from_toml_str(
+            "[kafka]\nbrokers='b:9092'\n[kafka.properties]\n'sasl.password'='hunter2'\n'security.protocol'='SASL_SSL'\n",
+        )
+        .unwrap();
+        let printed = c.masked();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("SASL_SSL"));
+        let err = from_toml_str("[kafka.properties]\n'group.id'='x'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.properties.group.id"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //!   and the output length to the SQLite state so that restarts are exactly-once.
 //! - [`sqlite`]: the SQLite `Store`: documents, request ledger and chunk ledger in one file.
 //!
-//! The Kafka and MongoDB connectors live beside these as `kafka/` and `mongo/`.
+//! - [`kafka`]: the consumer-group source, the transactional sink and admin helpers.
+//!
+//! The MongoDB store will live beside these as `mongo/`.
 
 pub mod embedded;
+pub mod kafka;
 pub mod sqlite;

@@ -136,10 +136,7 @@ pub fn describe() {
     describe_counter!(RECORDS_CONSUMED, "Records read from the source.");
     describe_counter!(REQUESTS, "Requests by op and terminal outcome.");
     describe_counter!(ITEMS, "Items by op and final status.");
-    describe_counter!(
-        ITEM_ERRORS,
-        "Failed or not-attempted items by error code."
-    );
+    describe_counter!(ITEM_ERRORS, "Failed or not-attempted items by error code.");
     describe_counter!(REJECTIONS, "Request rejections by error code.");
     describe_counter!(
         DEAD_LETTERS,

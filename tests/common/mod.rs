@@ -7,6 +7,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// Kafka helpers (only the Kafka test binaries use them).
+pub mod kafka;
+
 /// The `sluice` binary built for these tests.
 pub fn sluice() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -57,15 +60,17 @@ pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
 
 /// Checks the exactly-once shape of an output: every request record has exactly one terminal
 /// event, every (request, chunk) progress event appears once, in chunk order, before the
-/// terminal one. Returns the terminal event of each record, keyed `request_id@offset` (a
-/// duplicate request shares its request_id with the original, not its offset).
+/// terminal one. Returns the terminal event of each record, keyed
+/// `request_id@partition:offset` (a duplicate request shares its request_id with the
+/// original, not its position).
 pub fn check_once(events: &[Value]) -> BTreeMap<String, Value> {
     let mut terminal: BTreeMap<String, Value> = BTreeMap::new();
     let mut next_chunk: BTreeMap<String, u64> = BTreeMap::new();
     for e in events {
         let id = format!(
-            "{}@{}",
+            "{}@{}:{}",
             e["request_id"].as_str().expect("request_id"),
+            e["source"]["partition"],
             e["source"]["offset"]
         );
         assert!(

@@ -1,0 +1,80 @@
+//! Kafka: a consumer-group member as the [`Source`](sluice_pipeline::Source), a transactional
+//! producer as the [`Sink`](sluice_pipeline::Sink), and the admin calls around them.
+//!
+//! Exactly-once (DESIGN.md, KIP-447): result events and dead letters of a batch of records are
+//! produced in one Kafka transaction together with the input offsets
+//! (`send_offsets_to_transaction` with the consumer's group metadata). A zombie's transaction
+//! cannot commit once the group has moved on. Anything that leaves the transaction in doubt —
+//! fencing, a fatal producer error, partitions revoked while records were in flight — ends the
+//! current run with an error: the service aborts, drops the consumer and producer, and starts
+//! again from the committed offsets (re-read records are re-published from the store's ledger,
+//! not re-executed).
+//!
+//! Parts: [`context`] (rebalance tracking), [`source`], [`sink`], [`admin`] (topics, health).
+
+pub mod admin;
+pub mod context;
+pub mod sink;
+pub mod source;
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use sluice_config::KafkaConfig;
+
+pub use context::{SluiceConsumer, SluiceContext};
+pub use sink::KafkaSink;
+pub use source::KafkaSource;
+
+/// Client settings shared by consumers, producers and admin clients: brokers plus the
+/// pass-through properties (security).
+pub fn base_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers);
+    for (key, value) in &k.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+/// The service's consumer settings: manual offsets, read_committed, cooperative-sticky.
+pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = base_config(k);
+    c.set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", k.session_timeout_ms.to_string())
+        .set("max.poll.interval.ms", k.max_poll_interval_ms.to_string())
+        .set(
+            "queued.max.messages.kbytes",
+            k.queued_max_kbytes.to_string(),
+        )
+        .set("enable.partition.eof", "false");
+    if let Some(id) = &k.instance_id {
+        c.set("group.instance.id", id);
+    }
+    c
+}
+
+/// The service's producer settings; `transactional_id` is `None` in at-least-once mode.
+pub fn producer_config(k: &KafkaConfig, transactional_id: Option<&str>) -> ClientConfig {
+    let mut c = base_config(k);
+    c.set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("acks", "all");
+    if let Some(id) = transactional_id {
+        c.set("transactional.id", id).set(
+            "transaction.timeout.ms",
+            k.transaction_timeout_ms.to_string(),
+        );
+    }
+    c
+}
+
+/// Timeout of broker operations.
+pub fn op_timeout(k: &KafkaConfig) -> Duration {
+    Duration::from_millis(k.operation_timeout_ms)
+}

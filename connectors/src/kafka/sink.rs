@@ -1,0 +1,245 @@
+//! The Kafka sink: one transactional producer per run. Between two commits it holds one open
+//! transaction with the result events and dead letters of the records done so far; `commit`
+//! adds their input offsets (`send_offsets_to_transaction` with the consumer's group metadata)
+//! and commits — so results and input position become visible together, or not at all.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_config::{Delivery, KafkaTopics};
+use sluice_pipeline::contract::{DeadLetter, ResultEvent};
+use sluice_pipeline::{Sink, SinkError, SourceRef};
+
+use super::SluiceConsumer;
+
+/// Publishes to the results and dead-letter topics and commits input offsets.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    consumer: Arc<SluiceConsumer>,
+    topics: KafkaTopics,
+    delivery: Delivery,
+    timeout: Duration,
+    in_txn: bool,
+    /// Next offset per (topic, partition) of the records done since the last commit.
+    offsets: BTreeMap<(String, i32), i64>,
+    /// Events were published after the last `record_done` (an abandoned record).
+    partial: bool,
+    /// At-least-once: deliveries to await before committing offsets.
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    buf: Vec<u8>,
+}
+
+fn err(what: &str, e: KafkaError) -> SinkError {
+    SinkError(format!("{what}: {e}"))
+}
+
+impl KafkaSink {
+    /// A sink over `producer` (transactions already initialised in exactly-once mode).
+    pub fn new(
+        producer: FutureProducer,
+        consumer: Arc<SluiceConsumer>,
+        topics: KafkaTopics,
+        delivery: Delivery,
+        timeout: Duration,
+    ) -> Self {
+        KafkaSink {
+            producer,
+            consumer,
+            topics,
+            delivery,
+            timeout,
+            in_txn: false,
+            offsets: BTreeMap::new(),
+            partial: false,
+            deliveries: Vec::new(),
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    fn begin(&mut self) -> Result<(), SinkError> {
+        if self.delivery == Delivery::ExactlyOnce && !self.in_txn {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| err("begin transaction", e))?;
+            self.in_txn = true;
+        }
+        Ok(())
+    }
+
+    async fn send(
+        &mut self,
+        topic: &str,
+        key: Option<&str>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), SinkError> {
+        self.begin()?;
+        loop {
+            let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            if let Some(h) = headers.clone() {
+                record = record.headers(h);
+            }
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    if self.delivery == Delivery::AtLeastOnce {
+                        self.deliveries.push(delivery);
+                    }
+                    self.partial = true;
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // The producer's queue is bounded: wait for deliveries to drain it.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(err("produce", e)),
+            }
+        }
+    }
+
+    /// Runs a blocking producer call off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(FutureProducer) -> Result<T, KafkaError> + Send + 'static,
+    ) -> Result<T, KafkaError> {
+        let p = self.producer.clone();
+        tokio::task::spawn_blocking(move || f(p))
+            .await
+            .unwrap_or_else(|e| {
+                Err(KafkaError::Canceled)
+                    .inspect_err(|_| tracing::error!(error = %e, "producer task failed"))
+            })
+    }
+
+    async fn abort(&mut self) {
+        if self.in_txn {
+            let t = self.timeout;
+            if let Err(e) = self.blocking(move |p| p.abort_transaction(t)).await {
+                tracing::warn!(error = %e, "abort_transaction failed");
+            }
+            self.in_txn = false;
+        }
+        self.offsets.clear();
+        self.partial = false;
+    }
+
+    fn offsets_list(&self) -> Result<TopicPartitionList, SinkError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(|e| err("offsets", e))?;
+        }
+        Ok(tpl)
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn publish(&mut self, event: &ResultEvent) -> Result<(), SinkError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        serde_json::to_writer(&mut buf, event).map_err(|e| SinkError(e.to_string()))?;
+        let topic = self.topics.results.clone();
+        let r = self
+            .send(&topic, Some(event.request_id()), &buf, None)
+            .await;
+        self.buf = buf;
+        r
+    }
+
+    async fn dead_letter(&mut self, raw: &[u8], letter: &DeadLetter) -> Result<(), SinkError> {
+        let s = &letter.source;
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in [
+            ("sluice.error.code", letter.error.code.as_str().to_string()),
+            ("sluice.error.message", letter.error.message.clone()),
+            ("sluice.source.topic", s.topic.clone()),
+            ("sluice.source.partition", s.partition.to_string()),
+            ("sluice.source.offset", s.offset.to_string()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let topic = self.topics.dlq.clone();
+        self.send(&topic, None, raw, Some(headers)).await
+    }
+
+    async fn record_done(&mut self, source: &SourceRef, resume_at: u64) -> Result<(), SinkError> {
+        self.offsets
+            .insert((source.topic.clone(), source.partition), resume_at as i64);
+        self.partial = false;
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), SinkError> {
+        if self.consumer.context().revoked() {
+            // Records of revoked partitions may be in this transaction; their new owner will
+            // redo them. Abort everything and let the service restart from committed offsets.
+            self.abort().await;
+            return Err(SinkError(
+                "partitions were revoked; restarting from the committed offsets".into(),
+            ));
+        }
+        if self.partial {
+            // An abandoned record's events are in the transaction: it cannot commit in part.
+            tracing::info!("aborting the open transaction: it holds events of an abandoned record");
+            self.abort().await;
+            return Ok(());
+        }
+        if self.offsets.is_empty() && !self.in_txn {
+            return Ok(());
+        }
+        let tpl = self.offsets_list()?;
+        let t = self.timeout;
+        match self.delivery {
+            Delivery::ExactlyOnce => {
+                self.begin()?;
+                let meta = self
+                    .consumer
+                    .group_metadata()
+                    .ok_or_else(|| SinkError("consumer has no group metadata".into()))?;
+                let sent = self
+                    .blocking(move |p| p.send_offsets_to_transaction(&tpl, &meta, t))
+                    .await;
+                let result = match sent {
+                    Ok(()) => self.blocking(move |p| p.commit_transaction(t)).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    self.abort().await;
+                    return Err(err("transaction", e));
+                }
+                self.in_txn = false;
+            }
+            Delivery::AtLeastOnce => {
+                for d in self.deliveries.drain(..) {
+                    match d.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) => return Err(err("delivery", e)),
+                        Err(_) => return Err(SinkError("delivery canceled".into())),
+                    }
+                }
+                let consumer = self.consumer.clone();
+                tokio::task::spawn_blocking(move || {
+                    consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+                })
+                .await
+                .map_err(|e| SinkError(e.to_string()))?
+                .map_err(|e| err("offset commit", e))?;
+            }
+        }
+        self.offsets.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,224 @@
+//! `sluice bench --kafka BROKERS`: Kafka → pipeline → Kafka throughput in at-least-once and
+//! exactly-once mode, beside the raw rdkafka consume→produce rate of the same records, all
+//! measured in the same run against the given broker (topics with random names).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use sluice_config::{Config, Delivery, KafkaConfig, KafkaTopics};
+use sluice_connectors::kafka;
+use sluice_connectors::sqlite::SqliteStore;
+use sluice_pipeline::health::Health;
+use sluice_pipeline::{RunStats, Store};
+use tokio_util::sync::CancellationToken;
+
+async fn produce_all(
+    k: &KafkaConfig,
+    topic: &str,
+    lines: &[(String, String)],
+) -> anyhow::Result<()> {
+    let p: FutureProducer = kafka::base_config(k).set("linger.ms", "5").create()?;
+    let mut pending = Vec::new();
+    for (key, payload) in lines {
+        let mut rec = FutureRecord::<str, str>::to(topic)
+            .key(key)
+            .payload(payload);
+        loop {
+            match p.send_result(rec) {
+                Ok(d) => break pending.push(d),
+                Err((_, r)) => {
+                    rec = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    for d in futures::future::join_all(pending).await {
+        anyhow::ensure!(matches!(d, Ok(Ok(_))), "produce failed: {d:?}");
+    }
+    p.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// Consumes `n` records from `from` and produces each to `to`: the ceiling without sluice.
+async fn raw_copy(k: &KafkaConfig, from: &str, to: &str, n: usize) -> anyhow::Result<Duration> {
+    let c: StreamConsumer = kafka::base_config(k)
+        .set("group.id", format!("raw-{:08x}", rand::random::<u32>()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    c.subscribe(&[from])?;
+    let p: FutureProducer = kafka::base_config(k).set("linger.ms", "5").create()?;
+    let mut started = None;
+    let mut pending = Vec::with_capacity(n);
+    for _ in 0..n {
+        let m = c.recv().await?;
+        started.get_or_insert_with(Instant::now);
+        let mut rec = FutureRecord::<[u8], [u8]>::to(to).payload(m.payload().unwrap_or_default());
+        if let Some(key) = m.key() {
+            rec = rec.key(key);
+        }
+        loop {
+            match p.send_result(rec) {
+                Ok(d) => break pending.push(d),
+                Err((_, r)) => {
+                    rec = r;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+    futures::future::join_all(pending).await;
+    p.flush(Duration::from_secs(30))?;
+    Ok(started.map(|s| s.elapsed()).unwrap_or_default())
+}
+
+/// Runs the service pipeline until `n` records are committed; returns time and stats.
+async fn pipeline(config: Arc<Config>, n: usize) -> anyhow::Result<(Duration, Arc<RunStats>)> {
+    let k = config.kafka.clone().context("kafka section")?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.embedded.state, &config)?);
+    let stats = Arc::new(RunStats::default());
+    let health = Arc::new(Health::new(Duration::from_secs(600)));
+    health.set_store(Ok(()));
+    let stop = CancellationToken::new();
+    // Timed from the first committed record (group join and transaction set-up excluded) to
+    // the last; the first record's own latency is reported with the others.
+    let watch = {
+        let (stats, stop) = (stats.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut first = None;
+            while (RunStats::get(&stats.records) as usize) < n {
+                if first.is_none() && RunStats::get(&stats.records) > 0 {
+                    first = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            stop.cancel();
+            first.map(|f| f.elapsed()).unwrap_or_default()
+        })
+    };
+    let current = Arc::new(std::sync::Mutex::new(None));
+    let txn_id = format!("bench-{:08x}", rand::random::<u32>());
+    crate::kafka::run_once(
+        &config,
+        &k,
+        &txn_id,
+        store,
+        stats.clone(),
+        health,
+        &current,
+        &stop,
+    )
+    .await?;
+    let elapsed = watch.await?;
+    Ok((elapsed, stats))
+}
+
+/// `sluice bench --kafka BROKERS`.
+pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> anyhow::Result<()> {
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let dir = tempfile::tempdir()?;
+    let topic = |s: &str| format!("bench-{tag}.{s}");
+    let k = KafkaConfig {
+        brokers: brokers.to_string(),
+        partitions: 3,
+        topics: KafkaTopics {
+            requests: topic("requests"),
+            results: topic("results"),
+            dlq: topic("dlq"),
+        },
+        ..KafkaConfig::default()
+    };
+    let admin: AdminClient<DefaultClientContext> = kafka::base_config(&k).create()?;
+    let names = ["requests", "results", "dlq", "results-alo", "raw-out"].map(topic);
+    let new: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1)))
+        .collect();
+    admin.create_topics(&new, &AdminOptions::new()).await?;
+
+    let lines: Vec<(String, String)> = (0..requests)
+        .map(|r| {
+            let items: Vec<_> = (0..items).map(|i| serde_json::json!({"text": format!("b{r}-{i}"), "n": i})).collect();
+            let id = format!("bench-{r}");
+            let req = serde_json::json!({"request_id": id, "collection": "words", "op": "create", "items": items});
+            (id, req.to_string())
+        })
+        .collect();
+    produce_all(&k, &k.topics.requests, &lines).await?;
+    drop(lines);
+
+    let raw = raw_copy(&k, &k.topics.requests, &topic("raw-out"), requests).await?;
+    let mut rows = vec![("raw rdkafka consume → produce".to_string(), raw, None)];
+    for (delivery, results) in [
+        (Delivery::AtLeastOnce, topic("results-alo")),
+        (Delivery::ExactlyOnce, topic("results")),
+    ] {
+        let mut config = base.clone();
+        let mut kc = k.clone();
+        kc.delivery = delivery;
+        kc.group_id = format!("bench-{tag}-{delivery:?}");
+        kc.topics.results = results;
+        config.kafka = Some(kc);
+        config.embedded.state = dir.path().join(format!("{delivery:?}.db"));
+        config.collections.insert(
+            "words".into(),
+            sluice_config::CollectionConfig {
+                key: "text".into(),
+                parent: None,
+                parent_field: None,
+            },
+        );
+        config.limits.max_items.create = config.limits.max_items.create.max(items);
+        config.validate()?;
+        let (t, stats) = pipeline(Arc::new(config), requests).await?;
+        let name = match delivery {
+            Delivery::AtLeastOnce => "sluice at-least-once",
+            Delivery::ExactlyOnce => "sluice exactly-once",
+        };
+        rows.push((name.to_string(), t, Some(stats)));
+    }
+    println!(
+        "sluice bench --kafka: {requests} requests × {items} items, 3 partitions, broker {brokers}"
+    );
+    println!(
+        "{:<32} {:>12} {:>14} {:>10} {:>10}",
+        "", "requests/s", "items/s", "p50 ms", "p99 ms"
+    );
+    for (name, t, stats) in &rows {
+        let secs = t.as_secs_f64().max(1e-9);
+        let (p50, p99) = stats
+            .as_ref()
+            .map(|s| {
+                (
+                    s.latency_quantile(0.5).as_secs_f64() * 1e3,
+                    s.latency_quantile(0.99).as_secs_f64() * 1e3,
+                )
+            })
+            .map_or(("-".to_string(), "-".to_string()), |(a, b)| {
+                (format!("{a:.1}"), format!("{b:.1}"))
+            });
+        println!(
+            "{name:<32} {:>12.0} {:>14.0} {p50:>10} {p99:>10}",
+            requests as f64 / secs,
+            (requests * items) as f64 / secs
+        );
+    }
+    let rate = |i: usize| requests as f64 / rows[i].1.as_secs_f64().max(1e-9);
+    println!(
+        "exactly-once / at-least-once: {:.0} % (goal ≥ 90 %)",
+        100.0 * rate(2) / rate(1)
+    );
+    println!(
+        "exactly-once / raw ceiling:   {:.0} % (goal ≥ 60 % when the store is not the bottleneck)",
+        100.0 * rate(2) / rate(0)
+    );
+    Ok(())
+}

@@ -1,0 +1,388 @@
+//! Kafka test helpers: topics per test, producing, reading committed results, workloads.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+use super::*;
+
+pub fn broker() -> Option<String> {
+    match std::env::var("SLUICE_TEST_KAFKA") {
+        Ok(b) => Some(b),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must start Kafka and set SLUICE_TEST_KAFKA (see .ci/run)"
+            );
+            eprintln!("skipping: set SLUICE_TEST_KAFKA=127.0.0.1:19092 after `scripts/kafka.sh start 19092`");
+            None
+        }
+    }
+}
+
+pub struct Env {
+    pub _dir: tempfile::TempDir,
+    pub cfg: PathBuf,
+    pub state: PathBuf,
+    pub brokers: String,
+    pub requests: String,
+    pub results: String,
+    pub dlq: String,
+    pub partitions: i32,
+}
+
+pub fn setup(name: &str, partitions: i32, extra: &str) -> Option<Env> {
+    setup_with(broker()?, name, partitions, extra)
+}
+
+/// Like [`setup`], against `brokers`.
+pub fn setup_with(brokers: String, name: &str, partitions: i32, extra: &str) -> Option<Env> {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("{name}-{:08x}", rand::random::<u32>());
+    let state = dir.path().join("state.db");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "g-{tag}"
+partitions = {partitions}
+session_timeout_ms = 6000
+[kafka.topics]
+requests = "{tag}.requests"
+results = "{tag}.results"
+dlq = "{tag}.dlq"
+[pipeline]
+commit_interval_ms = 100
+commit_max_records = 50
+[chunk]
+max_items = 5
+[limits]
+max_record_bytes = 20000
+max_item_bytes = 2000
+[embedded]
+state = "{}"
+[collections.words]
+key = "text"
+[collections.definitions]
+key = "id"
+parent = "words"
+parent_field = "word"
+{extra}"#,
+            state.display()
+        ),
+    );
+    let out = sluice()
+        .args(["topics", "create", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "topics create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(Env {
+        _dir: dir,
+        cfg,
+        state,
+        brokers,
+        requests: format!("{tag}.requests"),
+        results: format!("{tag}.results"),
+        dlq: format!("{tag}.dlq"),
+        partitions,
+    })
+}
+
+impl Env {
+    pub fn produce(&self, records: &[(Option<String>, Vec<u8>)]) {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        for (key, payload) in records {
+            let mut r = BaseRecord::<str, [u8]>::to(&self.requests).payload(payload);
+            if let Some(k) = key {
+                r = r.key(k);
+            }
+            let mut r = Some(r);
+            while let Some(rec) = r.take() {
+                if let Err((_, rec)) = p.send(rec) {
+                    p.poll(Duration::from_millis(50));
+                    r = Some(rec);
+                }
+            }
+            p.poll(Duration::ZERO);
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    pub fn service(&self, instance: &str) -> Child {
+        sluice()
+            .args(["run", "-c", self.cfg.to_str().unwrap()])
+            .env("SLUICE__KAFKA__INSTANCE_ID", instance)
+            .env("SLUICE_LOG", "info,librdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log(instance))
+            .spawn()
+            .unwrap()
+    }
+
+    /// The service's log file (appended across restarts; printed when `results` times out).
+    fn log(&self, instance: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._dir.path().join(format!("service-{instance}.log")))
+            .unwrap()
+    }
+
+    fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self._dir.path()).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with("service-") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                out += &format!(
+                    "--- {name} (last 40 lines)\n{}\n",
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
+        out
+    }
+
+    pub fn consumer(&self, topic: &str) -> BaseConsumer {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("check-{:08x}", rand::random::<u32>()))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        c
+    }
+
+    /// Reads committed result events until `terminal` terminal events have arrived, then a
+    /// little longer so that any duplicate would show.
+    pub fn results(&self, terminal: usize, timeout: Duration) -> Vec<Value> {
+        let c = self.consumer(&self.results);
+        let mut events = Vec::new();
+        let mut seen = 0;
+        let deadline = Instant::now() + timeout;
+        let mut quiet_until: Option<Instant> = None;
+        loop {
+            if let Some(m) = c.poll(Duration::from_millis(200)) {
+                let m = m.unwrap();
+                let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                if v["event"] != "progress" {
+                    seen += 1;
+                }
+                assert_eq!(
+                    m.key().map(|k| String::from_utf8_lossy(k).to_string()),
+                    v["request_id"].as_str().map(str::to_owned),
+                    "result key = request_id"
+                );
+                events.push(v);
+            }
+            if seen >= terminal && quiet_until.is_none() {
+                quiet_until = Some(Instant::now() + Duration::from_secs(3));
+            }
+            if quiet_until.is_some_and(|q| Instant::now() > q) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {seen} of {terminal} terminal events after {timeout:?}\n{}",
+                self.logs_tail()
+            );
+        }
+    }
+
+    /// Terminal events committed so far (reads until the topic is quiet for a second).
+    pub fn terminal_now(&self) -> usize {
+        let c = self.consumer(&self.results);
+        let mut n = 0;
+        let mut quiet = Instant::now();
+        while quiet.elapsed() < Duration::from_secs(1) {
+            if let Some(m) = c.poll(Duration::from_millis(100)) {
+                let v: Value = serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap();
+                n += usize::from(v["event"] != "progress");
+                quiet = Instant::now();
+            }
+        }
+        n
+    }
+
+    pub fn dead_letters(&self, n: usize) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+        let c = self.consumer(&self.dlq);
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while out.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} dead letters",
+                out.len()
+            );
+            if let Some(m) = c.poll(Duration::from_millis(200)) {
+                let m = m.unwrap();
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .to_string(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((m.payload().unwrap_or_default().to_vec(), headers));
+            }
+        }
+        out
+    }
+}
+
+pub fn stop(mut child: Child) {
+    // SAFETY: kill(2) on our own child with a valid signal.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("service did not stop after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        child.wait().unwrap().success(),
+        "service exits 0 on SIGTERM"
+    );
+}
+
+pub fn create(id: &str, keys: impl IntoIterator<Item = String>) -> Vec<u8> {
+    let items: Vec<_> = keys.into_iter().map(|k| json!({"text": k})).collect();
+    json!({"request_id": id, "collection": "words", "op": "create", "items": items})
+        .to_string()
+        .into_bytes()
+}
+
+pub fn delete(id: &str, keys: impl IntoIterator<Item = String>) -> Vec<u8> {
+    let items: Vec<_> = keys.into_iter().map(|k| json!({"key": k})).collect();
+    json!({"request_id": id, "collection": "words", "op": "delete", "items": items})
+        .to_string()
+        .into_bytes()
+}
+
+/// Creates, then (keyed like their creates, so in order after them) deletes of half of them.
+pub struct Workload {
+    pub records: Vec<(Option<String>, Vec<u8>)>,
+    pub sizes: Vec<usize>,
+    pub remaining: usize,
+    pub total: usize,
+}
+
+pub fn crash_workload(n: usize, seed: u64) -> Workload {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let sizes: Vec<usize> = (0..n).map(|_| rng.random_range(1..=12)).collect();
+    let mut records = Vec::new();
+    for (i, &s) in sizes.iter().enumerate() {
+        records.push((
+            Some(format!("k{i}")),
+            create(&format!("c-{i}"), (0..s).map(|j| format!("w{i}-{j}"))),
+        ));
+        // Deletes trail their creates by 200 records: they apply while creates still flow.
+        if i >= 200 && (i - 200) % 2 == 0 {
+            let t = i - 200;
+            records.push((
+                Some(format!("k{t}")),
+                delete(
+                    &format!("d-{t}"),
+                    (0..sizes[t]).map(|j| format!("w{t}-{j}")),
+                ),
+            ));
+        }
+    }
+    for t in (n.saturating_sub(200)..n).filter(|t| t % 2 == 0) {
+        records.push((
+            Some(format!("k{t}")),
+            delete(
+                &format!("d-{t}"),
+                (0..sizes[t]).map(|j| format!("w{t}-{j}")),
+            ),
+        ));
+    }
+    let remaining = sizes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s)
+        .sum();
+    let total = n + n.div_ceil(2);
+    Workload {
+        records,
+        sizes,
+        remaining,
+        total,
+    }
+}
+
+impl Env {
+    /// Produces `records` spread over `over`, so that work flows while the test disturbs it.
+    pub fn produce_over(&self, records: &[(Option<String>, Vec<u8>)], over: Duration) {
+        let batches = 40;
+        let per = records.len().div_ceil(batches);
+        for chunk in records.chunks(per.max(1)) {
+            self.produce(chunk);
+            std::thread::sleep(over / batches as u32);
+        }
+    }
+}
+
+pub fn check_crash_workload(env: &Env, events: &[Value], w: &Workload) {
+    let (sizes, remaining) = (&w.sizes, w.remaining);
+    let terminal = check_once(events);
+    let by_id: BTreeMap<String, &Value> = terminal
+        .values()
+        .map(|e| (e["request_id"].as_str().unwrap().to_string(), e))
+        .collect();
+    assert_eq!(
+        terminal.len(),
+        by_id.len(),
+        "one terminal event per request"
+    );
+    for (i, &s) in sizes.iter().enumerate() {
+        let c = by_id[&format!("c-{i}")];
+        assert_eq!(c["counts"]["ok"], s, "create c-{i} applied once: {c}");
+        if i % 2 == 0 {
+            let d = by_id[&format!("d-{i}")];
+            assert_eq!(d["counts"]["ok"], s, "delete d-{i} applied once: {d}");
+        }
+    }
+    assert_eq!(
+        count_docs(&env.state, "words"),
+        remaining as i64,
+        "every write applied once"
+    );
+}

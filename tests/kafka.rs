@@ -1,0 +1,180 @@
+//! Kafka end to end, against the real broker CI starts with `scripts/kafka.sh`
+//! (`SLUICE_TEST_KAFKA=host:port`): results and offsets commit together, exactly once, through
+//! poison records, `kill -9`, a member dying, and a zombie woken up after its partitions moved.
+//! Every test uses its own topics, group and state database.
+
+mod common;
+
+use std::time::Duration;
+
+use common::kafka::*;
+use common::*;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+#[test]
+fn end_to_end_with_poison_records() {
+    let Some(env) = setup("e2e", 3, "") else {
+        return;
+    };
+    let mut records: Vec<(Option<String>, Vec<u8>)> = Vec::new();
+    for line in std::fs::read_to_string(root().join("examples/requests.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let id = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| v["request_id"].as_str().map(str::to_owned));
+        records.push((id, line.as_bytes().to_vec()));
+    }
+    let mut poison = 0;
+    for i in 0..100 {
+        let id = format!("w-{i}");
+        records.push((
+            Some(id.clone()),
+            create(&id, (0..7).map(|j| format!("w{i}-{j}"))),
+        ));
+        if i % 10 == 3 {
+            records.push((Some("p".into()), b"\x00\xffnot json".to_vec()));
+            records.push((
+                Some("p".into()),
+                format!(
+                    "{{\"request_id\":\"big-{i}\",\"pad\":\"{}\"}}",
+                    "x".repeat(30_000)
+                )
+                .into_bytes(),
+            ));
+            records.push((Some("p".into()), format!("{{\"request_id\":\"schema-{i}\",\"collection\":\"words\",\"op\":\"create\",\"items\":\"nope\"}}").into_bytes()));
+            poison += 1;
+        }
+    }
+    env.produce(&records);
+    let svc = env.service("a");
+    // examples: 15 terminal + 4 dead letters; 100 creates; per poison round 2 rejections + 1 dead letter
+    let events = env.results(15 + 100 + 2 * poison, Duration::from_secs(120));
+    stop(svc);
+    let terminal = check_once(&events);
+    assert_eq!(terminal.len(), 15 + 100 + 2 * poison);
+    for i in 0..100 {
+        let e = terminal
+            .iter()
+            .find(|(k, _)| k.starts_with(&format!("w-{i}@")))
+            .unwrap()
+            .1;
+        assert_eq!(e["counts"]["ok"], 7, "{e}");
+    }
+    let rejected = terminal
+        .values()
+        .filter(|e| e["event"] == "rejected")
+        .count();
+    assert_eq!(
+        rejected,
+        4 + 2 * poison,
+        "examples' 4 rejections and the poison ones"
+    );
+    let letters = env.dead_letters(4 + poison);
+    for (payload, headers) in &letters {
+        for h in [
+            "sluice.error.code",
+            "sluice.error.message",
+            "sluice.source.topic",
+            "sluice.source.partition",
+            "sluice.source.offset",
+        ] {
+            assert!(
+                headers.contains_key(h),
+                "dead letter lacks header {h}: {headers:?}"
+            );
+        }
+        assert_eq!(headers["sluice.source.topic"], env.requests);
+        assert!(!payload.is_empty(), "original bytes kept");
+    }
+    assert!(
+        letters.iter().any(|(p, _)| p == b"\x00\xffnot json"),
+        "binary poison kept unchanged"
+    );
+}
+
+#[test]
+fn kill_9_ten_times_loses_nothing_and_doubles_nothing() {
+    let Some(env) = setup("crash", 3, "") else {
+        return;
+    };
+    let seed = rand::random();
+    eprintln!("seed = {seed}");
+    let w = crash_workload(3000, seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    std::thread::scope(|scope| {
+        scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(30)));
+        for _ in 0..10 {
+            let mut svc = env.service("a");
+            std::thread::sleep(Duration::from_millis(rng.random_range(1500..3500)));
+            svc.kill().unwrap(); // SIGKILL
+            svc.wait().unwrap();
+        }
+    });
+    let before = env.terminal_now();
+    assert!(
+        before > 0 && before < w.total,
+        "the kills interrupted runs making progress ({before} of {} done)",
+        w.total
+    );
+    let svc = env.service("a");
+    let events = env.results(w.total, Duration::from_secs(300));
+    stop(svc);
+    check_crash_workload(&env, &events, &w);
+}
+
+#[test]
+fn a_dead_member_partitions_move_to_the_survivor() {
+    let Some(env) = setup("rebal", 6, "") else {
+        return;
+    };
+    let w = crash_workload(2000, 7);
+    let mut a = env.service("a");
+    let b = env.service("b");
+    std::thread::scope(|scope| {
+        scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(16)));
+        std::thread::sleep(Duration::from_secs(6));
+        a.kill().unwrap();
+        a.wait().unwrap();
+        let done = env.terminal_now();
+        assert!(
+            done < w.total,
+            "the member died mid-run ({done} of {} done)",
+            w.total
+        );
+    });
+    let events = env.results(w.total, Duration::from_secs(240));
+    stop(b);
+    check_crash_workload(&env, &events, &w);
+}
+
+#[test]
+fn a_zombie_woken_after_its_partitions_moved_is_fenced() {
+    let Some(env) = setup("zombie", 6, "") else {
+        return;
+    };
+    let w = crash_workload(2000, 11);
+    let a = env.service("a");
+    let b = env.service("b");
+    std::thread::scope(|scope| {
+        scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(24)));
+        std::thread::sleep(Duration::from_secs(6));
+        let pid = a.id() as libc::pid_t;
+        // SAFETY: signals to our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let done = env.terminal_now();
+        assert!(
+            done < w.total,
+            "the zombie was stopped mid-run ({done} of {} done)",
+            w.total
+        );
+        std::thread::sleep(Duration::from_secs(12)); // > session timeout: the group moves on
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    });
+    let events = env.results(w.total, Duration::from_secs(240));
+    stop(a);
+    stop(b);
+    check_crash_workload(&env, &events, &w);
+}
