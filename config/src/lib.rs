@@ -67,6 +67,58 @@ pub struct Config {
     /// it runs the embedded default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaConfig>,
+    /// MongoDB store. When present it replaces the SQLite store (which remains the home of
+    /// the embedded checkpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mongo: Option<MongoConfig>,
+}
+
+/// MongoDB connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MongoConfig {
+    /// Connection string of a replica set (TLS and auth options go here too); masked when
+    /// printed. `SLUICE__MONGO__URI` sets it from the environment.
+    pub uri: String,
+    /// Database holding the collections and the ledgers.
+    pub database: String,
+    /// Connection pool size.
+    pub max_pool_size: u32,
+    /// How long to wait for a usable server before an operation fails (ms).
+    pub server_selection_timeout_ms: u64,
+    /// TCP connect timeout (ms).
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        MongoConfig {
+            uri: "mongodb://127.0.0.1:27017/?replicaSet=rs0".into(),
+            database: "sluice".into(),
+            max_pool_size: 16,
+            server_selection_timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// A connection string with its password replaced by `***`.
+pub fn mask_uri(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &uri[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &uri[..scheme + 3],
+                    &creds[..colon],
+                    &uri[at..]
+                ),
+                None => uri.to_string(),
+            }
+        }
+        _ => uri.to_string(),
+    }
 }
 
 /// Delivery guarantee of the Kafka sink.
@@ -314,6 +366,11 @@ pub struct ExecuteConfig {
     pub lookup_concurrency: usize,
     /// Attempts for a chunk whose store error is transient (including the first).
     pub max_attempts: u32,
+    /// How long transient errors of one chunk are retried before its items fail with
+    /// `store_error` (ms). Longer than MongoDB's 60 s transaction lifetime, so that an
+    /// abandoned transaction of a crashed instance (which conflicts until it expires) cannot
+    /// fail items.
+    pub transient_retry_ms: u64,
     /// First retry backoff in milliseconds; doubled each attempt, with full jitter.
     pub backoff_initial_ms: u64,
     /// Cap on a single retry backoff in milliseconds.
@@ -329,7 +386,8 @@ impl Default for ExecuteConfig {
         ExecuteConfig {
             write_concurrency: 4,
             lookup_concurrency: 16,
-            max_attempts: 8,
+            max_attempts: 200,
+            transient_retry_ms: 120_000,
             backoff_initial_ms: 20,
             backoff_max_ms: 2_000,
             default_deadline_ms: None,
@@ -697,6 +755,9 @@ impl Config {
     /// The config as TOML with secrets masked, for `sluice config check` and start-up logs.
     pub fn masked(&self) -> String {
         let mut c = self.clone();
+        if let Some(m) = c.mongo.as_mut() {
+            m.uri = mask_uri(&m.uri);
+        }
         if let Some(k) = c.kafka.as_mut() {
             for (key, value) in k.properties.iter_mut() {
                 if is_secret(key) {
@@ -775,6 +836,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("kafka.properties.group.id"), "{err}");
+    }
+
+    #[test]
+    fn mongo_uri_password_is_masked() {
+        assert_eq!(
+            mask_uri("mongodb://u:pw@h:1/?x=1"),
+            "mongodb://u:***@h:1/?x=1"
+        );
+        assert_eq!(mask_uri("mongodb://h:1/"), "mongodb://h:1/");
+        let c = from_toml_str("[mongo]\nuri='mongodb+srv://app:s3cret@db.example/'\n").unwrap();
+        assert!(!c.masked().contains("s3cret"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Capped exponential backoff with full jitter for store calls, classified by error kind:
-//! transient errors are retried up to `execute.max_attempts`; an unreachable store is waited
+//! transient errors are retried up to `execute.max_attempts` times within
+//! `execute.transient_retry_ms`; an unreachable store is waited
 //! for (the pipeline stalls, counted and logged) until it returns or shutdown aborts;
 //! permanent errors are returned at once.
 
@@ -19,6 +20,8 @@ use crate::metrics::{CHUNK_RETRIES, STORE_ERRORS};
 pub struct RetryPolicy {
     /// Attempts for transient errors, the first included.
     pub max_attempts: u32,
+    /// Time within which transient errors are retried.
+    pub transient_window: Duration,
     /// First backoff.
     pub initial: Duration,
     /// Backoff cap.
@@ -29,6 +32,7 @@ impl From<&ExecuteConfig> for RetryPolicy {
     fn from(c: &ExecuteConfig) -> Self {
         RetryPolicy {
             max_attempts: c.max_attempts,
+            transient_window: Duration::from_millis(c.transient_retry_ms),
             initial: Duration::from_millis(c.backoff_initial_ms),
             max: Duration::from_millis(c.backoff_max_ms),
         }
@@ -64,6 +68,7 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let mut attempt = 0u32;
+        let started = std::time::Instant::now();
         let mut unavailable_since: Option<std::time::Instant> = None;
         loop {
             attempt += 1;
@@ -89,7 +94,10 @@ impl RetryPolicy {
                     }
                     return Err(err);
                 }
-                StoreErrorKind::Transient if attempt >= self.max_attempts => {
+                StoreErrorKind::Transient
+                    if attempt >= self.max_attempts
+                        || started.elapsed() >= self.transient_window =>
+                {
                     if crate::logs::allow() {
                         tracing::warn!(what, attempts = attempt, code = err.code, error = %err.message, "store retries exhausted");
                     }
@@ -130,6 +138,7 @@ mod tests {
     fn policy() -> RetryPolicy {
         RetryPolicy {
             max_attempts: 3,
+            transient_window: Duration::from_secs(3600),
             initial: Duration::from_millis(10),
             max: Duration::from_millis(40),
         }
