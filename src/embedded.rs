@@ -42,9 +42,10 @@ pub async fn run_pipeline(
     stats: Arc<RunStats>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(RunEnd, embedded::Position)> {
-    let store = SqliteStore::open(&io.state, &config)
+    let sqlite = SqliteStore::open(&io.state, &config)
         .with_context(|| format!("opening state database {}", io.state.display()))?;
-    let writer = store.writer();
+    let writer = sqlite.writer();
+    let store = open_store(&config, sqlite).await?;
     let timeout = Duration::from_millis(config.observability.health_timeout_ms.max(10_000));
     tokio::time::timeout(timeout, store.health())
         .await
@@ -54,7 +55,6 @@ pub async fn run_pipeline(
         config.observability.stall_after_ms,
     )));
     health.set_store(Ok(()));
-    let store: Arc<dyn Store> = Arc::new(store);
     if let Some(listen) = &config.observability.listen {
         let handle = crate::observability::install_recorder()?;
         crate::observability::serve(listen, handle, health.clone()).await?;
@@ -63,6 +63,21 @@ pub async fn run_pipeline(
     let (source, sink, position) = embedded::open(&io, writer).await?;
     let end = sluice_pipeline::run(config, source, sink, store, stats, health, shutdown).await?;
     Ok((end, position))
+}
+
+/// The configured store: MongoDB when `[mongo]` is set, else the SQLite store `sqlite`.
+pub async fn open_store(config: &Config, sqlite: SqliteStore) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &config.mongo {
+        Some(m) => {
+            let uri = sluice_config::mask_uri(&m.uri);
+            let store = sluice_connectors::mongo::MongoStore::connect(m, config)
+                .await
+                .with_context(|| format!("connecting to MongoDB at {uri}"))?;
+            tracing::info!(uri = %uri, database = %m.database, "using the MongoDB store");
+            Arc::new(store)
+        }
+        None => Arc::new(sqlite),
+    })
 }
 
 /// `sluice run`.

@@ -38,13 +38,13 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("Kafka is not usable")?;
 
-    let store = SqliteStore::open(&config.embedded.state, &config)
+    let sqlite = SqliteStore::open(&config.embedded.state, &config)
         .with_context(|| format!("opening state database {}", config.embedded.state.display()))?;
+    let store = crate::embedded::open_store(&config, sqlite).await?;
     store
         .health()
         .await
         .context("store health check failed at start-up")?;
-    let store: Arc<dyn Store> = Arc::new(store);
     let health = Arc::new(Health::new(Duration::from_millis(
         config.observability.stall_after_ms,
     )));

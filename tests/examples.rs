@@ -90,6 +90,51 @@ fn examples_give_the_expected_events_and_a_rerun_changes_nothing() {
     );
 }
 
+#[test]
+fn examples_on_the_mongodb_store_give_the_same_events() {
+    let Ok(uri) = std::env::var("SLUICE_TEST_MONGO") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must set SLUICE_TEST_MONGO"
+        );
+        eprintln!("skipping: SLUICE_TEST_MONGO not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = std::fs::read_to_string(root().join("examples/sluice.toml")).unwrap();
+    config += &format!(
+        "\n[mongo]\nuri = \"{uri}\"\ndatabase = \"ex_{:08x}\"\n",
+        std::process::id()
+    );
+    let cfg = write_config(dir.path(), &config);
+    let (out, dlq) = (
+        dir.path().join("results.jsonl"),
+        dir.path().join("dead.jsonl"),
+    );
+    run_ok(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        "examples/requests.jsonl",
+        "--output",
+        out.to_str().unwrap(),
+        "--dead-letters",
+        dlq.to_str().unwrap(),
+        "--state",
+        dir.path().join("state.db").to_str().unwrap(),
+    ]);
+    let got: Vec<Value> = read_lines(&out)
+        .into_iter()
+        .chain(read_lines(&dlq))
+        .map(normalize)
+        .collect();
+    let expected = read_lines(&root().join("tests/golden/examples.jsonl"));
+    assert_eq!(
+        got, expected,
+        "the MongoDB store reports exactly what the SQLite store does"
+    );
+}
+
 fn validator(name: &str) -> jsonschema::Validator {
     let text = std::fs::read_to_string(root().join("schema").join(name)).unwrap();
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()

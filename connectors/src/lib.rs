@@ -7,9 +7,9 @@
 //! - [`sqlite`]: the SQLite `Store`: documents, request ledger and chunk ledger in one file.
 //!
 //! - [`kafka`]: the consumer-group source, the transactional sink and admin helpers.
-//!
-//! The MongoDB store will live beside these as `mongo/`.
+//! - [`mongo`]: the MongoDB store (replica sets; transactions per chunk).
 
 pub mod embedded;
 pub mod kafka;
+pub mod mongo;
 pub mod sqlite;

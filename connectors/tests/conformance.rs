@@ -92,6 +92,24 @@ fn chunk(
     })
 }
 
+/// `write_chunk` as the pipeline calls it: transient errors (write conflicts) are retried with
+/// the pipeline's own policy (capped, jittered backoff).
+async fn write(
+    store: &dyn Store,
+    c: Arc<WriteChunk>,
+) -> Result<sluice_pipeline::store::ChunkCommit, sluice_pipeline::StoreError> {
+    let policy = sluice_pipeline::retry::RetryPolicy {
+        max_attempts: 200,
+        transient_window: std::time::Duration::from_secs(60),
+        initial: std::time::Duration::from_millis(5),
+        max: std::time::Duration::from_millis(200),
+    };
+    let never = tokio_util::sync::CancellationToken::new();
+    policy
+        .run("write_chunk", &never, || store.write_chunk(c.clone()))
+        .await
+}
+
 fn statuses(c: &sluice_pipeline::store::ChunkCommit) -> Vec<ItemStatus> {
     c.event.items.iter().map(|i| i.status).collect()
 }
@@ -113,7 +131,7 @@ pub async fn commit_is_visible(store: Arc<dyn Store>) {
         vec![json!({"text": "a", "n": 1}), json!({"text": "b"})],
         Options::default(),
     );
-    let r = store.write_chunk(c).await.unwrap();
+    let r = write(&*store, c).await.unwrap();
     assert!(!r.replayed);
     assert_eq!(statuses(&r), vec![ItemStatus::Ok, ItemStatus::Ok]);
     assert_eq!(
@@ -131,9 +149,9 @@ pub async fn ledger_makes_chunks_idempotent(store: Arc<dyn Store>) {
         vec![json!({"text": "i1"})],
         Options::default(),
     );
-    let first = store.write_chunk(c.clone()).await.unwrap();
+    let first = write(&*store, c.clone()).await.unwrap();
     // A re-executed create would now fail with `exists`: an `ok` proves it came from the ledger.
-    let again = store.write_chunk(c).await.unwrap();
+    let again = write(&*store, c).await.unwrap();
     assert!(again.replayed, "second run must come from the ledger");
     assert_eq!(
         again.event, first.event,
@@ -150,7 +168,7 @@ pub async fn racing_owners_apply_once(store: Arc<dyn Store>) {
         vec![json!({"text": "r1"}), json!({"text": "r2"})],
         Options::default(),
     );
-    let (a, b) = tokio::join!(store.write_chunk(c.clone()), store.write_chunk(c.clone()));
+    let (a, b) = tokio::join!(write(&*store, c.clone()), write(&*store, c.clone()));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(
         [a.replayed, b.replayed].iter().filter(|r| !**r).count(),
@@ -173,7 +191,7 @@ pub async fn create_reports_exists_or_skipped(store: Arc<dyn Store>) {
         vec![json!({"text": "e1", "v": 1})],
         Options::default(),
     );
-    store.write_chunk(seed).await.unwrap();
+    write(&*store, seed).await.unwrap();
     let dup = chunk(
         "dup-e",
         Op::Create,
@@ -181,7 +199,7 @@ pub async fn create_reports_exists_or_skipped(store: Arc<dyn Store>) {
         vec![json!({"text": "e1", "v": 2}), json!({"text": "e2"})],
         Options::default(),
     );
-    let r = store.write_chunk(dup).await.unwrap();
+    let r = write(&*store, dup).await.unwrap();
     assert_eq!(statuses(&r), vec![ItemStatus::Failed, ItemStatus::Ok]);
     assert_eq!(
         r.event.items[0].error.as_ref().unwrap().code.as_str(),
@@ -218,7 +236,7 @@ pub async fn missing_keys_are_not_found(store: Arc<dyn Store>) {
         Options::default(),
     );
     assert_eq!(
-        statuses(&store.write_chunk(upd).await.unwrap()),
+        statuses(&write(&*store, upd).await.unwrap()),
         vec![ItemStatus::NotFound]
     );
     let del = chunk(
@@ -229,7 +247,7 @@ pub async fn missing_keys_are_not_found(store: Arc<dyn Store>) {
         Options::default(),
     );
     assert_eq!(
-        statuses(&store.write_chunk(del).await.unwrap()),
+        statuses(&write(&*store, del).await.unwrap()),
         vec![ItemStatus::NotFound]
     );
     assert_eq!(get(&*store, &words(), "ghost").await, None);
@@ -253,7 +271,7 @@ pub async fn update_and_upsert(store: Arc<dyn Store>) {
         vec![json!({"key": "u1", "set": {"a": 9}})],
         Options::default(),
     );
-    let r = store.write_chunk(c).await.unwrap();
+    let r = write(&*store, c).await.unwrap();
     assert_eq!(statuses(&r), vec![ItemStatus::Ok]);
     assert_eq!(
         get(&*store, &words(), "u1").await,
@@ -267,7 +285,7 @@ pub async fn update_and_upsert(store: Arc<dyn Store>) {
         Options::default(),
     );
     assert_eq!(
-        statuses(&store.write_chunk(up).await.unwrap()),
+        statuses(&write(&*store, up).await.unwrap()),
         vec![ItemStatus::Ok, ItemStatus::Ok]
     );
     assert_eq!(
@@ -307,7 +325,7 @@ pub async fn atomic_failure_applies_nothing(store: Arc<dyn Store>) {
         ],
         atomic,
     );
-    let r = store.write_chunk(c.clone()).await.unwrap();
+    let r = write(&*store, c.clone()).await.unwrap();
     assert_eq!(
         statuses(&r),
         vec![
@@ -322,7 +340,7 @@ pub async fn atomic_failure_applies_nothing(store: Arc<dyn Store>) {
         "nothing of a failed atomic chunk is applied"
     );
     assert_eq!(get(&*store, &words(), "at3").await, None);
-    let again = store.write_chunk(c).await.unwrap();
+    let again = write(&*store, c).await.unwrap();
     assert!(
         again.replayed,
         "the failed atomic chunk is in the ledger too"
@@ -378,7 +396,7 @@ pub async fn cascade_deletes_children_atomically(store: Arc<dyn Store>) {
         cascade.clone(),
     );
     assert!(
-        store.write_chunk(c).await.is_err(),
+        write(&*store, c).await.is_err(),
         "a failing cascade is a store error"
     );
     assert!(
@@ -398,7 +416,7 @@ pub async fn cascade_deletes_children_atomically(store: Arc<dyn Store>) {
         cascade,
     );
     assert_eq!(
-        statuses(&store.write_chunk(c).await.unwrap()),
+        statuses(&write(&*store, c).await.unwrap()),
         vec![ItemStatus::Ok]
     );
     assert_eq!(get(&*store, &words(), "cas").await, None);
@@ -449,7 +467,7 @@ pub async fn concurrent_conflicting_chunks_all_land(store: Arc<dyn Store>) {
             items,
             Options::default(),
         );
-        handles.push(tokio::spawn(async move { store.write_chunk(c).await }));
+        handles.push(tokio::spawn(async move { write(&*store, c).await }));
     }
     for h in handles {
         let r = h.await.unwrap().unwrap();
@@ -487,6 +505,67 @@ mod sqlite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let (_dir, s) = store();
+                super::$name(s).await;
+            }
+        )+};
+    }
+
+    conformance!(
+        commit_is_visible,
+        ledger_makes_chunks_idempotent,
+        racing_owners_apply_once,
+        create_reports_exists_or_skipped,
+        missing_keys_are_not_found,
+        update_and_upsert,
+        atomic_failure_applies_nothing,
+        cascade_deletes_children_atomically,
+        claims_recognise_duplicates,
+        concurrent_conflicting_chunks_all_land
+    );
+}
+
+/// The same suite on the MongoDB store, against the server `SLUICE_TEST_MONGO` points at
+/// (CI: SecantusDB from scripts/secantus.sh; or a real replica set). Each test has its own
+/// database.
+mod mongo {
+    use super::*;
+    use sluice_connectors::mongo::MongoStore;
+
+    async fn store() -> Option<Arc<dyn Store>> {
+        let Ok(uri) = std::env::var("SLUICE_TEST_MONGO") else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must start SecantusDB and set SLUICE_TEST_MONGO"
+            );
+            eprintln!("skipping: set SLUICE_TEST_MONGO (scripts/secantus.sh start; scripts/secantus.sh uri)");
+            return None;
+        };
+        let config = sluice_config::from_toml_str(&format!(
+            "[mongo]\nuri = '{uri}'\ndatabase = 'conf_{:08x}'\n\
+             [collections.words]\nkey='text'\n[collections.definitions]\nkey='id'\nparent='words'\nparent_field='word'\n",
+            rand_suffix()
+        ))
+        .unwrap();
+        let s = MongoStore::connect(config.mongo.as_ref().unwrap(), &config)
+            .await
+            .unwrap();
+        Some(Arc::new(s))
+    }
+
+    fn rand_suffix() -> u32 {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        let n = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        n ^ std::process::id().rotate_left(16)
+    }
+
+    macro_rules! conformance {
+        ($($name:ident),+) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(s) = store().await else { return };
                 super::$name(s).await;
             }
         )+};

@@ -393,6 +393,7 @@ impl Validate {
         o
     }
 
+    #[allow(clippy::result_large_err)] // the "error" is the item's decided result, built once per bad item
     fn parse_item(&self, index: usize, raw: &RawValue, op: Op, key_field: &str) -> Item {
         let bytes = raw.get().len();
         let mut item = Item {

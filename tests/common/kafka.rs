@@ -138,6 +138,32 @@ impl Env {
             .unwrap()
     }
 
+    /// Documents in `words`, in whichever store the config names (MongoDB or SQLite).
+    pub fn count_words(&self) -> i64 {
+        let cfg: toml::Value =
+            toml::from_str(&std::fs::read_to_string(&self.cfg).unwrap()).unwrap();
+        match cfg.get("mongo") {
+            None => count_docs(&self.state, "words"),
+            Some(m) => {
+                let (uri, db) = (
+                    m["uri"].as_str().unwrap().to_string(),
+                    m["database"].as_str().unwrap().to_string(),
+                );
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+                    let coll = client
+                        .database(&db)
+                        .collection::<mongodb::bson::Document>("words");
+                    coll.count_documents(mongodb::bson::doc! {}).await.unwrap() as i64
+                })
+            }
+        }
+    }
+
     /// The service's log file (appended across restarts; printed when `results` times out).
     fn log(&self, instance: &str) -> std::fs::File {
         std::fs::OpenOptions::new()
@@ -381,7 +407,7 @@ pub fn check_crash_workload(env: &Env, events: &[Value], w: &Workload) {
         }
     }
     assert_eq!(
-        count_docs(&env.state, "words"),
+        env.count_words(),
         remaining as i64,
         "every write applied once"
     );

@@ -1,0 +1,125 @@
+//! Kafka → MongoDB → Kafka: the Kafka crash test with the MongoDB store (SecantusDB in CI,
+//! `SLUICE_TEST_MONGO`), and a Mongo-wire server that stops answering mid-run.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::kafka::*;
+use common::*;
+use rand::{Rng, SeedableRng};
+
+fn mongo() -> Option<String> {
+    match std::env::var("SLUICE_TEST_MONGO") {
+        Ok(u) => Some(u),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must start SecantusDB and set SLUICE_TEST_MONGO"
+            );
+            eprintln!("skipping: set SLUICE_TEST_MONGO (scripts/secantus.sh start)");
+            None
+        }
+    }
+}
+
+fn mongo_section(uri: &str) -> String {
+    format!(
+        "[mongo]\nuri = \"{uri}\"\ndatabase = \"t_{:08x}\"\nserver_selection_timeout_ms = 2000\n",
+        rand::random::<u32>()
+    )
+}
+
+#[test]
+fn kill_9_ten_times_with_the_mongodb_store() {
+    let Some(uri) = mongo() else { return };
+    let Some(env) = setup("crash-mongo", 3, &mongo_section(&uri)) else {
+        return;
+    };
+    let seed = rand::random();
+    eprintln!("seed = {seed}");
+    // Smaller than the SQLite variant: the Mongo-wire test server is far slower per write.
+    let w = crash_workload(700, seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    std::thread::scope(|scope| {
+        scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(25)));
+        for _ in 0..10 {
+            let mut svc = env.service("a");
+            std::thread::sleep(Duration::from_millis(rng.random_range(1500..3500)));
+            svc.kill().unwrap();
+            svc.wait().unwrap();
+        }
+    });
+    let before = env.terminal_now();
+    assert!(
+        before > 0 && before < w.total,
+        "the kills interrupted runs making progress ({before} of {} done)",
+        w.total
+    );
+    let svc = env.service("a");
+    let events = env.results(w.total, Duration::from_secs(400));
+    stop(svc);
+    check_crash_workload(&env, &events, &w);
+}
+
+/// The server stops answering (SIGSTOP) for a while: chunks wait as "unavailable", readiness
+/// drops, and everything completes once it answers again. Uses its own SecantusDB so the
+/// other tests are not frozen with it.
+#[test]
+fn a_stalled_mongo_server_stalls_the_pipeline_and_loses_nothing() {
+    if mongo().is_none() || broker().is_none() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let sh = |args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(root().join("scripts/secantus.sh"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "secantus.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    sh(&["start", &port]);
+    struct Stop(String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("bash")
+                .arg(root().join("scripts/secantus.sh"))
+                .args(["stop", &self.0])
+                .output();
+        }
+    }
+    let _stop = Stop(port.clone());
+    let uri = sh(&["uri", &port]);
+    let pid: i32 =
+        std::fs::read_to_string(root().join(format!(".cache/secantus/secantus-{port}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    let env = setup("mongo-stall", 3, &mongo_section(&uri)).unwrap();
+    let w = crash_workload(1500, 5);
+    let svc = env.service("a");
+    std::thread::scope(|scope| {
+        scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(12)));
+        std::thread::sleep(Duration::from_secs(5));
+        // SAFETY: signals to the SecantusDB process this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_secs(8));
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    });
+    let events = env.results(w.total, Duration::from_secs(300));
+    stop(svc);
+    check_crash_workload(&env, &events, &w);
+}
