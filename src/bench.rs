@@ -51,6 +51,10 @@ fn peak_rss_kib() -> Option<u64> {
 /// `sluice bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut config: Config = sluice_config::load(args.config.as_deref())?;
+    if let Some(m) = config.mongo.as_mut() {
+        // A fresh database per run: the benchmark creates every document.
+        m.database = format!("{}_bench_{:08x}", m.database, rand::random::<u32>());
+    }
     crate::logging::init(&config.observability);
     if let Some(brokers) = &args.kafka {
         return crate::bench_kafka::run(brokers, args.requests, args.items, config).await;
@@ -96,7 +100,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let chunk_items = config.chunk.max_items;
     let config = Arc::new(config);
     let started = Instant::now();
-    crate::embedded::run_pipeline(config, io, stats.clone(), std::future::pending()).await?;
+    crate::embedded::run_pipeline(config.clone(), io, stats.clone(), std::future::pending())
+        .await?;
     let pipeline_secs = started.elapsed().as_secs_f64();
     let peak_rss = peak_rss_kib().unwrap_or(0);
     let ok = RunStats::get(&stats.items) - RunStats::get(&stats.items_failed);
@@ -105,8 +110,63 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "pipeline reported {ok} ok items, expected {total_items}"
     );
 
-    // Baseline: the same documents, inserted directly in transactions of the same chunk size.
-    let raw_secs = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+    // Baseline: the same documents, inserted directly with the store's bulk insert, in
+    // batches (SQLite: transactions) of the same chunk size.
+    let (baseline, raw_secs) = match config.mongo.clone() {
+        Some(m) => (
+            "raw MongoDB insertMany (baseline)",
+            mongo_baseline(&m, &args, chunk_items).await?,
+        ),
+        None => (
+            "raw SQLite insert (baseline)",
+            sqlite_baseline(dir, &args, chunk_items).await?,
+        ),
+    };
+    let pipeline_name = if config.mongo.is_some() {
+        "sluice pipeline (MongoDB store)"
+    } else {
+        "sluice embedded pipeline"
+    };
+
+    let p_rate = total_items / pipeline_secs;
+    let r_rate = total_items / raw_secs;
+    println!(
+        "sluice bench: {} requests × {} items ({:.1} MiB of input), chunk = {chunk_items} items",
+        args.requests,
+        args.items,
+        input_bytes as f64 / 1048576.0
+    );
+    println!("{:<34} {:>14} {:>10}", "", "items/s", "seconds");
+    println!("{:<34} {:>14.0} {:>10.2}", baseline, r_rate, raw_secs);
+    println!(
+        "{:<34} {:>14.0} {:>10.2}",
+        pipeline_name, p_rate, pipeline_secs
+    );
+    println!(
+        "pipeline / baseline: {:.0} % (target ≥ 60 %)",
+        100.0 * p_rate / r_rate
+    );
+    println!(
+        "request latency (read → committed): p50 {:.1} ms, p99 {:.1} ms",
+        stats.latency_quantile(0.50).as_secs_f64() * 1e3,
+        stats.latency_quantile(0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "peak RSS: {:.1} MiB (before the pipeline: {:.1} MiB; target ≤ 200 MiB)",
+        peak_rss as f64 / 1024.0,
+        rss_before as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Raw SQLite inserts of the same documents in transactions of `chunk_items`.
+async fn sqlite_baseline(
+    dir: tempfile::TempDir,
+    args: &BenchArgs,
+    chunk_items: usize,
+) -> anyhow::Result<f64> {
+    let (requests, items) = (args.requests, args.items);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
         let path = dir.path().join("raw.db");
         let conn = connect(&path, std::time::Duration::from_secs(5))?;
         conn.execute_batch(&format!(
@@ -117,9 +177,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut elapsed = std::time::Duration::ZERO;
         let mut pending = 0;
         conn.execute_batch("BEGIN")?;
-        for r in 0..args.requests {
+        for r in 0..requests {
             // Documents are prepared outside the timed part: the baseline is the insert alone.
-            let rows = (0..args.items)
+            let rows = (0..items)
                 .map(|i| {
                     let d = doc(r, i);
                     let text = d["text"]
@@ -145,38 +205,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         conn.execute_batch("COMMIT")?;
         Ok((elapsed + started.elapsed()).as_secs_f64())
     })
-    .await??;
+    .await?
+}
 
-    let p_rate = total_items / pipeline_secs;
-    let r_rate = total_items / raw_secs;
-    println!(
-        "sluice bench: {} requests × {} items ({:.1} MiB of input), chunk = {chunk_items} items",
-        args.requests,
-        args.items,
-        input_bytes as f64 / 1048576.0
-    );
-    println!("{:<34} {:>14} {:>10}", "", "items/s", "seconds");
-    println!(
-        "{:<34} {:>14.0} {:>10.2}",
-        "raw SQLite insert (baseline)", r_rate, raw_secs
-    );
-    println!(
-        "{:<34} {:>14.0} {:>10.2}",
-        "sluice embedded pipeline", p_rate, pipeline_secs
-    );
-    println!(
-        "pipeline / baseline: {:.0} % (target ≥ 60 %)",
-        100.0 * p_rate / r_rate
-    );
-    println!(
-        "request latency (read → committed): p50 {:.1} ms, p99 {:.1} ms",
-        stats.latency_quantile(0.50).as_secs_f64() * 1e3,
-        stats.latency_quantile(0.99).as_secs_f64() * 1e3
-    );
-    println!(
-        "peak RSS: {:.1} MiB (before the pipeline: {:.1} MiB; target ≤ 200 MiB)",
-        peak_rss as f64 / 1024.0,
-        rss_before as f64 / 1024.0
-    );
-    Ok(())
+/// Raw MongoDB `insertMany` of the same documents in batches of `chunk_items`, into a fresh
+/// collection with the same unique key index.
+async fn mongo_baseline(
+    m: &sluice_config::MongoConfig,
+    args: &BenchArgs,
+    chunk_items: usize,
+) -> anyhow::Result<f64> {
+    use mongodb::bson::{doc, Document};
+    let client = mongodb::Client::with_uri_str(&m.uri).await?;
+    let coll = client
+        .database(&m.database)
+        .collection::<Document>(&format!("raw_{:08x}", rand::random::<u32>()));
+    coll.create_index(
+        mongodb::IndexModel::builder()
+            .keys(doc! {"text": 1})
+            .options(
+                mongodb::options::IndexOptions::builder()
+                    .unique(true)
+                    .build(),
+            )
+            .build(),
+    )
+    .await?;
+    let mut elapsed = std::time::Duration::ZERO;
+    let mut batch = Vec::with_capacity(chunk_items);
+    for r in 0..args.requests {
+        for i in 0..args.items {
+            batch.push(mongodb::bson::to_document(&doc(r, i))?);
+            if batch.len() == chunk_items || (r + 1 == args.requests && i + 1 == args.items) {
+                let started = Instant::now();
+                coll.insert_many(std::mem::take(&mut batch)).await?;
+                elapsed += started.elapsed();
+            }
+        }
+    }
+    coll.drop().await?;
+    Ok(elapsed.as_secs_f64())
 }

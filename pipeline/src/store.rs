@@ -142,6 +142,12 @@ pub trait ItemWriter: Send {
     ) -> Result<bool, StoreError>;
     /// Deletes `key` (and, with `cascade`, the children in `t.children`); `false` when absent.
     async fn delete(&mut self, t: &Target, key: &Key, cascade: bool) -> Result<bool, StoreError>;
+
+    /// Writes anything buffered (a store may batch the inserts of a chunk); called once after
+    /// the last item, still inside the transaction. Default: nothing buffered.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A chunk's outcome before the store commits it.
@@ -238,6 +244,7 @@ pub async fn apply_items<W: ItemWriter + ?Sized>(
         failed |= result.status == ItemStatus::Failed;
         results.push(result);
     }
+    w.flush().await?;
     let rollback = opts.atomic && failed;
     if rollback {
         for r in &mut results {

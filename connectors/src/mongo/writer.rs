@@ -31,6 +31,10 @@ pub struct MongoWriter<'a> {
     keys: &'a HashMap<String, String>,
     /// Keys of the chunk's collection that exist (read at start, updated as items apply).
     existing: HashSet<Key>,
+    /// Inserts of the chunk, written with one `insertMany` at `flush` (a create chunk only
+    /// inserts, and the existence check above already decided each item's status).
+    pending: Vec<Document>,
+    pending_collection: Option<String>,
 }
 
 fn encode_err(e: impl std::fmt::Display) -> StoreError {
@@ -79,6 +83,8 @@ impl<'a> MongoWriter<'a> {
             session,
             keys,
             existing,
+            pending: Vec::new(),
+            pending_collection: None,
         })
     }
 
@@ -108,13 +114,25 @@ impl ItemWriter for MongoWriter<'_> {
         if self.existing.contains(key) {
             return Ok(Inserted::Exists);
         }
-        let coll = self.coll(&t.collection)?;
-        coll.insert_one(to_document(doc)?)
-            .session(&mut *self.session)
-            .await
-            .map_err(|e| classify(&e))?;
+        self.coll(&t.collection)?;
+        self.pending.push(to_document(doc)?);
+        self.pending_collection = Some(t.collection.clone());
         self.existing.insert(key.clone());
         Ok(Inserted::Inserted)
+    }
+
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if let (Some(name), false) = (&self.pending_collection, self.pending.is_empty()) {
+            let coll = self.coll(name)?;
+            let docs = std::mem::take(&mut self.pending);
+            // A duplicate here means another transaction inserted a key since our read: the
+            // transaction is aborted and the chunk reruns (transient), seeing the key this time.
+            coll.insert_many(docs)
+                .session(&mut *self.session)
+                .await
+                .map_err(|e| classify(&e))?;
+        }
+        Ok(())
     }
 
     async fn upsert(&mut self, t: &Target, key: &Key, doc: &RawValue) -> Result<(), StoreError> {
