@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::kafka::*;
 use common::*;
-use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 #[test]
@@ -102,27 +101,13 @@ fn kill_9_ten_times_loses_nothing_and_doubles_nothing() {
     };
     let seed = rand::random();
     eprintln!("seed = {seed}");
-    let w = crash_workload(3000, seed);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    std::thread::scope(|scope| {
-        scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(30)));
-        for _ in 0..10 {
-            let mut svc = env.service("a");
-            std::thread::sleep(Duration::from_millis(rng.random_range(1500..3500)));
-            svc.kill().unwrap(); // SIGKILL
-            svc.wait().unwrap();
-        }
-    });
-    let before = env.terminal_now();
-    assert!(
-        before > 0 && before < w.total,
-        "the kills interrupted runs making progress ({before} of {} done)",
-        w.total
+    kill_9_scenario(
+        &env,
+        &crash_workload(3000, seed),
+        seed,
+        Duration::from_secs(30),
+        Duration::from_secs(300),
     );
-    let svc = env.service("a");
-    let events = env.results(w.total, Duration::from_secs(300));
-    stop(svc);
-    check_crash_workload(&env, &events, &w);
 }
 
 #[test]

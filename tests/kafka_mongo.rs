@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::kafka::*;
 use common::*;
-use rand::{Rng, SeedableRng};
 
 fn mongo() -> Option<String> {
     match std::env::var("SLUICE_TEST_MONGO") {
@@ -41,26 +40,13 @@ fn kill_9_ten_times_with_the_mongodb_store() {
     eprintln!("seed = {seed}");
     // Smaller than the SQLite variant: the Mongo-wire test server is far slower per write.
     let w = crash_workload(700, seed);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    std::thread::scope(|scope| {
-        scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(25)));
-        for _ in 0..10 {
-            let mut svc = env.service("a");
-            std::thread::sleep(Duration::from_millis(rng.random_range(1500..3500)));
-            svc.kill().unwrap();
-            svc.wait().unwrap();
-        }
-    });
-    let before = env.terminal_now();
-    assert!(
-        before > 0 && before < w.total,
-        "the kills interrupted runs making progress ({before} of {} done)",
-        w.total
+    kill_9_scenario(
+        &env,
+        &w,
+        seed,
+        Duration::from_secs(25),
+        Duration::from_secs(400),
     );
-    let svc = env.service("a");
-    let events = env.results(w.total, Duration::from_secs(400));
-    stop(svc);
-    check_crash_workload(&env, &events, &w);
 }
 
 /// The server stops answering (SIGSTOP) for a while: chunks wait as "unavailable", readiness

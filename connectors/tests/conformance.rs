@@ -486,42 +486,48 @@ pub async fn concurrent_conflicting_chunks_all_land(store: Arc<dyn Store>) {
     );
 }
 
+/// Expands every test of the suite in a module that provides
+/// `async fn store() -> Option<(Box<dyn std::any::Any>, Arc<dyn Store>)>` (the box keeps
+/// whatever the store needs alive, e.g. its temporary directory).
+macro_rules! conformance_suite {
+    () => {
+        conformance_suite!(@tests
+            commit_is_visible,
+            ledger_makes_chunks_idempotent,
+            racing_owners_apply_once,
+            create_reports_exists_or_skipped,
+            missing_keys_are_not_found,
+            update_and_upsert,
+            atomic_failure_applies_nothing,
+            cascade_deletes_children_atomically,
+            claims_recognise_duplicates,
+            concurrent_conflicting_chunks_all_land
+        );
+    };
+    (@tests $($name:ident),+) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some((_guard, s)) = store().await else { return };
+            super::$name(s).await;
+        }
+    )+};
+}
+
 mod sqlite {
     use super::*;
     use sluice_connectors::sqlite::SqliteStore;
 
-    fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
+    async fn store() -> Option<(Box<dyn std::any::Any>, Arc<dyn Store>)> {
         let dir = tempfile::tempdir().unwrap();
         let config = sluice_config::from_toml_str(
             "[collections.words]\nkey='text'\n[collections.definitions]\nkey='id'\nparent='words'\nparent_field='word'\n",
         )
         .unwrap();
         let s = SqliteStore::open(&dir.path().join("s.db"), &config).unwrap();
-        (dir, Arc::new(s))
+        Some((Box::new(dir), Arc::new(s)))
     }
 
-    macro_rules! conformance {
-        ($($name:ident),+) => {$(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let (_dir, s) = store();
-                super::$name(s).await;
-            }
-        )+};
-    }
-
-    conformance!(
-        commit_is_visible,
-        ledger_makes_chunks_idempotent,
-        racing_owners_apply_once,
-        create_reports_exists_or_skipped,
-        missing_keys_are_not_found,
-        update_and_upsert,
-        atomic_failure_applies_nothing,
-        cascade_deletes_children_atomically,
-        claims_recognise_duplicates,
-        concurrent_conflicting_chunks_all_land
-    );
+    conformance_suite!();
 }
 
 /// The same suite on the MongoDB store, against the server `SLUICE_TEST_MONGO` points at
@@ -531,7 +537,7 @@ mod mongo {
     use super::*;
     use sluice_connectors::mongo::MongoStore;
 
-    async fn store() -> Option<Arc<dyn Store>> {
+    async fn store() -> Option<(Box<dyn std::any::Any>, Arc<dyn Store>)> {
         let Ok(uri) = std::env::var("SLUICE_TEST_MONGO") else {
             assert!(
                 std::env::var("CI").is_err(),
@@ -549,7 +555,7 @@ mod mongo {
         let s = MongoStore::connect(config.mongo.as_ref().unwrap(), &config)
             .await
             .unwrap();
-        Some(Arc::new(s))
+        Some((Box::new(()), Arc::new(s)))
     }
 
     fn rand_suffix() -> u32 {
@@ -561,26 +567,5 @@ mod mongo {
         n ^ std::process::id().rotate_left(16)
     }
 
-    macro_rules! conformance {
-        ($($name:ident),+) => {$(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let Some(s) = store().await else { return };
-                super::$name(s).await;
-            }
-        )+};
-    }
-
-    conformance!(
-        commit_is_visible,
-        ledger_makes_chunks_idempotent,
-        racing_owners_apply_once,
-        create_reports_exists_or_skipped,
-        missing_keys_are_not_found,
-        update_and_upsert,
-        atomic_failure_applies_nothing,
-        cascade_deletes_children_atomically,
-        claims_recognise_duplicates,
-        concurrent_conflicting_chunks_all_land
-    );
+    conformance_suite!();
 }

@@ -412,3 +412,28 @@ pub fn check_crash_workload(env: &Env, events: &[Value], w: &Workload) {
         "every write applied once"
     );
 }
+
+/// Ten `kill -9` at random moments while `w` is produced (spread over `over`), then a final
+/// run: every result event once, every write once, nothing missing.
+pub fn kill_9_scenario(env: &Env, w: &Workload, seed: u64, over: Duration, timeout: Duration) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    std::thread::scope(|scope| {
+        scope.spawn(|| env.produce_over(&w.records, over));
+        for _ in 0..10 {
+            let mut svc = env.service("a");
+            std::thread::sleep(Duration::from_millis(rng.random_range(1500..3500)));
+            svc.kill().unwrap(); // SIGKILL
+            svc.wait().unwrap();
+        }
+    });
+    let before = env.terminal_now();
+    assert!(
+        before > 0 && before < w.total,
+        "the kills interrupted runs making progress ({before} of {} done)",
+        w.total
+    );
+    let svc = env.service("a");
+    let events = env.results(w.total, timeout);
+    stop(svc);
+    check_crash_workload(env, &events, w);
+}
