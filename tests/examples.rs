@@ -92,7 +92,9 @@ fn examples_give_the_expected_events_and_a_rerun_changes_nothing() {
 
 #[test]
 fn examples_on_the_mongodb_store_give_the_same_events() {
-    let Ok(uri) = std::env::var("SLUICE_TEST_MONGO") else {
+    let Ok(uri) =
+        std::env::var("SLUICE_TEST_MONGODB_URI").or_else(|_| std::env::var("SLUICE_TEST_MONGO"))
+    else {
         assert!(
             std::env::var("CI").is_err(),
             "CI must set SLUICE_TEST_MONGO"

@@ -10,7 +10,7 @@ use common::kafka::*;
 use common::*;
 
 fn mongo() -> Option<String> {
-    match std::env::var("SLUICE_TEST_MONGO") {
+    match std::env::var("SLUICE_TEST_MONGODB_URI").or_else(|_| std::env::var("SLUICE_TEST_MONGO")) {
         Ok(u) => Some(u),
         Err(_) => {
             assert!(

@@ -538,7 +538,9 @@ mod mongo {
     use sluice_connectors::mongo::MongoStore;
 
     async fn store() -> Option<(Box<dyn std::any::Any>, Arc<dyn Store>)> {
-        let Ok(uri) = std::env::var("SLUICE_TEST_MONGO") else {
+        let Ok(uri) = std::env::var("SLUICE_TEST_MONGODB_URI")
+            .or_else(|_| std::env::var("SLUICE_TEST_MONGO"))
+        else {
             assert!(
                 std::env::var("CI").is_err(),
                 "CI must start SecantusDB and set SLUICE_TEST_MONGO"
