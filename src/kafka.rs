@@ -135,7 +135,8 @@ pub(crate) async fn run_once(
     consumer.subscribe(&[&k.topics.requests])?;
     *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(consumer.clone());
     let transactional = (k.delivery == Delivery::ExactlyOnce).then_some(txn_id);
-    let producer: FutureProducer = kafka::producer_config(k, transactional).create()?;
+    let producer: kafka::SluiceProducer =
+        kafka::producer_config(k, transactional).create_with_context(kafka::ClientLogs)?;
     if transactional.is_some() {
         // Fences any earlier producer with this id and aborts its open transaction.
         let (p, t) = (producer.clone(), kafka::op_timeout(k));

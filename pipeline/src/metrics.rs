@@ -54,6 +54,8 @@ pub const READY: &str = "sluice_ready";
 pub const STORE_UP: &str = "sluice_store_up";
 /// Fatal pipeline errors (a stage or the source stopped). Labels: `component`.
 pub const PIPELINE_ERRORS: &str = "sluice_pipeline_errors_total";
+/// Warnings and errors reported by the Kafka client library. Labels: `level`.
+pub const KAFKA_CLIENT_ERRORS: &str = "sluice_kafka_client_errors_total";
 /// Health checks that started failing (transitions from healthy). Labels: `component`.
 pub const HEALTH_FAILURES: &str = "sluice_health_check_failures_total";
 /// Warnings and errors not logged because of the log rate limit. Labels: none.
@@ -186,6 +188,10 @@ pub fn describe() {
     describe_counter!(
         LOGS_SUPPRESSED,
         "Warnings/errors dropped by the log rate limit."
+    );
+    describe_counter!(
+        KAFKA_CLIENT_ERRORS,
+        "Warnings and errors reported by librdkafka, by level."
     );
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the process started.");

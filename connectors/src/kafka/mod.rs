@@ -22,7 +22,10 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use sluice_config::KafkaConfig;
 
-pub use context::{SluiceConsumer, SluiceContext};
+pub use context::{ClientLogs, SluiceConsumer, SluiceContext};
+
+/// The producer type of the service.
+pub type SluiceProducer = rdkafka::producer::FutureProducer<ClientLogs>;
 pub use sink::KafkaSink;
 pub use source::KafkaSource;
 

@@ -11,17 +11,17 @@ use async_trait::async_trait;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_config::{Delivery, KafkaTopics};
 use sluice_pipeline::contract::{DeadLetter, ResultEvent};
 use sluice_pipeline::{Sink, SinkError, SourceRef};
 
-use super::SluiceConsumer;
+use super::{SluiceConsumer, SluiceProducer};
 
 /// Publishes to the results and dead-letter topics and commits input offsets.
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: SluiceProducer,
     consumer: Arc<SluiceConsumer>,
     topics: KafkaTopics,
     delivery: Delivery,
@@ -43,7 +43,7 @@ fn err(what: &str, e: KafkaError) -> SinkError {
 impl KafkaSink {
     /// A sink over `producer` (transactions already initialised in exactly-once mode).
     pub fn new(
-        producer: FutureProducer,
+        producer: SluiceProducer,
         consumer: Arc<SluiceConsumer>,
         topics: KafkaTopics,
         delivery: Delivery,
@@ -109,7 +109,7 @@ impl KafkaSink {
     /// Runs a blocking producer call off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(FutureProducer) -> Result<T, KafkaError> + Send + 'static,
+        f: impl FnOnce(SluiceProducer) -> Result<T, KafkaError> + Send + 'static,
     ) -> Result<T, KafkaError> {
         let p = self.producer.clone();
         tokio::task::spawn_blocking(move || f(p))
