@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -37,6 +38,8 @@ pub struct Env {
     pub results: String,
     pub dlq: String,
     pub partitions: i32,
+    /// Records [`Env::produce`] has flushed to the requests topic so far.
+    pub produced: AtomicUsize,
 }
 
 pub fn setup(name: &str, partitions: i32, extra: &str) -> Option<Env> {
@@ -99,6 +102,7 @@ parent_field = "word"
         results: format!("{tag}.results"),
         dlq: format!("{tag}.dlq"),
         partitions,
+        produced: AtomicUsize::new(0),
     })
 }
 
@@ -124,6 +128,13 @@ impl Env {
             p.poll(Duration::ZERO);
         }
         p.flush(Duration::from_secs(30)).unwrap();
+        self.produced.fetch_add(records.len(), Ordering::SeqCst);
+    }
+
+    /// How many records have been produced so far: a member stopped while this is short of
+    /// the workload stopped mid-run, whatever the survivors have finished meanwhile.
+    pub fn produced_now(&self) -> usize {
+        self.produced.load(Ordering::SeqCst)
     }
 
     pub fn service(&self, instance: &str) -> Child {
