@@ -84,6 +84,16 @@ fn is_duplicate_key(e: &MongoError) -> bool {
     }
 }
 
+/// Starts a chunk's transaction as DESIGN.md asks: snapshot reads, majority-acknowledged commit.
+async fn begin(session: &mut ClientSession) -> Result<(), StoreError> {
+    session
+        .start_transaction()
+        .read_concern(ReadConcern::snapshot())
+        .write_concern(WriteConcern::majority())
+        .await
+        .map_err(|e| classify(&e))
+}
+
 fn expires(at: i64) -> DateTime {
     DateTime::from_millis(at.saturating_mul(1000).min(253_402_300_799_000))
 }
@@ -205,12 +215,7 @@ impl MongoStore {
             .start_session()
             .await
             .map_err(|e| classify(&e))?;
-        session
-            .start_transaction()
-            .read_concern(ReadConcern::snapshot())
-            .write_concern(WriteConcern::majority())
-            .await
-            .map_err(|e| classify(&e))?;
+        begin(&mut session).await?;
         let result = async {
             if let Some(event) = self.stored_event(&id, Some(&mut session)).await? {
                 return Ok(Err(event));
@@ -243,12 +248,7 @@ impl MongoStore {
                 .abort_transaction()
                 .await
                 .map_err(|e| classify(&e))?;
-            session
-                .start_transaction()
-                .read_concern(ReadConcern::snapshot())
-                .write_concern(WriteConcern::majority())
-                .await
-                .map_err(|e| classify(&e))?;
+            begin(&mut session).await?;
         }
         let text = serde_json::to_string(&applied.event)
             .map_err(|e| StoreError::permanent("encode", e.to_string()))?;
