@@ -232,18 +232,7 @@ fn every_malformed_record_ends_as_one_rejection_or_dead_letter() {
         dir.path().join("dlq.jsonl"),
         dir.path().join("s.db"),
     );
-    run_ok(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--dead-letters",
-        dlq.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ]);
+    run_ok(&run_args(&cfg, &input, &out, Some(&dlq), &state));
     let events = read_lines(&out);
     let letters = read_lines(&dlq);
     assert!(

@@ -74,16 +74,7 @@ fn kill_9_at_random_points_loses_nothing_and_doubles_nothing() {
     }
     let cfg = write_config(dir.path(), CONFIG);
     let (out, state) = (dir.path().join("out.jsonl"), dir.path().join("state.db"));
-    let args: Vec<String> = vec![
-        "--config".into(),
-        cfg.display().to_string(),
-        "--input".into(),
-        input.display().to_string(),
-        "--output".into(),
-        out.display().to_string(),
-        "--state".into(),
-        state.display().to_string(),
-    ];
+    let args = run_args(&cfg, &input, &out, None, &state);
 
     let mut kills = 0;
     let mut last_len = 0;

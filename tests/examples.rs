@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::*;
 use serde_json::Value;
 
@@ -29,18 +31,13 @@ fn examples_give_the_expected_events_and_a_rerun_changes_nothing() {
     let out = dir.path().join("results.jsonl");
     let dlq = dir.path().join("dead.jsonl");
     let state = dir.path().join("state.db");
-    let args = [
-        "--config",
-        "examples/sluice.toml",
-        "--input",
-        "examples/requests.jsonl",
-        "--output",
-        out.to_str().unwrap(),
-        "--dead-letters",
-        dlq.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ];
+    let args = run_args(
+        Path::new("examples/sluice.toml"),
+        Path::new("examples/requests.jsonl"),
+        &out,
+        Some(&dlq),
+        &state,
+    );
     run_ok(&args);
     let got: Vec<Value> = read_lines(&out)
         .into_iter()
@@ -113,18 +110,13 @@ fn examples_on_the_mongodb_store_give_the_same_events() {
         dir.path().join("results.jsonl"),
         dir.path().join("dead.jsonl"),
     );
-    run_ok(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--input",
-        "examples/requests.jsonl",
-        "--output",
-        out.to_str().unwrap(),
-        "--dead-letters",
-        dlq.to_str().unwrap(),
-        "--state",
-        dir.path().join("state.db").to_str().unwrap(),
-    ]);
+    run_ok(&run_args(
+        &cfg,
+        Path::new("examples/requests.jsonl"),
+        &out,
+        Some(&dlq),
+        &dir.path().join("state.db"),
+    ));
     let got: Vec<Value> = read_lines(&out)
         .into_iter()
         .chain(read_lines(&dlq))

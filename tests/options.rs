@@ -21,17 +21,8 @@ fn run_requests(
     let cfg = write_config(dir.path(), config);
     let out = dir.path().join("out.jsonl");
     let state = dir.path().join("s.db");
-    let mut args = vec![
-        "--config",
-        cfg.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
+    let mut args = run_args(&cfg, &input, &out, None, &state);
+    args.extend(extra.iter().map(|s| s.to_string()));
     run_ok(&args);
     let events = read_lines(&out);
     check_once(&events);

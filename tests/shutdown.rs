@@ -71,19 +71,7 @@ fn scenario(drain_deadline_ms: u64) {
         ),
     );
     let (out, state) = (dir.path().join("out.jsonl"), dir.path().join("s.db"));
-    let args: Vec<String> = [
-        "--config",
-        cfg.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = run_args(&cfg, &input, &out, None, &state);
     let status = run_and_terminate(&args, &out);
     assert!(status.success(), "SIGTERM must end in exit 0, got {status}");
     let partial = read_lines(&out);

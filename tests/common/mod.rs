@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -22,8 +23,32 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The files of one embedded run: `--config C --input I --output O [--dead-letters D]
+/// --state S`. Relative paths are from the repository root, where [`run_ok`] runs.
+pub fn run_args(
+    config: &Path,
+    input: &Path,
+    output: &Path,
+    dead_letters: Option<&Path>,
+    state: &Path,
+) -> Vec<String> {
+    let mut args = vec![
+        "--config".to_string(),
+        config.display().to_string(),
+        "--input".into(),
+        input.display().to_string(),
+        "--output".into(),
+        output.display().to_string(),
+    ];
+    if let Some(d) = dead_letters {
+        args.extend(["--dead-letters".into(), d.display().to_string()]);
+    }
+    args.extend(["--state".into(), state.display().to_string()]);
+    args
+}
+
 /// Runs `sluice run` with `args` and asserts it exits 0.
-pub fn run_ok(args: &[&str]) -> Output {
+pub fn run_ok<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> Output {
     let out = sluice()
         .current_dir(root())
         .arg("run")
