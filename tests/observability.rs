@@ -69,16 +69,14 @@ impl Sluice {
         let input = dir.join("in.jsonl");
         let file = std::fs::File::create(&input).unwrap();
         let child = sluice()
-            .args([
-                "run",
-                "--follow",
-                "--config",
-                cfg.to_str().unwrap(),
-                "--input",
-                input.to_str().unwrap(),
-            ])
-            .args(["--output", dir.join("out.jsonl").to_str().unwrap()])
-            .args(["--state", dir.join("s.db").to_str().unwrap()])
+            .args(["run", "--follow"])
+            .args(run_args(
+                &cfg,
+                &input,
+                &dir.join("out.jsonl"),
+                None,
+                &dir.join("s.db"),
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
