@@ -39,7 +39,7 @@ pub struct Env {
     pub dlq: String,
     pub partitions: i32,
     /// Records [`Env::produce`] has flushed to the requests topic so far.
-    pub produced: AtomicUsize,
+    produced: AtomicUsize,
 }
 
 pub fn setup(name: &str, partitions: i32, extra: &str) -> Option<Env> {
