@@ -548,16 +548,241 @@ mod mongo {
             eprintln!("skipping: set SLUICE_TEST_MONGO (scripts/secantus.sh start; scripts/secantus.sh uri)");
             return None;
         };
+        Some((Box::new(()), Arc::new(connect(&uri).await)))
+    }
+
+    /// The store on a database of its own.
+    async fn connect(uri: &str) -> MongoStore {
         let config = sluice_config::from_toml_str(&format!(
             "[mongo]\nuri = '{uri}'\ndatabase = 'conf_{:08x}'\n\
              [collections.words]\nkey='text'\n[collections.definitions]\nkey='id'\nparent='words'\nparent_field='word'\n",
             rand_suffix()
         ))
         .unwrap();
-        let s = MongoStore::connect(config.mongo.as_ref().unwrap(), &config)
+        MongoStore::connect(config.mongo.as_ref().unwrap(), &config)
+            .await
+            .unwrap()
+    }
+
+    /// A SecantusDB of its own with a 24 MiB cache: a transaction whose writes pass ~3.6 MB
+    /// (counted twice, documents and oplog) fails with 388 `TransactionTooLargeForCache`, as
+    /// mongod does when a transaction outgrows its cache. Stopped on drop.
+    struct SmallCache {
+        port: String,
+        store: Arc<MongoStore>,
+    }
+
+    impl Drop for SmallCache {
+        fn drop(&mut self) {
+            let _ = secantus(&["stop", &self.port], &[]);
+        }
+    }
+
+    fn secantus(args: &[&str], env: &[(&str, &str)]) -> String {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/secantus.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "secantus.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    async fn small_cache() -> Option<SmallCache> {
+        // Gated like the suite: SLUICE_TEST_MONGO says SecantusDB is installed here.
+        store().await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string();
+        secantus(&["start", &port], &[("SECANTUS_ARGS", "--cache-size 24M")]);
+        let uri = secantus(&["uri", &port], &[]);
+        let store = Arc::new(connect(&uri).await);
+        Some(SmallCache { port, store })
+    }
+
+    /// `n` create items of about `kib` KiB each, keys `{prefix}{i}`.
+    fn padded(prefix: &str, n: usize, kib: usize) -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"text": format!("{prefix}{i}"), "pad": "x".repeat(kib * 1024)}))
+            .collect()
+    }
+
+    async fn count(store: &MongoStore, collection: &str) -> u64 {
+        store
+            .database()
+            .collection::<mongodb::bson::Document>(collection)
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap()
+    }
+
+    /// A chunk the server refuses as one transaction is applied in halves, every item once,
+    /// with one event for the whole chunk; a re-read replays it from the ledger.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_too_large_for_one_transaction_is_split() {
+        let Some(server) = small_cache().await else {
+            return;
+        };
+        let s = &server.store;
+        let c = chunk(
+            "big",
+            Op::Create,
+            words(),
+            padded("w", 400, 10),
+            Options::default(),
+        );
+        let first = write(&**s, c.clone()).await.unwrap();
+        assert!(!first.replayed);
+        assert_eq!(first.event.items.len(), 400);
+        assert!(statuses(&first).iter().all(|st| *st == ItemStatus::Ok));
+        assert_eq!(
+            first
+                .event
+                .items
+                .iter()
+                .map(|i| i.index)
+                .collect::<Vec<_>>(),
+            (0..400).collect::<Vec<_>>(),
+            "one event, items in order"
+        );
+        assert_eq!(count(s, "words").await, 400);
+        let again = write(&**s, c).await.unwrap();
+        assert!(again.replayed, "a re-read comes from the ledger");
+        assert_eq!(again.event, first.event);
+        assert_eq!(count(s, "words").await, 400);
+    }
+
+    /// A crash between two halves of a split chunk: the rerun applies only what is missing
+    /// (a re-applied create would report `exists`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_split_chunk_resumes_where_it_stopped() {
+        use mongodb::bson::doc;
+        let Some(server) = small_cache().await else {
+            return;
+        };
+        let s = &server.store;
+        let c = chunk(
+            "resume",
+            Op::Create,
+            words(),
+            padded("r", 400, 10),
+            Options::default(),
+        );
+        let first = write(&**s, c.clone()).await.unwrap();
+        // Undo what a crash after the first half would not have committed: the second half's
+        // ledger entry and documents, and the chunk's final event (back to "split").
+        let db = s.database();
+        let ledger = db.collection::<mongodb::bson::Document>("sluice_ledger");
+        let gone = ledger
+            .delete_many(doc! {"_id.r": "resume", "_id.from": {"$gte": 200_i64}})
             .await
             .unwrap();
-        Some((Box::new(()), Arc::new(s)))
+        assert!(gone.deleted_count >= 1, "the chunk was split");
+        ledger
+            .update_one(
+                doc! {"_id": {"r": "resume", "c": 0_i64}},
+                doc! {"$set": {"split": true}, "$unset": {"event": ""}},
+            )
+            .await
+            .unwrap();
+        let keys: Vec<String> = (200..400).map(|i| format!("r{i}")).collect();
+        db.collection::<mongodb::bson::Document>("words")
+            .delete_many(doc! {"text": {"$in": keys}})
+            .await
+            .unwrap();
+        assert_eq!(count(s, "words").await, 200);
+
+        let rerun = write(&**s, c).await.unwrap();
+        assert!(!rerun.replayed, "the second half was applied now");
+        assert_eq!(
+            rerun.event, first.event,
+            "no item of the first half is re-applied"
+        );
+        assert_eq!(count(s, "words").await, 400);
+    }
+
+    /// Two owners racing on a chunk that must be split: every item is applied once and both
+    /// report the same event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_owners_of_a_split_chunk_apply_once() {
+        let Some(server) = small_cache().await else {
+            return;
+        };
+        let s = &server.store;
+        let c = chunk(
+            "race-big",
+            Op::Create,
+            words(),
+            padded("q", 400, 10),
+            Options::default(),
+        );
+        let (a, b) = tokio::join!(write(&**s, c.clone()), write(&**s, c.clone()));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.event, b.event);
+        assert!(statuses(&a).iter().all(|st| *st == ItemStatus::Ok));
+        assert_eq!(count(s, "words").await, 400);
+    }
+
+    /// One item too large for any transaction fails alone, with a permanent store error; the
+    /// items around it are applied. An atomic request that is too large applies nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_item_too_large_for_a_transaction_fails_alone() {
+        let Some(server) = small_cache().await else {
+            return;
+        };
+        let s = &server.store;
+        let mut items = padded("s", 6, 1);
+        items[3] = json!({"text": "huge", "pad": "x".repeat(3 << 20)});
+        let c = chunk(
+            "one-big",
+            Op::Create,
+            words(),
+            items.clone(),
+            Options::default(),
+        );
+        let r = write(&**s, c).await.unwrap();
+        let st = statuses(&r);
+        assert_eq!(st[3], ItemStatus::Failed);
+        let err = r.event.items[3].error.as_ref().unwrap();
+        assert_eq!(err.code.as_str(), "store_error");
+        assert!(
+            err.message.contains("transaction_too_large"),
+            "{}",
+            err.message
+        );
+        assert!(!err.retryable);
+        assert!(
+            st.iter()
+                .enumerate()
+                .all(|(i, x)| i == 3 || *x == ItemStatus::Ok),
+            "{st:?}"
+        );
+        assert_eq!(count(s, "words").await, 5);
+
+        let atomic = Options {
+            atomic: true,
+            ..Options::default()
+        };
+        let mut items = padded("a", 6, 1);
+        items[2] = json!({"text": "huge2", "pad": "x".repeat(3 << 20)});
+        let c = chunk("atomic-big", Op::Create, words(), items, atomic);
+        let e = write(&**s, c).await.unwrap_err();
+        assert_eq!(e.code, "transaction_too_large");
+        assert_eq!(
+            count(s, "words").await,
+            5,
+            "an atomic request applies nothing"
+        );
     }
 
     fn rand_suffix() -> u32 {

@@ -168,10 +168,21 @@ pub async fn apply_items<W: ItemWriter + ?Sized>(
     chunk: &WriteChunk,
     w: &mut W,
 ) -> Result<Applied, StoreError> {
+    apply_items_after(chunk, w, false).await
+}
+
+/// [`apply_items`] for a part of a chunk that a store had to split (e.g. a MongoDB transaction
+/// too large for the cache): `failed_before` says whether an item of an earlier part failed,
+/// so that `stop_on_error` stops the later parts exactly as it would have stopped the whole.
+pub async fn apply_items_after<W: ItemWriter + ?Sized>(
+    chunk: &WriteChunk,
+    w: &mut W,
+    failed_before: bool,
+) -> Result<Applied, StoreError> {
     let req = &chunk.request;
     let opts = &req.options;
     let mut results = Vec::with_capacity(chunk.range.len());
-    let mut failed = false;
+    let mut failed = failed_before;
     for item in chunk.items() {
         if let Some(decided) = &item.decided {
             failed |= decided.status == ItemStatus::Failed;

@@ -9,12 +9,15 @@
 //! the whole transaction through the pipeline's retry policy; `UnknownTransactionCommitResult`
 //! retries the commit here (safe: the ledger makes a second apply impossible); network and
 //! server-selection errors mean "unavailable" (wait, do not fail items); the rest is permanent.
+//! A chunk too large for one transaction (`TransactionTooLargeForCache`) is split in halves,
+//! each under its own ledger key, the chunk's key marked "split" first (see `write`).
 //!
 //! Parts: this file (connection, start-up checks, `Store`), [`writer`] (the `ItemWriter`).
 
 mod writer;
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,9 +31,10 @@ use mongodb::options::{ClientOptions, IndexOptions, ReadConcern, WriteConcern};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::Value;
 use sluice_config::{Config, MongoConfig};
-use sluice_pipeline::contract::ProgressEvent;
+use sluice_pipeline::codes::ItemErrorCode;
+use sluice_pipeline::contract::{ItemResult, ItemStatus, ProgressEvent};
 use sluice_pipeline::request::Key;
-use sluice_pipeline::store::{apply_items, ChunkCommit, Claim, Target, WriteChunk};
+use sluice_pipeline::store::{apply_items_after, ChunkCommit, Claim, Target, WriteChunk};
 use sluice_pipeline::{SourceRef, Store, StoreError};
 
 pub use writer::key_bson;
@@ -66,8 +70,9 @@ pub fn classify(e: &MongoError) -> StoreError {
             // Shutdown in progress, primary stepped down, not primary…: an election.
             StoreError::unavailable("election", msg)
         }
-        ErrorKind::Command(c) if c.code == 388 => {
-            StoreError::permanent("transaction_too_large", msg)
+        // TransactionTooLargeForCache (4.4+), TransactionTooLarge (16 MB of operations, 4.0).
+        ErrorKind::Command(c) if c.code == 388 || c.code == 257 => {
+            StoreError::permanent(TOO_LARGE, msg)
         }
         ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000 => {
             StoreError::transient("duplicate_key", msg)
@@ -164,11 +169,12 @@ impl MongoStore {
         self.db.collection(LEDGER)
     }
 
-    async fn stored_event(
+    /// What the ledger holds under `id` (inside the transaction when `session` is given).
+    async fn slot(
         &self,
         id: &Document,
         session: Option<&mut ClientSession>,
-    ) -> Result<Option<ProgressEvent>, StoreError> {
+    ) -> Result<Slot, StoreError> {
         let found = match session {
             Some(s) => {
                 self.ledger()
@@ -179,15 +185,33 @@ impl MongoStore {
             None => self.ledger().find_one(doc! {"_id": id.clone()}).await,
         }
         .map_err(|e| classify(&e))?;
-        found
-            .map(|d| {
-                let text = d
-                    .get_str("event")
-                    .map_err(|e| StoreError::permanent("corrupt", e.to_string()))?;
-                serde_json::from_str(text)
-                    .map_err(|e| StoreError::permanent("corrupt", e.to_string()))
-            })
-            .transpose()
+        let Some(d) = found else {
+            return Ok(Slot::Empty);
+        };
+        if d.get_bool("split") == Ok(true) {
+            return Ok(Slot::Split);
+        }
+        let text = d
+            .get_str("event")
+            .map_err(|e| StoreError::permanent("corrupt", e.to_string()))?;
+        serde_json::from_str(text)
+            .map(Slot::Done)
+            .map_err(|e| StoreError::permanent("corrupt", e.to_string()))
+    }
+
+    /// After losing a race on the ledger key `id`: whatever the winner stored there.
+    async fn settled(&self, id: &Document) -> Result<Attempt, StoreError> {
+        match self.slot(id, None).await? {
+            Slot::Done(event) => Ok(Attempt::Done(ChunkCommit {
+                event,
+                replayed: true,
+            })),
+            Slot::Split => Ok(Attempt::Split),
+            Slot::Empty => Err(StoreError::transient(
+                "ledger_race",
+                "the ledger entry that collided is gone; retrying",
+            )),
+        }
     }
 
     async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
@@ -208,39 +232,99 @@ impl MongoStore {
         }
     }
 
-    async fn try_write(&self, chunk: &WriteChunk) -> Result<ChunkCommit, StoreError> {
-        let id = doc! {"r": &chunk.request.request_id, "c": chunk.index as i64};
+    /// Writes a chunk: one transaction if it fits; if the server finds it too large for its
+    /// cache, in halves (recursively), each half in its own transaction under its own ledger
+    /// key, with the chunk's key marking it as split so no later attempt applies it whole.
+    async fn write(&self, chunk: &WriteChunk) -> Result<ChunkCommit, StoreError> {
+        let whole = ledger_id(chunk, None);
+        if let Attempt::Done(commit) = self.attempt(chunk, &whole, false).await? {
+            return Ok(commit);
+        }
+        let mut items: Vec<ItemResult> = Vec::with_capacity(chunk.range.len());
+        let mut replayed = true;
+        let mut todo = Vec::from(halves(chunk.range.clone())?);
+        while let Some(range) = todo.pop() {
+            let part = WriteChunk {
+                range: range.clone(),
+                ..chunk.clone()
+            };
+            let failed_before = items.iter().any(|i| i.status == ItemStatus::Failed);
+            match self
+                .attempt(&part, &ledger_id(chunk, Some(&range)), failed_before)
+                .await?
+            {
+                Attempt::Done(commit) => {
+                    replayed &= commit.replayed;
+                    items.extend(commit.event.items);
+                }
+                Attempt::Split => todo.extend(halves(range)?),
+            }
+        }
+        let event = chunk.event(items);
+        // The chunk's own entry now holds the whole event: a re-read replays it in one look-up.
+        // Idempotent: every owner computes the same event from the same committed parts.
+        let text = encode_event(&event)?;
+        self.ledger()
+            .update_one(
+                doc! {"_id": whole, "split": true},
+                doc! {"$set": {"event": text}, "$unset": {"split": ""}},
+            )
+            .write_concern(WriteConcern::majority())
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(ChunkCommit { event, replayed })
+    }
+
+    /// One transaction over `chunk` (a whole chunk or a part) under the ledger key `id`.
+    async fn attempt(
+        &self,
+        chunk: &WriteChunk,
+        id: &Document,
+        failed_before: bool,
+    ) -> Result<Attempt, StoreError> {
         let mut session = self
             .client
             .start_session()
             .await
             .map_err(|e| classify(&e))?;
         begin(&mut session).await?;
-        let result = async {
-            if let Some(event) = self.stored_event(&id, Some(&mut session)).await? {
-                return Ok(Err(event));
-            }
-            let applied = {
-                let mut w =
-                    writer::MongoWriter::new(&self.db, &mut session, &self.keys, chunk).await?;
-                apply_items(chunk, &mut w).await?
-            };
-            Ok(Ok(applied))
-        }
-        .await;
-        let applied = match result {
-            Ok(Ok(applied)) => applied,
-            Ok(Err(event)) => {
-                let _ = session.abort_transaction().await;
-                return Ok(ChunkCommit {
-                    event,
-                    replayed: true,
-                });
-            }
+        match self.transact(&mut session, chunk, id, failed_before).await {
+            Ok(attempt) => Ok(attempt),
             Err(e) => {
                 let _ = session.abort_transaction().await;
-                return Err(e);
+                if e.code == TOO_LARGE && !chunk.request.options.atomic {
+                    return self.too_large(chunk, id, e).await;
+                }
+                Err(e)
             }
+        }
+    }
+
+    /// Inside the open transaction: the ledger look-up, the writes, the ledger entry, commit.
+    async fn transact(
+        &self,
+        session: &mut ClientSession,
+        chunk: &WriteChunk,
+        id: &Document,
+        failed_before: bool,
+    ) -> Result<Attempt, StoreError> {
+        match self.slot(id, Some(&mut *session)).await? {
+            Slot::Empty => {}
+            Slot::Done(event) => {
+                let _ = session.abort_transaction().await;
+                return Ok(Attempt::Done(ChunkCommit {
+                    event,
+                    replayed: true,
+                }));
+            }
+            Slot::Split => {
+                let _ = session.abort_transaction().await;
+                return Ok(Attempt::Split);
+            }
+        }
+        let applied = {
+            let mut w = writer::MongoWriter::new(&self.db, session, &self.keys, chunk).await?;
+            apply_items_after(chunk, &mut w, failed_before).await?
         };
         if applied.rollback {
             // A failed atomic chunk: nothing of it is applied, but its outcome is recorded.
@@ -248,31 +332,130 @@ impl MongoStore {
                 .abort_transaction()
                 .await
                 .map_err(|e| classify(&e))?;
-            begin(&mut session).await?;
+            begin(session).await?;
         }
-        let text = serde_json::to_string(&applied.event)
-            .map_err(|e| StoreError::permanent("encode", e.to_string()))?;
-        let entry =
-            doc! {"_id": id.clone(), "event": text, "expires_at": expires(chunk.expires_at)};
-        if let Err(e) = self.ledger().insert_one(entry).session(&mut session).await {
-            let _ = session.abort_transaction().await;
+        let entry = doc! {
+            "_id": id.clone(),
+            "event": encode_event(&applied.event)?,
+            "expires_at": expires(chunk.expires_at),
+        };
+        if let Err(e) = self.ledger().insert_one(entry).session(&mut *session).await {
             if is_duplicate_key(&e) {
-                // Another owner committed this chunk first: report what it stored.
-                if let Some(event) = self.stored_event(&id, None).await? {
-                    return Ok(ChunkCommit {
-                        event,
-                        replayed: true,
-                    });
-                }
+                // Another owner committed (or split) this chunk first: follow what it stored.
+                let _ = session.abort_transaction().await;
+                return self.settled(id).await;
             }
             return Err(classify(&e));
         }
-        Self::commit(&mut session).await?;
-        Ok(ChunkCommit {
+        Self::commit(session).await?;
+        Ok(Attempt::Done(ChunkCommit {
             event: applied.event,
             replayed: false,
-        })
+        }))
     }
+
+    /// The server refused `chunk` as too large for one transaction (nothing of it applied).
+    /// Several items: mark its ledger key as split, durably, before any half commits. One
+    /// item: that item fails with a permanent `store_error`; the rest of the request goes on.
+    async fn too_large(
+        &self,
+        chunk: &WriteChunk,
+        id: &Document,
+        e: StoreError,
+    ) -> Result<Attempt, StoreError> {
+        metrics::counter!(sluice_pipeline::metrics::CHUNK_RETRIES, "reason" => TOO_LARGE)
+            .increment(1);
+        let request_id = &chunk.request.request_id;
+        let items = chunk.items();
+        let (entry, outcome) = if let [item] = items {
+            tracing::warn!(
+                request_id,
+                chunk = chunk.index,
+                item = item.index,
+                "one item is too large for a MongoDB transaction; it fails"
+            );
+            let failed = ItemResult::failed(
+                item.index,
+                ItemErrorCode::StoreError,
+                format!("store error ({TOO_LARGE}): {}", e.message),
+            );
+            let event = chunk.event(vec![failed]);
+            let entry = doc! {"_id": id.clone(), "event": encode_event(&event)?};
+            (
+                entry,
+                Attempt::Done(ChunkCommit {
+                    event,
+                    replayed: false,
+                }),
+            )
+        } else {
+            tracing::info!(
+                request_id,
+                chunk = chunk.index,
+                items = items.len(),
+                "transaction too large for the server's cache; splitting the chunk in halves"
+            );
+            (doc! {"_id": id.clone(), "split": true}, Attempt::Split)
+        };
+        let mut entry = entry;
+        entry.insert("expires_at", expires(chunk.expires_at));
+        match self
+            .ledger()
+            .insert_one(entry)
+            .write_concern(WriteConcern::majority())
+            .await
+        {
+            Ok(_) => Ok(outcome),
+            Err(e) if is_duplicate_key(&e) => self.settled(id).await,
+            Err(e) => Err(classify(&e)),
+        }
+    }
+}
+
+/// A ledger entry's state.
+enum Slot {
+    /// Nothing committed under this key.
+    Empty,
+    /// Committed, with this event.
+    Done(ProgressEvent),
+    /// Too large for one transaction: its halves have their own keys.
+    Split,
+}
+
+/// How one transaction over a chunk or part ended.
+enum Attempt {
+    Done(ChunkCommit),
+    Split,
+}
+
+/// Code of a chunk too large for one transaction (`TransactionTooLargeForCache`, …).
+const TOO_LARGE: &str = "transaction_too_large";
+
+/// A chunk's ledger key: `{r: request_id, c: chunk}`, plus `{from, to}` (item indexes) for a
+/// part of a split chunk.
+fn ledger_id(chunk: &WriteChunk, part: Option<&Range<usize>>) -> Document {
+    let mut id = doc! {"r": &chunk.request.request_id, "c": chunk.index as i64};
+    if let Some(r) = part {
+        id.insert("from", r.start as i64);
+        id.insert("to", r.end as i64);
+    }
+    id
+}
+
+/// The two halves of `range`, as a stack (the first half pops first).
+fn halves(range: Range<usize>) -> Result<[Range<usize>; 2], StoreError> {
+    if range.len() < 2 {
+        return Err(StoreError::permanent(
+            "corrupt",
+            format!("the ledger marks items {range:?} as split"),
+        ));
+    }
+    let mid = range.start + range.len() / 2;
+    Ok([mid..range.end, range.start..mid])
+}
+
+fn encode_event(event: &ProgressEvent) -> Result<String, StoreError> {
+    serde_json::to_string(event).map_err(|e| StoreError::permanent("encode", e.to_string()))
 }
 
 #[async_trait]
@@ -335,7 +518,7 @@ impl Store for MongoStore {
     }
 
     async fn write_chunk(&self, chunk: Arc<WriteChunk>) -> Result<ChunkCommit, StoreError> {
-        self.try_write(&chunk).await
+        self.write(&chunk).await
     }
 
     async fn lookup(
