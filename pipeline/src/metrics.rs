@@ -48,6 +48,13 @@ pub const IN_FLIGHT_BYTES: &str = "sluice_in_flight_bytes";
 pub const CONSUMER_LAG: &str = "sluice_consumer_lag_records";
 /// Consumer-group rebalances (Kafka; always 0 in embedded mode). Labels: `kind` = assign | revoke.
 pub const REBALANCES: &str = "sluice_rebalances_total";
+/// 1 while the source is paused because the in-flight budget is spent (Kafka: its
+/// partitions are paused). Labels: none.
+pub const SOURCE_PAUSED: &str = "sluice_source_paused";
+/// Partition revocations, by how in-flight work was handled (Kafka). Labels: `outcome` =
+/// drained (committed before the hand-over) | deadline (aborted; restart from committed
+/// offsets) | lost (the partitions were already gone).
+pub const REVOKE_DRAINS: &str = "sluice_revoke_drains_total";
 /// 1 when `/readyz` would answer ready. Labels: none.
 pub const READY: &str = "sluice_ready";
 /// 1 when the last store health check passed. Labels: none.
@@ -123,6 +130,9 @@ pub fn register() {
     for kind in ["assign", "revoke"] {
         counter!(REBALANCES, "kind" => kind).absolute(0);
     }
+    for outcome in ["drained", "deadline", "lost"] {
+        counter!(REVOKE_DRAINS, "outcome" => outcome).absolute(0);
+    }
     for stage in STAGES {
         gauge!(QUEUE_DEPTH, "stage" => stage).set(0.0);
     }
@@ -130,6 +140,7 @@ pub fn register() {
     counter!(HEALTH_FAILURES, "component" => "store").absolute(0);
     gauge!(IN_FLIGHT).set(0.0);
     gauge!(IN_FLIGHT_BYTES).set(0.0);
+    gauge!(SOURCE_PAUSED).set(0.0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -178,6 +189,14 @@ pub fn describe() {
         "Records not yet read from the source, per partition."
     );
     describe_counter!(REBALANCES, "Consumer-group rebalances by kind (Kafka).");
+    describe_gauge!(
+        SOURCE_PAUSED,
+        "1 while the source is paused because the in-flight budget is spent."
+    );
+    describe_counter!(
+        REVOKE_DRAINS,
+        "Partition revocations by outcome: drained and committed, aborted at the deadline, or lost (Kafka)."
+    );
     describe_gauge!(READY, "1 when the instance is ready (see /readyz).");
     describe_gauge!(STORE_UP, "1 when the last store health check passed.");
     describe_counter!(PIPELINE_ERRORS, "Fatal pipeline errors by component.");

@@ -10,7 +10,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::counter;
+use futures::FutureExt;
+use metrics::{counter, gauge};
 use sluice_config::Config;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +22,7 @@ use crate::commit::Commit;
 use crate::dedupe::Dedupe;
 use crate::execute::Execute;
 use crate::health::Health;
-use crate::metrics::PIPELINE_ERRORS;
+use crate::metrics::{PIPELINE_ERRORS, SOURCE_PAUSED};
 use crate::record::RawRecord;
 use crate::report::RunStats;
 use crate::sink::Sink;
@@ -168,7 +169,7 @@ where
     })
 }
 
-/// Feeds the source into validate while the in-flight budget has room.
+/// Feeds the source into validate while the in-flight budget (and validate's queue) has room.
 async fn read_source<Src: Source>(
     source: &mut Src,
     out: Outbox<RawRecord>,
@@ -177,9 +178,8 @@ async fn read_source<Src: Source>(
 ) -> Result<(), RunError> {
     let started = Instant::now();
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => break,
-            p = budget.record() => p,
+        let Some(permit) = room(source, stop, budget.record()).await else {
+            break;
         };
         let next = tokio::select! {
             _ = stop.cancelled() => break,
@@ -198,15 +198,141 @@ async fn read_source<Src: Source>(
         };
         // The size is known once read: at most one record beyond the byte budget is held.
         let size = record.payload.len();
-        record.permit = Some(tokio::select! {
-            _ = stop.cancelled() => break,
-            b = budget.bytes(permit, size) => b,
-        });
-        budget.report();
-        if out.send(record).await.is_err() {
-            // validate is gone: a stage failed; the join loop reports why.
+        let Some(permit) = room(source, stop, budget.bytes(permit, size)).await else {
             break;
+        };
+        record.permit = Some(permit);
+        budget.report();
+        // A full validate queue is backpressure too (the stages behind it are stuck).
+        match room(source, stop, out.send(record)).await {
+            Some(Ok(())) => {}
+            // Shutdown, or validate is gone (a stage failed; the join loop reports why).
+            None | Some(Err(_)) => break,
         }
     }
     Ok(())
+}
+
+/// How long the budget may stay spent (or validate's queue full) before the source is paused. Short waits are normal at
+/// full speed, and pausing a Kafka partition drops what librdkafka prefetched for it.
+const PAUSE_AFTER: Duration = Duration::from_millis(100);
+
+/// Waits for budget (`wait`), pausing the source if that takes longer than [`PAUSE_AFTER`]
+/// and driving its `idle` meanwhile. `None` when `stop` fires first.
+async fn room<Src: Source, T>(
+    source: &mut Src,
+    stop: &CancellationToken,
+    wait: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(wait);
+    if let Some(got) = (&mut wait).now_or_never() {
+        return Some(got);
+    }
+    tokio::select! {
+        _ = stop.cancelled() => return None,
+        got = &mut wait => return Some(got),
+        _ = tokio::time::sleep(PAUSE_AFTER) => {}
+    }
+    tracing::debug!("in-flight budget spent: pausing the source");
+    gauge!(SOURCE_PAUSED).set(1.0);
+    source.pause();
+    let got = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break None,
+            got = &mut wait => break Some(got),
+            () = source.idle() => {}
+        }
+    };
+    source.resume();
+    gauge!(SOURCE_PAUSED).set(0.0);
+    tracing::debug!("in-flight budget has room: source resumed");
+    got
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::codes::SourceError;
+
+    /// Counts the backpressure calls.
+    #[derive(Default)]
+    struct Probe {
+        paused: usize,
+        resumed: usize,
+        idled: usize,
+    }
+
+    #[async_trait]
+    impl Source for Probe {
+        async fn next(&mut self) -> Result<Option<RawRecord>, SourceError> {
+            Ok(None)
+        }
+        fn pause(&mut self) {
+            self.paused += 1;
+        }
+        fn resume(&mut self) {
+            self.resumed += 1;
+        }
+        async fn idle(&mut self) {
+            self.idled += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn room_at_once_does_not_pause() {
+        let (mut probe, stop) = (Probe::default(), CancellationToken::new());
+        let sem = Arc::new(Semaphore::new(1));
+        assert!(room(&mut probe, &stop, sem.acquire_owned()).await.is_some());
+        assert_eq!((probe.paused, probe.resumed, probe.idled), (0, 0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_budget_pauses_the_source_and_keeps_it_polled_until_room() {
+        let (mut probe, stop) = (Probe::default(), CancellationToken::new());
+        let sem = Arc::new(Semaphore::new(0));
+        let give = sem.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            give.add_permits(1);
+        });
+        assert!(room(&mut probe, &stop, sem.acquire_owned()).await.is_some());
+        assert_eq!((probe.paused, probe.resumed), (1, 1));
+        assert!(
+            probe.idled > 10,
+            "idle driven while paused: {}",
+            probe.idled
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_wait_does_not_pause() {
+        let (mut probe, stop) = (Probe::default(), CancellationToken::new());
+        let sem = Arc::new(Semaphore::new(0));
+        let give = sem.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(PAUSE_AFTER / 2).await;
+            give.add_permits(1);
+        });
+        assert!(room(&mut probe, &stop, sem.acquire_owned()).await.is_some());
+        assert_eq!(probe.paused, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_while_paused_resumes_and_returns_none() {
+        let (mut probe, stop) = (Probe::default(), CancellationToken::new());
+        let sem = Arc::new(Semaphore::new(0));
+        let cancel = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cancel.cancel();
+        });
+        assert!(room(&mut probe, &stop, sem.acquire_owned()).await.is_none());
+        assert_eq!((probe.paused, probe.resumed), (1, 1));
+    }
 }
