@@ -130,8 +130,11 @@ pub(crate) async fn run_once(
     current: &Current,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer: Arc<SluiceConsumer> =
-        Arc::new(kafka::consumer_config(k).create_with_context(SluiceContext::default())?);
+    let consumer: Arc<SluiceConsumer> = Arc::new(
+        kafka::consumer_config(k)
+            .create_with_context(SluiceContext::new(Duration::from_millis(k.revoke_drain_ms)))?,
+    );
+    let context = consumer.context().clone();
     consumer.subscribe(&[&k.topics.requests])?;
     *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(consumer.clone());
     let transactional = (k.delivery == Delivery::ExactlyOnce).then_some(txn_id);
@@ -161,7 +164,10 @@ pub(crate) async fn run_once(
         health,
         shutdown.clone().cancelled_owned(),
     )
-    .await?;
+    .await;
+    // Nothing more will be committed: the consumer's close must not wait for a drain.
+    context.close();
+    let end = end?;
     tracing::info!(?end, "Kafka run ended");
     Ok(())
 }

@@ -135,6 +135,49 @@ fn a_dead_member_partitions_move_to_the_survivor() {
     check_crash_workload(&env, &events, &w);
 }
 
+/// A second member joins mid-run: the first hands partitions over cleanly — it holds the
+/// rebalance until its in-flight records are committed — instead of aborting its transaction
+/// and restarting; exactly-once holds.
+#[test]
+fn a_member_joining_mid_run_gets_partitions_after_a_drain() {
+    let Some(env) = setup("join", 6, "") else {
+        return;
+    };
+    let w = crash_workload(2000, 5);
+    let a = env.service("a");
+    let mut b = None;
+    std::thread::scope(|scope| {
+        scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(16)));
+        std::thread::sleep(Duration::from_secs(6));
+        b = Some(env.service("b"));
+        let sent = env.produced_now();
+        assert!(
+            sent < w.records.len(),
+            "the member joined mid-run ({sent} of {} requests produced)",
+            w.records.len()
+        );
+    });
+    let events = env.results(w.total, Duration::from_secs(240));
+    stop(a);
+    stop(b.unwrap());
+    check_crash_workload(&env, &events, &w);
+    let (log_a, log_b) = (env.log_text("a"), env.log_text("b"));
+    assert!(
+        log_a.contains("in-flight records drained and committed before the hand-over"),
+        "a drained before handing partitions over:\n{log_a}"
+    );
+    assert!(
+        !log_a.contains("restarting from the committed offsets"),
+        "a handed over without aborting and restarting:\n{log_a}"
+    );
+    assert!(
+        log_b
+            .lines()
+            .any(|l| l.contains("partitions assigned") && !l.contains("partitions=0")),
+        "b got partitions:\n{log_b}"
+    );
+}
+
 #[test]
 fn a_zombie_woken_after_its_partitions_moved_is_fenced() {
     let Some(env) = setup("zombie", 6, "") else {

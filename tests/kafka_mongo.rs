@@ -57,12 +57,7 @@ fn a_stalled_mongo_server_stalls_the_pipeline_and_loses_nothing() {
     if mongo().is_none() || broker().is_none() {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port().to_string();
     let sh = |args: &[&str]| {
         let out = Command::new("bash")
             .arg(root().join("scripts/secantus.sh"))
@@ -94,18 +89,42 @@ fn a_stalled_mongo_server_stalls_the_pipeline_and_loses_nothing() {
             .trim()
             .parse()
             .unwrap();
-    let env = setup("mongo-stall", 3, &mongo_section(&uri)).unwrap();
-    let w = crash_workload(1500, 5);
+    let metrics_port = free_port();
+    let extra = format!(
+        "{}[observability]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+        mongo_section(&uri)
+    );
+    let env = setup("mongo-stall", 3, &extra).unwrap();
+    let w = crash_workload(800, 5);
     let svc = env.service("a");
+    let paused = |want: f64, within: Duration| {
+        let until = std::time::Instant::now() + within;
+        while std::time::Instant::now() < until {
+            if metric(metrics_port, "sluice_source_paused") == Some(want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
     std::thread::scope(|scope| {
         scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(12)));
         std::thread::sleep(Duration::from_secs(5));
         // SAFETY: signals to the SecantusDB process this test started.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
-        std::thread::sleep(Duration::from_secs(8));
+        // Backpressure: with the store stuck, the in-flight budget fills and the consumer
+        // pauses its partitions (instead of buffering) while it keeps polling.
+        let stalled = std::time::Instant::now();
+        let was_paused = paused(1.0, Duration::from_secs(8));
+        std::thread::sleep(Duration::from_secs(8).saturating_sub(stalled.elapsed()));
         unsafe { libc::kill(pid, libc::SIGCONT) };
+        assert!(was_paused, "the source paused while the store was stalled");
     });
     let events = env.results(w.total, Duration::from_secs(300));
+    assert!(
+        paused(0.0, Duration::from_secs(10)),
+        "the source resumed once the store answered"
+    );
     stop(svc);
     check_crash_workload(&env, &events, &w);
 }

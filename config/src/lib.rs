@@ -191,6 +191,10 @@ pub struct KafkaConfig {
     pub operation_timeout_ms: u64,
     /// librdkafka's prefetch buffer per partition, in KiB (bounds memory below the budget).
     pub queued_max_kbytes: u64,
+    /// When partitions are revoked (a rebalance), how long the instance may take to finish
+    /// and commit its in-flight records before handing them over (ms). Past it, the open
+    /// transaction is aborted and the instance restarts from the committed offsets.
+    pub revoke_drain_ms: u64,
     /// Extra librdkafka properties, passed through (e.g. `security.protocol`, `sasl.*`,
     /// `ssl.*`). Values of keys naming passwords, secrets or keys are masked when printed.
     pub properties: BTreeMap<String, String>,
@@ -212,6 +216,7 @@ impl Default for KafkaConfig {
             transaction_timeout_ms: 60_000,
             operation_timeout_ms: 30_000,
             queued_max_kbytes: 8 * 1024,
+            revoke_drain_ms: 10_000,
             properties: BTreeMap::new(),
         }
     }
@@ -653,6 +658,12 @@ impl Config {
                 return Err(ConfigError::invalid(
                     "kafka.transaction_timeout_ms",
                     "must be at least twice pipeline.commit_interval_ms",
+                ));
+            }
+            if k.revoke_drain_ms >= k.max_poll_interval_ms {
+                return Err(ConfigError::invalid(
+                    "kafka.revoke_drain_ms",
+                    "must be less than kafka.max_poll_interval_ms (the drain runs inside a poll)",
                 ));
             }
             for key in k.properties.keys() {

@@ -184,6 +184,12 @@ impl Env {
             .unwrap()
     }
 
+    /// Everything `instance` has logged so far.
+    pub fn log_text(&self, instance: &str) -> String {
+        std::fs::read_to_string(self._dir.path().join(format!("service-{instance}.log")))
+            .unwrap_or_default()
+    }
+
     fn logs_tail(&self) -> String {
         let mut out = String::new();
         for entry in std::fs::read_dir(self._dir.path()).unwrap().flatten() {
@@ -447,4 +453,31 @@ pub fn kill_9_scenario(env: &Env, w: &Workload, seed: u64, over: Duration, timeo
     let events = env.results(w.total, timeout);
     stop(svc);
     check_crash_workload(env, &events, w);
+}
+
+/// A free local port (for `observability.listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of an unlabelled metric on the service's `/metrics` (`None` while it does not
+/// answer yet).
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let text = agent
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

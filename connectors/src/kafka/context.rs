@@ -1,16 +1,19 @@
-//! Client contexts. The consumer's counts rebalances and remembers revocations, which the sink
-//! turns into an abort-and-restart (records of revoked partitions may be in flight). Both the
+//! Client contexts. The consumer's counts rebalances, pauses newly assigned partitions while
+//! the source is paused, and on revocation drains: it holds the rebalance until every record
+//! read so far is committed (the hand-over is then clean), or, past `kafka.revoke_drain_ms`,
+//! marks the run as revoked, which the sink turns into an abort-and-restart. Both the
 //! consumer's and the producer's route librdkafka's logs through sluice's counters and log
 //! rate limit.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::ClientContext;
-use sluice_pipeline::metrics::{KAFKA_CLIENT_ERRORS, REBALANCES};
+use sluice_pipeline::metrics::{KAFKA_CLIENT_ERRORS, REBALANCES, REVOKE_DRAINS};
 
 /// The consumer type of the service.
 pub type SluiceConsumer = StreamConsumer<SluiceContext>;
@@ -20,10 +23,39 @@ pub type SluiceConsumer = StreamConsumer<SluiceContext>;
 pub struct SluiceContext {
     revoked: Arc<AtomicBool>,
     assigned: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    /// Partitions revoked since the source paused (a record it holds from one is dropped).
+    revoked_while_paused: Arc<Mutex<Vec<(String, i32)>>>,
+    drain: Arc<Drain>,
+}
+
+/// What a revocation waits for: records handed to the pipeline vs. records whose offsets
+/// were committed. Equal means nothing is in flight and everything read is committed.
+#[derive(Debug, Default)]
+struct Drain {
+    read: AtomicU64,
+    committed: AtomicU64,
+    deadline: Duration,
+    /// False once the run is over (the consumer's close revokes everything; nothing more
+    /// will be committed then).
+    open: AtomicBool,
 }
 
 impl SluiceContext {
-    /// Whether partitions were revoked since this consumer started.
+    /// The service's consumer context: revocations wait up to `drain_deadline` for the
+    /// in-flight records to be committed.
+    pub fn new(drain_deadline: Duration) -> Self {
+        SluiceContext {
+            drain: Arc::new(Drain {
+                deadline: drain_deadline,
+                open: AtomicBool::new(true),
+                ..Drain::default()
+            }),
+            ..SluiceContext::default()
+        }
+    }
+
+    /// Whether partitions were revoked before their in-flight records could be committed.
     pub fn revoked(&self) -> bool {
         self.revoked.load(Ordering::SeqCst)
     }
@@ -31,6 +63,59 @@ impl SluiceContext {
     /// Whether this member has been assigned partitions at least once.
     pub fn assigned(&self) -> bool {
         self.assigned.load(Ordering::SeqCst)
+    }
+
+    /// The source paused (or resumed) its partitions; partitions assigned meanwhile are
+    /// paused as they arrive.
+    pub fn set_paused(&self, paused: bool) {
+        if paused {
+            self.revoked_while_paused().clear();
+        }
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Whether `partition` of `topic` was revoked since the source last paused.
+    pub fn was_revoked_while_paused(&self, topic: &str, partition: i32) -> bool {
+        self.revoked_while_paused()
+            .iter()
+            .any(|(t, p)| t == topic && *p == partition)
+    }
+
+    fn revoked_while_paused(&self) -> std::sync::MutexGuard<'_, Vec<(String, i32)>> {
+        self.revoked_while_paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The source handed a record to the pipeline.
+    pub fn record_read(&self) {
+        self.drain.read.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The sink committed the offsets of `n` records.
+    pub fn records_committed(&self, n: u64) {
+        self.drain.committed.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// The run is over: revocations from now on (the consumer's close) do not wait.
+    pub fn close(&self) {
+        self.drain.open.store(false, Ordering::SeqCst);
+    }
+
+    /// Blocks the rebalance (it runs inside the consumer's poll) until every record read is
+    /// committed, or the deadline passes.
+    fn drain(&self) -> bool {
+        let d = &self.drain;
+        let until = Instant::now() + d.deadline;
+        loop {
+            if d.committed.load(Ordering::SeqCst) == d.read.load(Ordering::SeqCst) {
+                return true;
+            }
+            if !d.open.load(Ordering::SeqCst) || Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -90,12 +175,47 @@ fn client_error(error: &KafkaError, reason: &str) {
 }
 
 impl ConsumerContext for SluiceContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) if tpl.count() > 0 => {
                 metrics::counter!(REBALANCES, "kind" => "revoke").increment(1);
-                tracing::info!(partitions = tpl.count(), "partitions revoked");
-                self.revoked.store(true, Ordering::SeqCst);
+                let partitions = tpl.count();
+                if self.paused.load(Ordering::SeqCst) {
+                    self.revoked_while_paused().extend(
+                        tpl.elements()
+                            .iter()
+                            .map(|e| (e.topic().to_string(), e.partition())),
+                    );
+                }
+                if !self.drain.open.load(Ordering::SeqCst) {
+                    // The run is over and the consumer closing: nothing to hand over.
+                    self.revoked.store(true, Ordering::SeqCst);
+                } else if consumer.assignment_lost() {
+                    metrics::counter!(REVOKE_DRAINS, "outcome" => "lost").increment(1);
+                    tracing::warn!(
+                        partitions,
+                        "partitions lost (session expired); restarting from the committed offsets"
+                    );
+                    self.revoked.store(true, Ordering::SeqCst);
+                } else {
+                    let started = Instant::now();
+                    if self.drain() {
+                        metrics::counter!(REVOKE_DRAINS, "outcome" => "drained").increment(1);
+                        tracing::info!(
+                            partitions,
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "partitions revoked: in-flight records drained and committed before the hand-over"
+                        );
+                    } else {
+                        metrics::counter!(REVOKE_DRAINS, "outcome" => "deadline").increment(1);
+                        tracing::warn!(
+                            partitions,
+                            deadline_ms = self.drain.deadline.as_millis() as u64,
+                            "partitions revoked: in-flight records not committed by the deadline; aborting and restarting from the committed offsets"
+                        );
+                        self.revoked.store(true, Ordering::SeqCst);
+                    }
+                }
             }
             Rebalance::Assign(tpl) => {
                 metrics::counter!(REBALANCES, "kind" => "assign").increment(1);
@@ -106,6 +226,17 @@ impl ConsumerContext for SluiceContext {
                 tracing::warn!(error = %e, "rebalance error");
             }
             _ => {}
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            if self.paused.load(Ordering::SeqCst) && tpl.count() > 0 {
+                // The source is paused for backpressure: new partitions wait too.
+                if let Err(e) = consumer.pause(tpl) {
+                    tracing::warn!(error = %e, "could not pause newly assigned partitions");
+                }
+            }
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct KafkaSink {
     in_txn: bool,
     /// Next offset per (topic, partition) of the records done since the last commit.
     offsets: BTreeMap<(String, i32), i64>,
+    /// Records done since the last commit (the revoke drain waits for them).
+    done: u64,
     /// Events were published after the last `record_done` (an abandoned record).
     partial: bool,
     /// At-least-once: deliveries to await before committing offsets.
@@ -57,6 +59,7 @@ impl KafkaSink {
             timeout,
             in_txn: false,
             offsets: BTreeMap::new(),
+            done: 0,
             partial: false,
             deliveries: Vec::new(),
             buf: Vec::with_capacity(1024),
@@ -129,6 +132,7 @@ impl KafkaSink {
             self.in_txn = false;
         }
         self.offsets.clear();
+        self.done = 0;
         self.partial = false;
     }
 
@@ -178,13 +182,15 @@ impl Sink for KafkaSink {
     async fn record_done(&mut self, source: &SourceRef, resume_at: u64) -> Result<(), SinkError> {
         self.offsets
             .insert((source.topic.clone(), source.partition), resume_at as i64);
+        self.done += 1;
         self.partial = false;
         Ok(())
     }
 
     async fn commit(&mut self) -> Result<(), SinkError> {
         if self.consumer.context().revoked() {
-            // Records of revoked partitions may be in this transaction; their new owner will
+            // Partitions were revoked before their records could be drained (deadline, lost
+            // assignment): such records may be in this transaction, and their new owner will
             // redo them. Abort everything and let the service restart from committed offsets.
             self.abort().await;
             return Err(SinkError(
@@ -240,6 +246,9 @@ impl Sink for KafkaSink {
             }
         }
         self.offsets.clear();
+        self.consumer
+            .context()
+            .records_committed(std::mem::take(&mut self.done));
         Ok(())
     }
 }
