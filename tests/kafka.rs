@@ -118,17 +118,9 @@ fn a_dead_member_partitions_move_to_the_survivor() {
     let w = crash_workload(2000, 7);
     let mut a = env.service("a");
     let b = env.service("b");
-    std::thread::scope(|scope| {
-        scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(16)));
-        std::thread::sleep(Duration::from_secs(6));
+    env.mid_run(&w, Duration::from_secs(16), Duration::from_secs(6), || {
         a.kill().unwrap();
         a.wait().unwrap();
-        let sent = env.produced_now();
-        assert!(
-            sent < w.records.len(),
-            "the member died mid-run ({sent} of {} requests produced)",
-            w.records.len()
-        );
     });
     let events = env.results(w.total, Duration::from_secs(240));
     stop(b);
@@ -146,16 +138,8 @@ fn a_member_joining_mid_run_gets_partitions_after_a_drain() {
     let w = crash_workload(2000, 5);
     let a = env.service("a");
     let mut b = None;
-    std::thread::scope(|scope| {
-        scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(16)));
-        std::thread::sleep(Duration::from_secs(6));
+    env.mid_run(&w, Duration::from_secs(16), Duration::from_secs(6), || {
         b = Some(env.service("b"));
-        let sent = env.produced_now();
-        assert!(
-            sent < w.records.len(),
-            "the member joined mid-run ({sent} of {} requests produced)",
-            w.records.len()
-        );
     });
     let events = env.results(w.total, Duration::from_secs(240));
     stop(a);

@@ -610,6 +610,18 @@ mod mongo {
         Some(SmallCache { port, store })
     }
 
+    /// A create chunk of 400 items of 10 KiB (keys `{id}{i}`): too large for one transaction
+    /// on [`small_cache`], fine in halves or quarters.
+    fn big_chunk(id: &str) -> Arc<WriteChunk> {
+        chunk(
+            id,
+            Op::Create,
+            words(),
+            padded(id, 400, 10),
+            Options::default(),
+        )
+    }
+
     /// `n` create items of about `kib` KiB each, keys `{prefix}{i}`.
     fn padded(prefix: &str, n: usize, kib: usize) -> Vec<Value> {
         (0..n)
@@ -634,13 +646,7 @@ mod mongo {
             return;
         };
         let s = &server.store;
-        let c = chunk(
-            "big",
-            Op::Create,
-            words(),
-            padded("w", 400, 10),
-            Options::default(),
-        );
+        let c = big_chunk("big");
         let first = write(&**s, c.clone()).await.unwrap();
         assert!(!first.replayed);
         assert_eq!(first.event.items.len(), 400);
@@ -671,13 +677,7 @@ mod mongo {
             return;
         };
         let s = &server.store;
-        let c = chunk(
-            "resume",
-            Op::Create,
-            words(),
-            padded("r", 400, 10),
-            Options::default(),
-        );
+        let c = big_chunk("resume");
         let first = write(&**s, c.clone()).await.unwrap();
         // Undo what a crash after the first half would not have committed: the second half's
         // ledger entry and documents, and the chunk's final event (back to "split").
@@ -695,7 +695,7 @@ mod mongo {
             )
             .await
             .unwrap();
-        let keys: Vec<String> = (200..400).map(|i| format!("r{i}")).collect();
+        let keys: Vec<String> = (200..400).map(|i| format!("resume{i}")).collect();
         db.collection::<mongodb::bson::Document>("words")
             .delete_many(doc! {"text": {"$in": keys}})
             .await
@@ -719,13 +719,7 @@ mod mongo {
             return;
         };
         let s = &server.store;
-        let c = chunk(
-            "race-big",
-            Op::Create,
-            words(),
-            padded("q", 400, 10),
-            Options::default(),
-        );
+        let c = big_chunk("race-big");
         let (a, b) = tokio::join!(write(&**s, c.clone()), write(&**s, c.clone()));
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a.event, b.event);

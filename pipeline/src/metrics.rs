@@ -39,7 +39,8 @@ pub const IN_FLIGHT: &str = "sluice_in_flight_records";
 /// Record read → terminal event committed. Labels: none.
 pub const END_TO_END: &str = "sluice_end_to_end_latency_seconds";
 /// Sink commits: Kafka transactions, or position checkpoints in embedded mode.
-/// Labels: `outcome` = ok | error.
+/// Labels: `outcome` = ok | retried (Kafka: the offsets commit raced a rebalance and was sent
+/// again) | error.
 pub const COMMITS: &str = "sluice_commits_total";
 /// Input bytes between the source and the commit. Labels: none.
 pub const IN_FLIGHT_BYTES: &str = "sluice_in_flight_bytes";
@@ -52,8 +53,8 @@ pub const REBALANCES: &str = "sluice_rebalances_total";
 /// partitions are paused). Labels: none.
 pub const SOURCE_PAUSED: &str = "sluice_source_paused";
 /// Partition revocations, by how in-flight work was handled (Kafka). Labels: `outcome` =
-/// drained (committed before the hand-over) | deadline (aborted; restart from committed
-/// offsets) | lost (the partitions were already gone).
+/// drained (committed before the hand-over) | deadline, commit_failed (aborted; restart from
+/// committed offsets) | lost (the partitions were already gone).
 pub const REVOKE_DRAINS: &str = "sluice_revoke_drains_total";
 /// 1 when `/readyz` would answer ready. Labels: none.
 pub const READY: &str = "sluice_ready";
@@ -124,13 +125,13 @@ pub fn register() {
     for reason in ["transient", "unavailable"] {
         counter!(CHUNK_RETRIES, "reason" => reason).absolute(0);
     }
-    for outcome in ["ok", "error"] {
+    for outcome in ["ok", "retried", "error"] {
         counter!(COMMITS, "outcome" => outcome).absolute(0);
     }
     for kind in ["assign", "revoke"] {
         counter!(REBALANCES, "kind" => kind).absolute(0);
     }
-    for outcome in ["drained", "deadline", "lost"] {
+    for outcome in ["drained", "deadline", "commit_failed", "lost"] {
         counter!(REVOKE_DRAINS, "outcome" => outcome).absolute(0);
     }
     for stage in STAGES {

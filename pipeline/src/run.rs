@@ -170,6 +170,9 @@ where
 }
 
 /// Feeds the source into validate while the in-flight budget (and validate's queue) has room.
+/// The record budget and a queue slot are taken before reading, so the reader never holds a
+/// record while it pauses the source and keeps it polled: a Kafka rebalance served then finds
+/// every record read either in the pipeline or not read at all.
 async fn read_source<Src: Source>(
     source: &mut Src,
     out: Outbox<RawRecord>,
@@ -180,6 +183,12 @@ async fn read_source<Src: Source>(
     loop {
         let Some(permit) = room(source, stop, budget.record()).await else {
             break;
+        };
+        // A full validate queue is backpressure too (the stages behind it are stuck).
+        let slot = match room(source, stop, out.reserve()).await {
+            Some(Ok(slot)) => slot,
+            // Shutdown, or validate is gone (a stage failed; the join loop reports why).
+            None | Some(Err(_)) => break,
         };
         let next = tokio::select! {
             _ = stop.cancelled() => break,
@@ -197,24 +206,22 @@ async fn read_source<Src: Source>(
             Err(e) => return Err(e.into()),
         };
         // The size is known once read: at most one record beyond the byte budget is held.
+        // Its wait does not poll the source (a record is held); the record budget, taken
+        // first, is what normally binds.
         let size = record.payload.len();
-        let Some(permit) = room(source, stop, budget.bytes(permit, size)).await else {
-            break;
-        };
-        record.permit = Some(permit);
+        record.permit = Some(tokio::select! {
+            _ = stop.cancelled() => break,
+            b = budget.bytes(permit, size) => b,
+        });
         budget.report();
-        // A full validate queue is backpressure too (the stages behind it are stuck).
-        match room(source, stop, out.send(record)).await {
-            Some(Ok(())) => {}
-            // Shutdown, or validate is gone (a stage failed; the join loop reports why).
-            None | Some(Err(_)) => break,
-        }
+        slot.send(record);
     }
     Ok(())
 }
 
-/// How long the budget may stay spent (or validate's queue full) before the source is paused. Short waits are normal at
-/// full speed, and pausing a Kafka partition drops what librdkafka prefetched for it.
+/// How long the budget may stay spent (or validate's queue full) before the source is paused.
+/// Short waits are normal at full speed, and pausing a Kafka partition drops what librdkafka
+/// prefetched for it.
 const PAUSE_AFTER: Duration = Duration::from_millis(100);
 
 /// Waits for budget (`wait`), pausing the source if that takes longer than [`PAUSE_AFTER`]
@@ -284,6 +291,14 @@ mod tests {
         }
     }
 
+    /// Runs `f` after `d` (of the test's paused clock).
+    fn later(d: Duration, f: impl FnOnce() + Send + 'static) {
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            f();
+        });
+    }
+
     #[tokio::test(start_paused = true)]
     async fn room_at_once_does_not_pause() {
         let (mut probe, stop) = (Probe::default(), CancellationToken::new());
@@ -297,10 +312,7 @@ mod tests {
         let (mut probe, stop) = (Probe::default(), CancellationToken::new());
         let sem = Arc::new(Semaphore::new(0));
         let give = sem.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            give.add_permits(1);
-        });
+        later(Duration::from_secs(1), move || give.add_permits(1));
         assert!(room(&mut probe, &stop, sem.acquire_owned()).await.is_some());
         assert_eq!((probe.paused, probe.resumed), (1, 1));
         assert!(
@@ -315,10 +327,7 @@ mod tests {
         let (mut probe, stop) = (Probe::default(), CancellationToken::new());
         let sem = Arc::new(Semaphore::new(0));
         let give = sem.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(PAUSE_AFTER / 2).await;
-            give.add_permits(1);
-        });
+        later(PAUSE_AFTER / 2, move || give.add_permits(1));
         assert!(room(&mut probe, &stop, sem.acquire_owned()).await.is_some());
         assert_eq!(probe.paused, 0);
     }
@@ -328,10 +337,7 @@ mod tests {
         let (mut probe, stop) = (Probe::default(), CancellationToken::new());
         let sem = Arc::new(Semaphore::new(0));
         let cancel = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            cancel.cancel();
-        });
+        later(Duration::from_secs(1), move || cancel.cancel());
         assert!(room(&mut probe, &stop, sem.acquire_owned()).await.is_none());
         assert_eq!((probe.paused, probe.resumed), (1, 1));
     }

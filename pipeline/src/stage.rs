@@ -71,8 +71,33 @@ impl<T> Outbox<T> {
         Ok(())
     }
 
+    /// Waits for room for one value without having it yet (the source reserves a slot before
+    /// it reads, so that it never holds a record while waiting).
+    pub async fn reserve(&self) -> Result<Reserved<'_, T>, StageError> {
+        let permit = self
+            .tx
+            .reserve()
+            .await
+            .map_err(|_| StageError::Closed(self.stage))?;
+        Ok(Reserved { permit, out: self })
+    }
+
     fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// A slot reserved in an [`Outbox`]: sending into it cannot wait.
+pub struct Reserved<'a, T> {
+    permit: mpsc::Permit<'a, T>,
+    out: &'a Outbox<T>,
+}
+
+impl<T> Reserved<'_, T> {
+    /// Sends into the reserved slot.
+    pub fn send(self, value: T) {
+        self.permit.send(value);
+        gauge!(QUEUE_DEPTH, "stage" => self.out.stage).set(self.out.depth() as f64);
     }
 }
 

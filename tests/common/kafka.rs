@@ -131,6 +131,22 @@ impl Env {
         self.produced.fetch_add(records.len(), Ordering::SeqCst);
     }
 
+    /// Produces `w` over `over` while, `at` into it, `act` runs (kills a member, starts one…);
+    /// asserts that input was still flowing when `act` was done.
+    pub fn mid_run(&self, w: &Workload, over: Duration, at: Duration, act: impl FnOnce()) {
+        std::thread::scope(|scope| {
+            scope.spawn(|| self.produce_over(&w.records, over));
+            std::thread::sleep(at);
+            act();
+            let sent = self.produced_now();
+            assert!(
+                sent < w.records.len(),
+                "mid-run: {sent} of {} requests produced",
+                w.records.len()
+            );
+        });
+    }
+
     /// How many records have been produced so far: a member stopped while this is short of
     /// the workload stopped mid-run, whatever the survivors have finished meanwhile.
     pub fn produced_now(&self) -> usize {

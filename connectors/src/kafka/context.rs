@@ -24,7 +24,8 @@ pub struct SluiceContext {
     revoked: Arc<AtomicBool>,
     assigned: Arc<AtomicBool>,
     paused: Arc<AtomicBool>,
-    /// Partitions revoked since the source paused (a record it holds from one is dropped).
+    /// Partitions revoked while the source was paused, since it last held no record received
+    /// during a pause (a held record from one of them is dropped).
     revoked_while_paused: Arc<Mutex<Vec<(String, i32)>>>,
     drain: Arc<Drain>,
 }
@@ -39,6 +40,8 @@ struct Drain {
     /// False once the run is over (the consumer's close revokes everything; nothing more
     /// will be committed then).
     open: AtomicBool,
+    /// A commit failed: the run is ending, nothing more will be committed.
+    failed: AtomicBool,
 }
 
 impl SluiceContext {
@@ -68,13 +71,17 @@ impl SluiceContext {
     /// The source paused (or resumed) its partitions; partitions assigned meanwhile are
     /// paused as they arrive.
     pub fn set_paused(&self, paused: bool) {
-        if paused {
-            self.revoked_while_paused().clear();
-        }
         self.paused.store(paused, Ordering::SeqCst);
     }
 
-    /// Whether `partition` of `topic` was revoked since the source last paused.
+    /// Forgets the partitions revoked during earlier pauses (the source holds no record
+    /// received then).
+    pub fn forget_revocations(&self) {
+        self.revoked_while_paused().clear();
+    }
+
+    /// Whether `partition` of `topic` was revoked during a pause since the last
+    /// [`forget_revocations`](Self::forget_revocations).
     pub fn was_revoked_while_paused(&self, topic: &str, partition: i32) -> bool {
         self.revoked_while_paused()
             .iter()
@@ -97,22 +104,30 @@ impl SluiceContext {
         self.drain.committed.fetch_add(n, Ordering::SeqCst);
     }
 
+    /// A commit failed (the run restarts): a revocation stops waiting for it.
+    pub fn commit_failed(&self) {
+        self.drain.failed.store(true, Ordering::SeqCst);
+    }
+
     /// The run is over: revocations from now on (the consumer's close) do not wait.
     pub fn close(&self) {
         self.drain.open.store(false, Ordering::SeqCst);
     }
 
     /// Blocks the rebalance (it runs inside the consumer's poll) until every record read is
-    /// committed, or the deadline passes.
-    fn drain(&self) -> bool {
+    /// committed; `Err(why)` when the deadline passes or a commit fails first.
+    fn drain(&self) -> Result<(), &'static str> {
         let d = &self.drain;
         let until = Instant::now() + d.deadline;
         loop {
             if d.committed.load(Ordering::SeqCst) == d.read.load(Ordering::SeqCst) {
-                return true;
+                return Ok(());
             }
-            if !d.open.load(Ordering::SeqCst) || Instant::now() >= until {
-                return false;
+            if d.failed.load(Ordering::SeqCst) || !d.open.load(Ordering::SeqCst) {
+                return Err("commit_failed");
+            }
+            if Instant::now() >= until {
+                return Err("deadline");
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -199,21 +214,25 @@ impl ConsumerContext for SluiceContext {
                     self.revoked.store(true, Ordering::SeqCst);
                 } else {
                     let started = Instant::now();
-                    if self.drain() {
-                        metrics::counter!(REVOKE_DRAINS, "outcome" => "drained").increment(1);
-                        tracing::info!(
-                            partitions,
-                            waited_ms = started.elapsed().as_millis() as u64,
-                            "partitions revoked: in-flight records drained and committed before the hand-over"
-                        );
-                    } else {
-                        metrics::counter!(REVOKE_DRAINS, "outcome" => "deadline").increment(1);
-                        tracing::warn!(
-                            partitions,
-                            deadline_ms = self.drain.deadline.as_millis() as u64,
-                            "partitions revoked: in-flight records not committed by the deadline; aborting and restarting from the committed offsets"
-                        );
-                        self.revoked.store(true, Ordering::SeqCst);
+                    match self.drain() {
+                        Ok(()) => {
+                            metrics::counter!(REVOKE_DRAINS, "outcome" => "drained").increment(1);
+                            tracing::info!(
+                                partitions,
+                                waited_ms = started.elapsed().as_millis() as u64,
+                                "partitions revoked: in-flight records drained and committed before the hand-over"
+                            );
+                        }
+                        Err(why) => {
+                            metrics::counter!(REVOKE_DRAINS, "outcome" => why).increment(1);
+                            tracing::warn!(
+                                partitions,
+                                why,
+                                waited_ms = started.elapsed().as_millis() as u64,
+                                "partitions revoked before their in-flight records were committed; aborting and restarting from the committed offsets"
+                            );
+                            self.revoked.store(true, Ordering::SeqCst);
+                        }
                     }
                 }
             }

@@ -35,11 +35,43 @@ pub struct KafkaSink {
     partial: bool,
     /// At-least-once: deliveries to await before committing offsets.
     deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    /// Exactly-once: what the open transaction holds, to send again if its offsets commit
+    /// loses a race with a rebalance (`None` once past [`RESEND_MAX_BYTES`]).
+    sent: Option<Vec<Sent>>,
+    sent_bytes: usize,
     buf: Vec<u8>,
 }
 
+/// One message of the open transaction.
+struct Sent {
+    topic: String,
+    key: Option<String>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+}
+
+/// Bound of what the sink keeps to resend a transaction (beyond it, a lost race restarts the
+/// run from the committed offsets instead).
+const RESEND_MAX_BYTES: usize = 32 << 20;
+/// Attempts to commit a transaction whose offsets lost a race with a rebalance.
+const COMMIT_ATTEMPTS: u32 = 4;
+
 fn err(what: &str, e: KafkaError) -> SinkError {
     SinkError(format!("{what}: {e}"))
+}
+
+/// An offset commit that raced a rebalance: the group moved to a new generation (or was
+/// rebalancing) between reading the group metadata and the commit. Retrying with fresh
+/// metadata is safe: the member still owns what it has not been told to revoke.
+fn lost_rebalance_race(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::UnknownMemberId
+        )
+    )
 }
 
 impl KafkaSink {
@@ -62,6 +94,8 @@ impl KafkaSink {
             done: 0,
             partial: false,
             deliveries: Vec::new(),
+            sent: Some(Vec::new()),
+            sent_bytes: 0,
             buf: Vec::with_capacity(1024),
         }
     }
@@ -96,6 +130,8 @@ impl KafkaSink {
                 Ok(delivery) => {
                     if self.delivery == Delivery::AtLeastOnce {
                         self.deliveries.push(delivery);
+                    } else {
+                        self.keep(topic, key, payload, headers);
                     }
                     self.partial = true;
                     return Ok(());
@@ -105,6 +141,135 @@ impl KafkaSink {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((e, _)) => return Err(err("produce", e)),
+            }
+        }
+    }
+
+    /// Keeps a sent message for [`resend`](Self::resend), within [`RESEND_MAX_BYTES`].
+    fn keep(
+        &mut self,
+        topic: &str,
+        key: Option<&str>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) {
+        let Some(sent) = self.sent.as_mut() else {
+            return;
+        };
+        self.sent_bytes += payload.len();
+        if self.sent_bytes > RESEND_MAX_BYTES {
+            self.sent = None;
+            return;
+        }
+        sent.push(Sent {
+            topic: topic.to_string(),
+            key: key.map(str::to_string),
+            payload: payload.to_vec(),
+            headers,
+        });
+    }
+
+    fn forget_sent(&mut self) {
+        self.sent = Some(Vec::new());
+        self.sent_bytes = 0;
+    }
+
+    /// After an abort: a new transaction with the same messages. `false` when they were not
+    /// all kept.
+    async fn resend(&mut self) -> Result<bool, SinkError> {
+        let Some(sent) = self.sent.take() else {
+            return Ok(false);
+        };
+        let bytes = self.sent_bytes;
+        self.forget_sent();
+        for m in &sent {
+            self.send(&m.topic, m.key.as_deref(), &m.payload, m.headers.clone())
+                .await?;
+        }
+        debug_assert_eq!(self.sent_bytes, bytes);
+        Ok(true)
+    }
+
+    /// Exactly-once: offsets into the open transaction, then commit. An offsets commit that
+    /// lost a race with a rebalance is retried (abort, send the transaction's messages again,
+    /// fresh group metadata) a few times before the run gives up and restarts.
+    async fn commit_transaction(&mut self) -> Result<(), SinkError> {
+        let t = self.timeout;
+        let mut attempt = 1;
+        loop {
+            self.begin()?;
+            let tpl = self.offsets_list()?;
+            let meta = self
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| SinkError("consumer has no group metadata".into()))?;
+            let sent = self
+                .blocking(move |p| p.send_offsets_to_transaction(&tpl, &meta, t))
+                .await;
+            let result = match sent {
+                Ok(()) => self.blocking(move |p| p.commit_transaction(t)).await,
+                Err(e) => Err(e),
+            };
+            let e = match result {
+                Ok(()) => {
+                    self.in_txn = false;
+                    self.forget_sent();
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let retry = attempt < COMMIT_ATTEMPTS && lost_rebalance_race(&e);
+            let offsets = std::mem::take(&mut self.offsets);
+            let done = self.done;
+            let sent = self.sent.take();
+            let sent_bytes = self.sent_bytes;
+            self.abort().await;
+            if !retry || sent.is_none() {
+                return Err(err("transaction", e));
+            }
+            metrics::counter!(sluice_pipeline::metrics::COMMITS, "outcome" => "retried")
+                .increment(1);
+            tracing::info!(error = %e, attempt, "offsets commit raced a rebalance; sending the transaction again");
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            (self.offsets, self.done, self.sent, self.sent_bytes) =
+                (offsets, done, sent, sent_bytes);
+            if !self.resend().await? {
+                return Err(err("transaction", e));
+            }
+            // Everything resent belongs to finished records (commit runs between records).
+            self.partial = false;
+            attempt += 1;
+        }
+    }
+
+    /// At-least-once: offsets committed by the consumer once every delivery is confirmed;
+    /// a commit that raced a rebalance is retried.
+    async fn commit_offsets(&mut self) -> Result<(), SinkError> {
+        for d in self.deliveries.drain(..) {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(err("delivery", e)),
+                Err(_) => return Err(SinkError("delivery canceled".into())),
+            }
+        }
+        let mut attempt = 1;
+        loop {
+            let (consumer, tpl) = (self.consumer.clone(), self.offsets_list()?);
+            let result = tokio::task::spawn_blocking(move || {
+                consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            })
+            .await
+            .map_err(|e| SinkError(e.to_string()))?;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < COMMIT_ATTEMPTS && lost_rebalance_race(&e) => {
+                    metrics::counter!(sluice_pipeline::metrics::COMMITS, "outcome" => "retried")
+                        .increment(1);
+                    tracing::info!(error = %e, attempt, "offsets commit raced a rebalance; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(err("offset commit", e)),
             }
         }
     }
@@ -133,6 +298,7 @@ impl KafkaSink {
         }
         self.offsets.clear();
         self.done = 0;
+        self.forget_sent();
         self.partial = false;
     }
 
@@ -206,45 +372,15 @@ impl Sink for KafkaSink {
         if self.offsets.is_empty() && !self.in_txn {
             return Ok(());
         }
-        let tpl = self.offsets_list()?;
-        let t = self.timeout;
-        match self.delivery {
-            Delivery::ExactlyOnce => {
-                self.begin()?;
-                let meta = self
-                    .consumer
-                    .group_metadata()
-                    .ok_or_else(|| SinkError("consumer has no group metadata".into()))?;
-                let sent = self
-                    .blocking(move |p| p.send_offsets_to_transaction(&tpl, &meta, t))
-                    .await;
-                let result = match sent {
-                    Ok(()) => self.blocking(move |p| p.commit_transaction(t)).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = result {
-                    self.abort().await;
-                    return Err(err("transaction", e));
-                }
-                self.in_txn = false;
-            }
-            Delivery::AtLeastOnce => {
-                for d in self.deliveries.drain(..) {
-                    match d.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => return Err(err("delivery", e)),
-                        Err(_) => return Err(SinkError("delivery canceled".into())),
-                    }
-                }
-                let consumer = self.consumer.clone();
-                tokio::task::spawn_blocking(move || {
-                    consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
-                })
-                .await
-                .map_err(|e| SinkError(e.to_string()))?
-                .map_err(|e| err("offset commit", e))?;
-            }
+        let committed = match self.delivery {
+            Delivery::ExactlyOnce => self.commit_transaction().await,
+            Delivery::AtLeastOnce => self.commit_offsets().await,
+        };
+        if committed.is_err() {
+            // A revocation waiting for this commit need not wait for its deadline.
+            self.consumer.context().commit_failed();
         }
+        committed?;
         self.offsets.clear();
         self.consumer
             .context()

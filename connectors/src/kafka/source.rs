@@ -4,6 +4,7 @@
 //! polling meanwhile, so the instance stays in its group and serves rebalances; it resumes
 //! them when the budget drains. librdkafka's prefetch is bounded by `kafka.queued_max_kbytes`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,9 @@ use super::SluiceConsumer;
 /// Reads records from the subscribed topic.
 pub struct KafkaSource {
     consumer: Arc<SluiceConsumer>,
-    /// A record that arrived while paused (fetched before the pause took effect).
-    pending: Option<RawRecord>,
+    /// Records that arrived while paused (fetched before the pause took effect), in order;
+    /// at most what librdkafka had prefetched (`kafka.queued_max_kbytes` per partition).
+    pending: VecDeque<RawRecord>,
     /// A fatal consumer error seen while paused, reported by the next `next`.
     fatal: Option<SourceError>,
 }
@@ -30,7 +32,7 @@ impl KafkaSource {
     pub fn new(consumer: Arc<SluiceConsumer>) -> Self {
         KafkaSource {
             consumer,
-            pending: None,
+            pending: VecDeque::new(),
             fatal: None,
         }
     }
@@ -63,7 +65,11 @@ impl KafkaSource {
                 return;
             }
         };
-        self.consumer.context().set_paused(pause);
+        let ctx = self.consumer.context();
+        if pause && self.pending.is_empty() {
+            ctx.forget_revocations();
+        }
+        ctx.set_paused(pause);
         let result = if pause {
             self.consumer.pause(&assigned)
         } else {
@@ -107,11 +113,13 @@ impl Source for KafkaSource {
             return Err(e);
         }
         let ctx = self.consumer.context();
-        let record = match self.pending.take() {
+        let held = std::iter::from_fn(|| self.pending.pop_front())
             // Its partition was revoked while it waited: whoever owns it now (maybe this
             // member again) reads it from the committed offset.
-            Some(r) if !ctx.was_revoked_while_paused(&r.source.topic, r.source.partition) => r,
-            _ => loop {
+            .find(|r| !ctx.was_revoked_while_paused(&r.source.topic, r.source.partition));
+        let record = match held {
+            Some(r) => r,
+            None => loop {
                 if let Some(r) = self.poll().await? {
                     break r;
                 }
@@ -130,11 +138,12 @@ impl Source for KafkaSource {
     }
 
     async fn idle(&mut self) {
-        if self.pending.is_some() || self.fatal.is_some() {
+        if self.fatal.is_some() {
             return std::future::pending().await;
         }
+        // Keep polling: the group sees a live member and rebalances are served.
         match self.poll().await {
-            Ok(r) => self.pending = r,
+            Ok(r) => self.pending.extend(r),
             Err(e) => self.fatal = Some(e),
         }
     }
