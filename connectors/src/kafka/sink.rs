@@ -66,11 +66,7 @@ fn err(what: &str, e: KafkaError) -> SinkError {
 fn lost_rebalance_race(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::IllegalGeneration
-                | RDKafkaErrorCode::RebalanceInProgress
-                | RDKafkaErrorCode::UnknownMemberId
-        )
+        Some(RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::RebalanceInProgress)
     )
 }
 
@@ -143,6 +139,20 @@ impl KafkaSink {
                 Err((e, _)) => return Err(err("produce", e)),
             }
         }
+    }
+
+    /// Whether every partition whose offsets are pending is still assigned and none was
+    /// revoked before it could be drained.
+    fn still_owns_offsets(&self) -> bool {
+        if self.consumer.context().revoked() {
+            return false;
+        }
+        let Ok(assigned) = self.consumer.assignment() else {
+            return false;
+        };
+        self.offsets
+            .keys()
+            .all(|(t, p)| assigned.find_partition(t, *p).is_some())
     }
 
     /// Keeps a sent message for [`resend`](Self::resend), within [`RESEND_MAX_BYTES`].
@@ -218,7 +228,10 @@ impl KafkaSink {
                 }
                 Err(e) => e,
             };
-            let retry = attempt < COMMIT_ATTEMPTS && lost_rebalance_race(&e);
+            // Never retry for partitions this member no longer owns (revoked undrained, lost):
+            // their new owner redoes them.
+            let retry =
+                attempt < COMMIT_ATTEMPTS && lost_rebalance_race(&e) && self.still_owns_offsets();
             let offsets = std::mem::take(&mut self.offsets);
             let done = self.done;
             let sent = self.sent.take();

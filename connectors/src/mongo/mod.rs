@@ -74,6 +74,18 @@ pub fn classify(e: &MongoError) -> StoreError {
         ErrorKind::Command(c) if c.code == 388 || c.code == 257 => {
             StoreError::permanent(TOO_LARGE, msg)
         }
+        // Inside a transaction mongod may report it as a write error of the statement.
+        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 388 || w.code == 257 => {
+            StoreError::permanent(TOO_LARGE, msg)
+        }
+        ErrorKind::InsertMany(m)
+            if m.write_errors
+                .iter()
+                .flatten()
+                .any(|w| w.code == 388 || w.code == 257) =>
+        {
+            StoreError::permanent(TOO_LARGE, msg)
+        }
         ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000 => {
             StoreError::transient("duplicate_key", msg)
         }
