@@ -70,6 +70,14 @@ fn lost_rebalance_race(e: &KafkaError) -> bool {
     )
 }
 
+/// Counts and logs a commit retried after [`lost_rebalance_race`], and lets the rebalance
+/// settle (growing pause) before the next attempt.
+async fn before_retry(e: &KafkaError, attempt: u32) {
+    metrics::counter!(sluice_pipeline::metrics::COMMITS, "outcome" => "retried").increment(1);
+    tracing::info!(error = %e, attempt, "offsets commit raced a rebalance; retrying");
+    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+}
+
 impl KafkaSink {
     /// A sink over `producer` (transactions already initialised in exactly-once mode).
     pub fn new(
@@ -240,10 +248,7 @@ impl KafkaSink {
             if !retry || sent.is_none() {
                 return Err(err("transaction", e));
             }
-            metrics::counter!(sluice_pipeline::metrics::COMMITS, "outcome" => "retried")
-                .increment(1);
-            tracing::info!(error = %e, attempt, "offsets commit raced a rebalance; sending the transaction again");
-            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            before_retry(&e, attempt).await;
             (self.offsets, self.done, self.sent, self.sent_bytes) =
                 (offsets, done, sent, sent_bytes);
             if !self.resend().await? {
@@ -276,10 +281,7 @@ impl KafkaSink {
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < COMMIT_ATTEMPTS && lost_rebalance_race(&e) => {
-                    metrics::counter!(sluice_pipeline::metrics::COMMITS, "outcome" => "retried")
-                        .increment(1);
-                    tracing::info!(error = %e, attempt, "offsets commit raced a rebalance; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    before_retry(&e, attempt).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(err("offset commit", e)),
