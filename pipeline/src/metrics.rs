@@ -53,8 +53,9 @@ pub const REBALANCES: &str = "sluice_rebalances_total";
 /// partitions are paused). Labels: none.
 pub const SOURCE_PAUSED: &str = "sluice_source_paused";
 /// Partition revocations, by how in-flight work was handled (Kafka). Labels: `outcome` =
-/// drained (committed before the hand-over) | deadline, commit_failed (aborted; restart from
-/// committed offsets) | lost (the partitions were already gone).
+/// drained (committed before the hand-over) | deadline, commit_failed (a commit failed or the
+/// run ended first; aborted, restart from committed offsets) | lost (the partitions were
+/// already gone).
 pub const REVOKE_DRAINS: &str = "sluice_revoke_drains_total";
 /// 1 when `/readyz` would answer ready. Labels: none.
 pub const READY: &str = "sluice_ready";

@@ -1,12 +1,14 @@
 //! Client contexts. The consumer's counts rebalances, pauses newly assigned partitions while
 //! the source is paused, and on revocation drains: it holds the rebalance until every record
-//! read so far is committed (the hand-over is then clean), or, past `kafka.revoke_drain_ms`,
-//! marks the run as revoked, which the sink turns into an abort-and-restart. Both the
+//! read from the revoked partitions is committed (the hand-over is then clean; records of the
+//! partitions it keeps do not hold it up), or, past `kafka.revoke_drain_ms`, marks the run as
+//! revoked, which the sink turns into an abort-and-restart. Both the
 //! consumer's and the producer's route librdkafka's logs through sluice's counters and log
 //! rate limit.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
@@ -24,24 +26,41 @@ pub struct SluiceContext {
     revoked: Arc<AtomicBool>,
     assigned: Arc<AtomicBool>,
     paused: Arc<AtomicBool>,
-    /// Partitions revoked while the source was paused, since it last held no record received
-    /// during a pause (a held record from one of them is dropped).
-    revoked_while_paused: Arc<Mutex<Vec<(String, i32)>>>,
+    /// Partitions revoked since the source last looked ([`take_revocations`]); records it
+    /// holds from them are dropped.
+    ///
+    /// [`take_revocations`]: SluiceContext::take_revocations
+    revocations: Arc<Mutex<Vec<(String, i32)>>>,
     drain: Arc<Drain>,
 }
 
-/// What a revocation waits for: records handed to the pipeline vs. records whose offsets
-/// were committed. Equal means nothing is in flight and everything read is committed.
+/// What a revocation waits for: per partition, the position after the last record handed
+/// to the pipeline vs. the committed position. Equal (or nothing read) means nothing of the
+/// partition is in flight and everything read from it is committed.
 #[derive(Debug, Default)]
 struct Drain {
-    read: AtomicU64,
-    committed: AtomicU64,
+    /// topic → partition → progress.
+    progress: Mutex<HashMap<String, HashMap<i32, Progress>>>,
     deadline: Duration,
     /// False once the run is over (the consumer's close revokes everything; nothing more
     /// will be committed then).
     open: AtomicBool,
-    /// A commit failed: the run is ending, nothing more will be committed.
-    failed: AtomicBool,
+    /// A commit failed or the sink is gone: the run is ending, nothing more will be committed.
+    ended: AtomicBool,
+    /// Held by a commit from its ownership check to its end, and by a revocation while it
+    /// gives up on a drain: a commit either completes before the partitions are handed over
+    /// or sees that they were revoked.
+    commit: Mutex<()>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    read: i64,
+    committed: i64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SluiceContext {
@@ -74,39 +93,51 @@ impl SluiceContext {
         self.paused.store(paused, Ordering::SeqCst);
     }
 
-    /// Forgets the partitions revoked during earlier pauses (the source holds no record
-    /// received then).
-    pub fn forget_revocations(&self) {
-        self.revoked_while_paused().clear();
+    /// The partitions revoked since the last call. Revocations happen inside the consumer's
+    /// poll, so a source that calls this after each poll drops records of a revoked partition
+    /// before any record of a later assignment of it can arrive.
+    pub fn take_revocations(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *lock(&self.revocations))
     }
 
-    /// Whether `partition` of `topic` was revoked during a pause since the last
-    /// [`forget_revocations`](Self::forget_revocations).
-    pub fn was_revoked_while_paused(&self, topic: &str, partition: i32) -> bool {
-        self.revoked_while_paused()
-            .iter()
-            .any(|(t, p)| t == topic && *p == partition)
+    /// The source handed the pipeline a record of `partition`; `next` is the offset after it.
+    pub fn record_read(&self, topic: &str, partition: i32, next: i64) {
+        let mut progress = lock(&self.drain.progress);
+        let partitions = match progress.get_mut(topic) {
+            Some(p) => p,
+            None => progress.entry(topic.to_string()).or_default(),
+        };
+        partitions.entry(partition).or_default().read = next;
     }
 
-    fn revoked_while_paused(&self) -> std::sync::MutexGuard<'_, Vec<(String, i32)>> {
-        self.revoked_while_paused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    /// Runs `commit` unless partitions were revoked undrained (`None` then), holding off
+    /// any revocation meanwhile. On success, the drain learns the committed `offsets`.
+    /// Blocking: call it off the async threads.
+    pub fn commit_owned<T, E>(
+        &self,
+        offsets: &[((String, i32), i64)],
+        commit: impl FnOnce() -> Result<T, E>,
+    ) -> Option<Result<T, E>> {
+        let _held = lock(&self.drain.commit);
+        if self.revoked() {
+            return None;
+        }
+        let result = commit();
+        if result.is_ok() {
+            let mut progress = lock(&self.drain.progress);
+            for ((topic, partition), next) in offsets {
+                if let Some(p) = progress.get_mut(topic).and_then(|t| t.get_mut(partition)) {
+                    p.committed = p.committed.max(*next);
+                }
+            }
+        }
+        Some(result)
     }
 
-    /// The source handed a record to the pipeline.
-    pub fn record_read(&self) {
-        self.drain.read.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// The sink committed the offsets of `n` records.
-    pub fn records_committed(&self, n: u64) {
-        self.drain.committed.fetch_add(n, Ordering::SeqCst);
-    }
-
-    /// A commit failed (the run restarts): a revocation stops waiting for it.
-    pub fn commit_failed(&self) {
-        self.drain.failed.store(true, Ordering::SeqCst);
+    /// Nothing more will be committed this run (a commit failed, or the sink is gone): a
+    /// revocation stops waiting.
+    pub fn commits_ended(&self) {
+        self.drain.ended.store(true, Ordering::SeqCst);
     }
 
     /// The run is over: revocations from now on (the consumer's close) do not wait.
@@ -114,23 +145,59 @@ impl SluiceContext {
         self.drain.open.store(false, Ordering::SeqCst);
     }
 
-    /// Blocks the rebalance (it runs inside the consumer's poll) until every record read is
-    /// committed; `Err(why)` when the deadline passes or a commit fails first.
-    fn drain(&self) -> Result<(), &'static str> {
+    /// Marks the run revoked once no commit is in progress.
+    fn mark_revoked(&self) {
+        let _held = lock(&self.drain.commit);
+        self.revoked.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether every record read from `partitions` is committed.
+    fn drained(&self, partitions: &[(String, i32)]) -> bool {
+        let progress = lock(&self.drain.progress);
+        partitions.iter().all(|(topic, partition)| {
+            progress
+                .get(topic)
+                .and_then(|t| t.get(partition))
+                .is_none_or(|p| p.committed >= p.read)
+        })
+    }
+
+    /// Blocks the rebalance (it runs inside the consumer's poll) until every record read
+    /// from `partitions` is committed; `Err(why)` when the deadline passes or commits end
+    /// first — the run is then marked revoked, under the commit lock, so that no commit
+    /// lands after the partitions have been handed over. The partitions' progress is
+    /// forgotten either way (a later assignment starts from the committed offset).
+    fn drain(&self, partitions: &[(String, i32)]) -> Result<(), &'static str> {
         let d = &self.drain;
         let until = Instant::now() + d.deadline;
-        loop {
-            if d.committed.load(Ordering::SeqCst) == d.read.load(Ordering::SeqCst) {
-                return Ok(());
+        let outcome = loop {
+            if self.drained(partitions) {
+                break Ok(());
             }
-            if d.failed.load(Ordering::SeqCst) || !d.open.load(Ordering::SeqCst) {
-                return Err("commit_failed");
+            if d.ended.load(Ordering::SeqCst) || !d.open.load(Ordering::SeqCst) {
+                break Err("commit_failed");
             }
             if Instant::now() >= until {
-                return Err("deadline");
+                break Err("deadline");
             }
             std::thread::sleep(Duration::from_millis(5));
+        };
+        let outcome = outcome.or_else(|why| {
+            let _held = lock(&d.commit);
+            // A commit that held the lock may have completed the drain after all.
+            if self.drained(partitions) {
+                return Ok(());
+            }
+            self.revoked.store(true, Ordering::SeqCst);
+            Err(why)
+        });
+        let mut progress = lock(&d.progress);
+        for (topic, partition) in partitions {
+            if let Some(t) = progress.get_mut(topic) {
+                t.remove(partition);
+            }
         }
+        outcome
     }
 }
 
@@ -194,27 +261,26 @@ impl ConsumerContext for SluiceContext {
         match rebalance {
             Rebalance::Revoke(tpl) if tpl.count() > 0 => {
                 metrics::counter!(REBALANCES, "kind" => "revoke").increment(1);
-                let partitions = tpl.count();
-                if self.paused.load(Ordering::SeqCst) {
-                    self.revoked_while_paused().extend(
-                        tpl.elements()
-                            .iter()
-                            .map(|e| (e.topic().to_string(), e.partition())),
-                    );
-                }
+                let revoked: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                lock(&self.revocations).extend(revoked.iter().cloned());
+                let partitions = revoked.len();
                 if !self.drain.open.load(Ordering::SeqCst) {
                     // The run is over and the consumer closing: nothing to hand over.
-                    self.revoked.store(true, Ordering::SeqCst);
+                    self.mark_revoked();
                 } else if consumer.assignment_lost() {
                     metrics::counter!(REVOKE_DRAINS, "outcome" => "lost").increment(1);
                     tracing::warn!(
                         partitions,
                         "partitions lost (session expired); restarting from the committed offsets"
                     );
-                    self.revoked.store(true, Ordering::SeqCst);
+                    self.mark_revoked();
                 } else {
                     let started = Instant::now();
-                    match self.drain() {
+                    match self.drain(&revoked) {
                         Ok(()) => {
                             metrics::counter!(REVOKE_DRAINS, "outcome" => "drained").increment(1);
                             tracing::info!(
@@ -231,7 +297,6 @@ impl ConsumerContext for SluiceContext {
                                 waited_ms = started.elapsed().as_millis() as u64,
                                 "partitions revoked before their in-flight records were committed; aborting and restarting from the committed offsets"
                             );
-                            self.revoked.store(true, Ordering::SeqCst);
                         }
                     }
                 }
@@ -257,5 +322,97 @@ impl ConsumerContext for SluiceContext {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: i32) -> Vec<(String, i32)> {
+        vec![("requests".to_string(), n)]
+    }
+
+    fn commit(ctx: &SluiceContext, partition: i32, next: i64) -> Option<Result<(), ()>> {
+        ctx.commit_owned(&[(("requests".into(), partition), next)], || Ok(()))
+    }
+
+    #[test]
+    fn a_drain_waits_only_for_the_revoked_partitions() {
+        let ctx = SluiceContext::new(Duration::from_secs(5));
+        ctx.record_read("requests", 0, 10);
+        ctx.record_read("requests", 1, 7);
+        assert_eq!(commit(&ctx, 0, 10), Some(Ok(())));
+        // Partition 1 still has records in flight; revoking 0 does not wait for them.
+        let started = Instant::now();
+        assert_eq!(ctx.drain(&p(0)), Ok(()));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(!ctx.revoked());
+        // A partition never read from has nothing to drain.
+        assert_eq!(ctx.drain(&p(5)), Ok(()));
+    }
+
+    #[test]
+    fn a_drain_ends_when_the_commit_lands() {
+        let ctx = SluiceContext::new(Duration::from_secs(30));
+        ctx.record_read("requests", 0, 3);
+        let committer = {
+            let ctx = ctx.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                // A commit that does not cover the last record read does not end it...
+                assert_eq!(commit(&ctx, 0, 2), Some(Ok(())));
+                std::thread::sleep(Duration::from_millis(200));
+                assert_eq!(commit(&ctx, 0, 3), Some(Ok(())));
+            })
+        };
+        let started = Instant::now();
+        assert_eq!(ctx.drain(&p(0)), Ok(()));
+        assert!(started.elapsed() >= Duration::from_millis(400));
+        committer.join().unwrap();
+        assert!(!ctx.revoked());
+    }
+
+    #[test]
+    fn a_drain_gives_up_at_its_deadline_and_later_commits_are_refused() {
+        let ctx = SluiceContext::new(Duration::from_millis(100));
+        ctx.record_read("requests", 0, 3);
+        assert_eq!(ctx.drain(&p(0)), Err("deadline"));
+        assert!(ctx.revoked());
+        // The partitions are handed over: nothing commits for them any more.
+        let mut ran = false;
+        let r: Option<Result<(), ()>> = ctx.commit_owned(&[], || {
+            ran = true;
+            Ok(())
+        });
+        assert_eq!(r, None);
+        assert!(!ran);
+    }
+
+    #[test]
+    fn a_drain_stops_waiting_when_commits_end() {
+        let ctx = SluiceContext::new(Duration::from_secs(30));
+        ctx.record_read("requests", 0, 3);
+        let ender = {
+            let ctx = ctx.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                ctx.commits_ended();
+            })
+        };
+        let started = Instant::now();
+        assert_eq!(ctx.drain(&p(0)), Err("commit_failed"));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        ender.join().unwrap();
+        assert!(ctx.revoked());
+    }
+
+    #[test]
+    fn a_failed_commit_does_not_count_as_drained() {
+        let ctx = SluiceContext::new(Duration::from_millis(50));
+        ctx.record_read("requests", 0, 3);
+        let r = ctx.commit_owned(&[(("requests".into(), 0), 3)], || Err::<(), _>("fenced"));
+        assert_eq!(r, Some(Err("fenced")));
+        assert_eq!(ctx.drain(&p(0)), Err("deadline"));
     }
 }

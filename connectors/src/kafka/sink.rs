@@ -29,8 +29,6 @@ pub struct KafkaSink {
     in_txn: bool,
     /// Next offset per (topic, partition) of the records done since the last commit.
     offsets: BTreeMap<(String, i32), i64>,
-    /// Records done since the last commit (the revoke drain waits for them).
-    done: u64,
     /// Events were published after the last `record_done` (an abandoned record).
     partial: bool,
     /// At-least-once: deliveries to await before committing offsets.
@@ -55,6 +53,10 @@ struct Sent {
 const RESEND_MAX_BYTES: usize = 32 << 20;
 /// Attempts to commit a transaction whose offsets lost a race with a rebalance.
 const COMMIT_ATTEMPTS: u32 = 4;
+
+fn revoked() -> SinkError {
+    SinkError("partitions were revoked; restarting from the committed offsets".into())
+}
 
 fn err(what: &str, e: KafkaError) -> SinkError {
     SinkError(format!("{what}: {e}"))
@@ -95,7 +97,6 @@ impl KafkaSink {
             timeout,
             in_txn: false,
             offsets: BTreeMap::new(),
-            done: 0,
             partial: false,
             deliveries: Vec::new(),
             sent: Some(Vec::new()),
@@ -217,31 +218,37 @@ impl KafkaSink {
         loop {
             self.begin()?;
             let tpl = self.offsets_list()?;
+            let offsets = self.offsets_vec();
             let meta = self
                 .consumer
                 .group_metadata()
                 .ok_or_else(|| SinkError("consumer has no group metadata".into()))?;
-            let sent = self
-                .blocking(move |p| p.send_offsets_to_transaction(&tpl, &meta, t))
+            let ctx = self.consumer.context().clone();
+            let result = self
+                .blocking(move |p| {
+                    Ok(ctx.commit_owned(&offsets, || {
+                        p.send_offsets_to_transaction(&tpl, &meta, t)?;
+                        p.commit_transaction(t)
+                    }))
+                })
                 .await;
-            let result = match sent {
-                Ok(()) => self.blocking(move |p| p.commit_transaction(t)).await,
-                Err(e) => Err(e),
-            };
             let e = match result {
-                Ok(()) => {
+                Ok(Some(Ok(()))) => {
                     self.in_txn = false;
                     self.forget_sent();
                     return Ok(());
                 }
-                Err(e) => e,
+                Ok(None) => {
+                    self.abort().await;
+                    return Err(revoked());
+                }
+                Ok(Some(Err(e))) | Err(e) => e,
             };
             // Never retry for partitions this member no longer owns (revoked undrained, lost):
             // their new owner redoes them.
             let retry =
                 attempt < COMMIT_ATTEMPTS && lost_rebalance_race(&e) && self.still_owns_offsets();
             let offsets = std::mem::take(&mut self.offsets);
-            let done = self.done;
             let sent = self.sent.take();
             let sent_bytes = self.sent_bytes;
             self.abort().await;
@@ -249,8 +256,7 @@ impl KafkaSink {
                 return Err(err("transaction", e));
             }
             before_retry(&e, attempt).await;
-            (self.offsets, self.done, self.sent, self.sent_bytes) =
-                (offsets, done, sent, sent_bytes);
+            (self.offsets, self.sent, self.sent_bytes) = (offsets, sent, sent_bytes);
             if !self.resend().await? {
                 return Err(err("transaction", e));
             }
@@ -273,12 +279,15 @@ impl KafkaSink {
         let mut attempt = 1;
         loop {
             let (consumer, tpl) = (self.consumer.clone(), self.offsets_list()?);
+            let offsets = self.offsets_vec();
             let result = tokio::task::spawn_blocking(move || {
-                consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+                consumer.context().commit_owned(&offsets, || {
+                    consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+                })
             })
             .await
             .map_err(|e| SinkError(e.to_string()))?;
-            match result {
+            match result.ok_or_else(revoked)? {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < COMMIT_ATTEMPTS && lost_rebalance_race(&e) => {
                     before_retry(&e, attempt).await;
@@ -312,9 +321,12 @@ impl KafkaSink {
             self.in_txn = false;
         }
         self.offsets.clear();
-        self.done = 0;
         self.forget_sent();
         self.partial = false;
+    }
+
+    fn offsets_vec(&self) -> Vec<((String, i32), i64)> {
+        self.offsets.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     fn offsets_list(&self) -> Result<TopicPartitionList, SinkError> {
@@ -363,7 +375,6 @@ impl Sink for KafkaSink {
     async fn record_done(&mut self, source: &SourceRef, resume_at: u64) -> Result<(), SinkError> {
         self.offsets
             .insert((source.topic.clone(), source.partition), resume_at as i64);
-        self.done += 1;
         self.partial = false;
         Ok(())
     }
@@ -374,9 +385,7 @@ impl Sink for KafkaSink {
             // assignment): such records may be in this transaction, and their new owner will
             // redo them. Abort everything and let the service restart from committed offsets.
             self.abort().await;
-            return Err(SinkError(
-                "partitions were revoked; restarting from the committed offsets".into(),
-            ));
+            return Err(revoked());
         }
         if self.partial {
             // An abandoned record's events are in the transaction: it cannot commit in part.
@@ -393,13 +402,18 @@ impl Sink for KafkaSink {
         };
         if committed.is_err() {
             // A revocation waiting for this commit need not wait for its deadline.
-            self.consumer.context().commit_failed();
+            self.consumer.context().commits_ended();
         }
         committed?;
         self.offsets.clear();
-        self.consumer
-            .context()
-            .records_committed(std::mem::take(&mut self.done));
         Ok(())
+    }
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        // The run is over (or a stage failed and took the sink down): a revocation waiting
+        // for records still in flight need not wait for its deadline.
+        self.consumer.context().commits_ended();
     }
 }

@@ -37,10 +37,21 @@ impl KafkaSource {
         }
     }
 
-    /// One poll: a record, or `None` after a (counted, logged) non-fatal error.
-    async fn poll(&self) -> Result<Option<RawRecord>, SourceError> {
-        match self.consumer.recv().await {
-            Ok(m) => Ok(Some(raw(&m))),
+    /// One poll: a record, or `None` after a (counted, logged) non-fatal error. Records
+    /// held from partitions revoked during the poll are dropped first: whoever owns them
+    /// now (maybe this member again) reads them from the committed offset.
+    async fn poll(&mut self) -> Result<Option<RawRecord>, SourceError> {
+        let polled = self.consumer.recv().await.map(|m| raw(&m));
+        let revoked = self.consumer.context().take_revocations();
+        if !revoked.is_empty() {
+            self.pending.retain(|r| {
+                !revoked
+                    .iter()
+                    .any(|(t, p)| *t == r.source.topic && *p == r.source.partition)
+            });
+        }
+        match polled {
+            Ok(r) => Ok(Some(r)),
             Err(e) => {
                 // Broker trouble is retried inside librdkafka; keep polling (and count it).
                 metrics::counter!(sluice_pipeline::metrics::PIPELINE_ERRORS, "component" => "kafka_consumer")
@@ -58,6 +69,8 @@ impl KafkaSource {
     }
 
     fn pause_all(&self, pause: bool) {
+        // First: partitions assigned from now on are paused as they arrive.
+        self.consumer.context().set_paused(pause);
         let assigned = match self.consumer.assignment() {
             Ok(tpl) => tpl,
             Err(e) => {
@@ -65,11 +78,6 @@ impl KafkaSource {
                 return;
             }
         };
-        let ctx = self.consumer.context();
-        if pause && self.pending.is_empty() {
-            ctx.forget_revocations();
-        }
-        ctx.set_paused(pause);
         let result = if pause {
             self.consumer.pause(&assigned)
         } else {
@@ -112,12 +120,7 @@ impl Source for KafkaSource {
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }
-        let ctx = self.consumer.context();
-        let held = std::iter::from_fn(|| self.pending.pop_front())
-            // Its partition was revoked while it waited: whoever owns it now (maybe this
-            // member again) reads it from the committed offset.
-            .find(|r| !ctx.was_revoked_while_paused(&r.source.topic, r.source.partition));
-        let record = match held {
+        let record = match self.pending.pop_front() {
             Some(r) => r,
             None => loop {
                 if let Some(r) = self.poll().await? {
@@ -125,7 +128,10 @@ impl Source for KafkaSource {
                 }
             },
         };
-        self.consumer.context().record_read();
+        let s = &record.source;
+        self.consumer
+            .context()
+            .record_read(&s.topic, s.partition, record.resume_at as i64);
         Ok(Some(record))
     }
 
