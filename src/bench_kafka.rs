@@ -134,6 +134,12 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
             results: topic("results"),
             dlq: topic("dlq"),
         },
+        // The config's pass-through librdkafka properties (security, tuning) apply here too.
+        properties: base
+            .kafka
+            .as_ref()
+            .map(|b| b.properties.clone())
+            .unwrap_or_default(),
         ..KafkaConfig::default()
     };
     let admin: AdminClient<DefaultClientContext> = kafka::base_config(&k).create()?;

@@ -15,7 +15,9 @@ use metrics::{counter, histogram};
 use crate::budget::InFlight;
 use crate::contract::{ItemStatus, ResultEvent};
 use crate::health::Health;
-use crate::metrics::{COMMITS, DEAD_LETTERS, END_TO_END, ITEMS, ITEM_ERRORS, REJECTIONS, REQUESTS};
+use crate::metrics::{
+    COMMITS, COMMIT_DURATION, DEAD_LETTERS, END_TO_END, ITEMS, ITEM_ERRORS, REJECTIONS, REQUESTS,
+};
 use crate::report::RunStats;
 use crate::sink::Sink;
 use crate::stage::{Outbox, Stage, StageError};
@@ -96,9 +98,17 @@ impl<S: Sink> Commit<S> {
         if self.uncommitted == 0 && !self.halted {
             return Ok(());
         }
+        let started = Instant::now();
         match self.sink.commit().await {
             Ok(()) => {
                 counter!(COMMITS, "outcome" => "ok").increment(1);
+                let took = started.elapsed();
+                histogram!(COMMIT_DURATION).record(took.as_secs_f64());
+                tracing::debug!(
+                    records = self.uncommitted,
+                    took_ms = took.as_secs_f64() * 1e3,
+                    "committed"
+                );
                 self.uncommitted = 0;
                 self.last_commit = Instant::now();
                 Ok(())

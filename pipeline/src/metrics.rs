@@ -42,6 +42,9 @@ pub const END_TO_END: &str = "sluice_end_to_end_latency_seconds";
 /// Labels: `outcome` = ok | retried (Kafka: the offsets commit raced a rebalance and was sent
 /// again) | error.
 pub const COMMITS: &str = "sluice_commits_total";
+/// Time one sink commit takes (Kafka: offsets into the transaction and its commit; the
+/// commit stage processes no record meanwhile). Labels: none.
+pub const COMMIT_DURATION: &str = "sluice_commit_duration_seconds";
 /// Input bytes between the source and the commit. Labels: none.
 pub const IN_FLIGHT_BYTES: &str = "sluice_in_flight_bytes";
 /// Records not yet read from the source (Kafka: high watermark − position; embedded file:
@@ -78,10 +81,11 @@ pub const UPTIME: &str = "sluice_uptime_seconds";
 pub const STAGES: [&str; 5] = ["validate", "dedupe", "chunk", "execute", "commit"];
 
 /// Histograms and their buckets (exporters set them explicitly from this list).
-pub fn buckets() -> [(&'static str, &'static [f64]); 3] {
+pub fn buckets() -> [(&'static str, &'static [f64]); 4] {
     [
         (CHUNK_DURATION, DURATION_BUCKETS),
         (STAGE_DURATION, DURATION_BUCKETS),
+        (COMMIT_DURATION, DURATION_BUCKETS),
         (END_TO_END, LATENCY_BUCKETS),
     ]
 }
@@ -158,6 +162,11 @@ pub fn describe() {
         "Records sent to the dead-letter output, by reason."
     );
     describe_counter!(CHUNKS, "Chunks executed, by op and outcome.");
+    describe_histogram!(
+        COMMIT_DURATION,
+        Unit::Seconds,
+        "Duration of one sink commit (Kafka transaction with its input offsets)."
+    );
     describe_histogram!(
         CHUNK_DURATION,
         Unit::Seconds,

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rdkafka::consumer::Consumer;
@@ -209,6 +209,17 @@ impl KafkaSink {
         Ok(true)
     }
 
+    /// Waits until the producer's polling thread has delivered everything sent (bounded by the
+    /// operation timeout). The transaction commit flushes first, and rdkafka's flush, finding
+    /// messages outstanding, polls the event queue for up to 100 ms at a time — while the
+    /// delivery reports go to the polling thread. Waiting here keeps a commit at a few ms.
+    async fn delivered(&self) {
+        let until = Instant::now() + self.timeout;
+        while self.producer.in_flight_count() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Exactly-once: offsets into the open transaction, then commit. An offsets commit that
     /// lost a race with a rebalance is retried (abort, send the transaction's messages again,
     /// fresh group metadata) a few times before the run gives up and restarts.
@@ -217,6 +228,7 @@ impl KafkaSink {
         let mut attempt = 1;
         loop {
             self.begin()?;
+            self.delivered().await;
             let tpl = self.offsets_list()?;
             let offsets = self.offsets_vec();
             let meta = self
