@@ -41,8 +41,14 @@ fn doc(r: usize, i: usize) -> serde_json::Value {
     })
 }
 
+/// Resets this process's peak resident set size (Linux ≥ 4.0), so that the next
+/// [`peak_rss_kib`] covers what ran since.
+pub(crate) fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// Peak resident set size of this process in KiB (Linux `VmHWM`).
-fn peak_rss_kib() -> Option<u64> {
+pub(crate) fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()

@@ -176,8 +176,16 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
         produce_all(&k, to, &lines).await?;
     }
 
+    // Peak RSS per row: the peak is reset before each measurement.
+    let peak_mib = || crate::bench::peak_rss_kib().map(|k| k as f64 / 1024.0);
+    crate::bench::reset_peak_rss();
     let raw = raw_copy(&k, &k.topics.requests, &topic("raw-out"), requests).await?;
-    let mut rows = vec![("raw rdkafka consume → produce".to_string(), raw, None)];
+    let mut rows = vec![(
+        "raw rdkafka consume → produce".to_string(),
+        raw,
+        None,
+        peak_mib(),
+    )];
     for (name, delivery, input, results) in [
         (
             "sluice at-least-once",
@@ -216,17 +224,18 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
         );
         config.limits.max_items.create = config.limits.max_items.create.max(items);
         config.validate()?;
+        crate::bench::reset_peak_rss();
         let (t, stats) = pipeline(Arc::new(config), requests).await?;
-        rows.push((name.to_string(), t, Some(stats)));
+        rows.push((name.to_string(), t, Some(stats), peak_mib()));
     }
     println!(
         "sluice bench --kafka: {requests} requests × {items} items, 3 partitions, broker {brokers}"
     );
     println!(
-        "{:<32} {:>12} {:>14} {:>10} {:>10}",
-        "", "requests/s", "items/s", "p50 ms", "p99 ms"
+        "{:<32} {:>12} {:>14} {:>10} {:>10} {:>14}",
+        "", "requests/s", "items/s", "p50 ms", "p99 ms", "peak RSS MiB"
     );
-    for (name, t, stats) in &rows {
+    for (name, t, stats, rss) in &rows {
         let secs = t.as_secs_f64().max(1e-9);
         let (p50, p99) = stats
             .as_ref()
@@ -239,8 +248,9 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
             .map_or(("-".to_string(), "-".to_string()), |(a, b)| {
                 (format!("{a:.1}"), format!("{b:.1}"))
             });
+        let rss = rss.map_or("-".to_string(), |m| format!("{m:.1}"));
         println!(
-            "{name:<32} {:>12.0} {:>14.0} {p50:>10} {p99:>10}",
+            "{name:<32} {:>12.0} {:>14.0} {p50:>10} {p99:>10} {rss:>14}",
             requests as f64 / secs,
             (requests * items) as f64 / secs
         );
