@@ -189,7 +189,11 @@ impl KafkaSink {
     }
 
     fn forget_sent(&mut self) {
-        self.sent = Some(Vec::new());
+        match &mut self.sent {
+            // Keeps the list's capacity for the next transaction.
+            Some(sent) => sent.clear(),
+            None => self.sent = Some(Vec::new()),
+        }
         self.sent_bytes = 0;
     }
 
