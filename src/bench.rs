@@ -43,8 +43,9 @@ fn doc(r: usize, i: usize) -> serde_json::Value {
 
 /// Resets this process's peak resident set size (Linux ≥ 4.0), so that the next
 /// [`peak_rss_kib`] covers what ran since.
-pub(crate) fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// `false` when the kernel refused (the peak then covers the whole process lifetime).
+pub(crate) fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// Peak resident set size of this process in KiB (Linux `VmHWM`).

@@ -176,15 +176,20 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
         produce_all(&k, to, &lines).await?;
     }
 
-    // Peak RSS per row: the peak is reset before each measurement.
-    let peak_mib = || crate::bench::peak_rss_kib().map(|k| k as f64 / 1024.0);
-    crate::bench::reset_peak_rss();
+    // Peak RSS per row: the process's peak is reset (to its current RSS, which includes what
+    // the allocator kept from earlier rows) before each measurement; "-" if it cannot be.
+    let peak_mib = |reset: bool| {
+        crate::bench::peak_rss_kib()
+            .filter(|_| reset)
+            .map(|k| k as f64 / 1024.0)
+    };
+    let reset = crate::bench::reset_peak_rss();
     let raw = raw_copy(&k, &k.topics.requests, &topic("raw-out"), requests).await?;
     let mut rows = vec![(
         "raw rdkafka consume → produce".to_string(),
         raw,
         None,
-        peak_mib(),
+        peak_mib(reset),
     )];
     for (name, delivery, input, results) in [
         (
@@ -224,9 +229,9 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
         );
         config.limits.max_items.create = config.limits.max_items.create.max(items);
         config.validate()?;
-        crate::bench::reset_peak_rss();
+        let reset = crate::bench::reset_peak_rss();
         let (t, stats) = pipeline(Arc::new(config), requests).await?;
-        rows.push((name.to_string(), t, Some(stats), peak_mib()));
+        rows.push((name.to_string(), t, Some(stats), peak_mib(reset)));
     }
     println!(
         "sluice bench --kafka: {requests} requests × {items} items, 3 partitions, broker {brokers}"

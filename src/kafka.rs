@@ -119,6 +119,12 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One run: a fresh consumer, producer and pipeline, until shutdown or an error.
+///
+/// Await it on a multi-threaded runtime: a revocation drains inside the consumer's poll,
+/// blocking the thread that reads the source until the pipeline's stages, on the other
+/// workers, commit what was read (on a current-thread runtime every drain would run to its
+/// deadline).
 #[allow(clippy::too_many_arguments)] // one run's parts; grouping them would only rename them
 pub(crate) async fn run_once(
     config: &Arc<Config>,

@@ -660,10 +660,13 @@ impl Config {
                     "must be at least twice pipeline.commit_interval_ms",
                 ));
             }
-            if k.revoke_drain_ms >= k.max_poll_interval_ms {
+            // The drain runs inside a poll; giving up waits for a commit in progress (offsets,
+            // flush, commit: up to three operation timeouts).
+            if k.revoke_drain_ms + 3 * k.operation_timeout_ms >= k.max_poll_interval_ms {
                 return Err(ConfigError::invalid(
                     "kafka.revoke_drain_ms",
-                    "must be less than kafka.max_poll_interval_ms (the drain runs inside a poll)",
+                    "plus 3 × kafka.operation_timeout_ms must be less than kafka.max_poll_interval_ms \
+                     (a revocation drains inside the consumer's poll and may wait for a commit in progress)",
                 ));
             }
             for key in k.properties.keys() {
@@ -820,6 +823,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`chunk.max_items`"), "{err}");
+    }
+
+    #[test]
+    fn a_revoke_drain_that_could_outlast_the_poll_interval_is_refused() {
+        let ok = "[kafka]\nmax_poll_interval_ms = 100000\noperation_timeout_ms = 20000\nrevoke_drain_ms = 39000\n";
+        from_toml_str(ok).unwrap();
+        let err = from_toml_str(&ok.replace("39000", "40000"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`kafka.revoke_drain_ms`"), "{err}");
+        assert!(err.contains("max_poll_interval_ms"), "{err}");
     }
 
     #[test]

@@ -94,8 +94,9 @@ impl SluiceContext {
     }
 
     /// The partitions revoked since the last call. Revocations happen inside the consumer's
-    /// poll, so a source that calls this after each poll drops records of a revoked partition
-    /// before any record of a later assignment of it can arrive.
+    /// poll (which may be cancelled before it returns a record), so a source that calls this
+    /// before it hands out a held record and after every poll that returns drops records of a
+    /// revoked partition before any record of a later assignment of it can arrive.
     pub fn take_revocations(&self) -> Vec<(String, i32)> {
         std::mem::take(&mut *lock(&self.revocations))
     }
@@ -174,7 +175,8 @@ impl SluiceContext {
             if self.drained(partitions) {
                 break Ok(());
             }
-            if d.ended.load(Ordering::SeqCst) || !d.open.load(Ordering::SeqCst) {
+            // An earlier give-up (or lost assignment): no commit will be accepted any more.
+            if self.revoked() || d.ended.load(Ordering::SeqCst) || !d.open.load(Ordering::SeqCst) {
                 break Err("commit_failed");
             }
             if Instant::now() >= until {
@@ -405,6 +407,50 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10));
         ender.join().unwrap();
         assert!(ctx.revoked());
+    }
+
+    #[test]
+    fn a_commit_in_progress_at_the_deadline_completes_the_drain() {
+        let ctx = SluiceContext::new(Duration::from_millis(50));
+        ctx.record_read("requests", 0, 3);
+        let committer = {
+            let ctx = ctx.clone();
+            std::thread::spawn(move || {
+                ctx.commit_owned(&[(("requests".into(), 0), 3)], || {
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok::<(), ()>(())
+                })
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        // The deadline passes while the commit holds the lock; giving up waits for it, sees
+        // the partition committed, and hands it over cleanly.
+        assert_eq!(ctx.drain(&p(0)), Ok(()));
+        assert!(!ctx.revoked());
+        assert_eq!(committer.join().unwrap(), Some(Ok(())));
+    }
+
+    #[test]
+    fn after_one_give_up_a_later_drain_does_not_wait() {
+        let ctx = SluiceContext::new(Duration::from_secs(30));
+        ctx.record_read("requests", 0, 3);
+        ctx.mark_revoked();
+        ctx.record_read("requests", 1, 3);
+        let started = Instant::now();
+        assert!(ctx.drain(&p(1)).is_err());
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_revoked_partition_progress_is_forgotten() {
+        let ctx = SluiceContext::new(Duration::from_millis(50));
+        ctx.record_read("requests", 0, 100);
+        assert_eq!(commit(&ctx, 0, 100), Some(Ok(())));
+        assert_eq!(ctx.drain(&p(0)), Ok(()));
+        // Assigned again and read from an earlier position (e.g. an offset reset): the old
+        // committed position must not make the new record look committed.
+        ctx.record_read("requests", 0, 41);
+        assert_eq!(ctx.drain(&p(0)), Err("deadline"));
     }
 
     #[test]

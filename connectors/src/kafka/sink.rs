@@ -175,7 +175,9 @@ impl KafkaSink {
         let Some(sent) = self.sent.as_mut() else {
             return;
         };
-        self.sent_bytes += payload.len();
+        // Everything the copy holds, not only the payload.
+        self.sent_bytes +=
+            std::mem::size_of::<Sent>() + topic.len() + key.map_or(0, str::len) + payload.len();
         if self.sent_bytes > RESEND_MAX_BYTES {
             self.sent = None;
             return;
@@ -190,9 +192,9 @@ impl KafkaSink {
 
     fn forget_sent(&mut self) {
         match &mut self.sent {
-            // Keeps the list's capacity for the next transaction.
-            Some(sent) => sent.clear(),
-            None => self.sent = Some(Vec::new()),
+            // Keeps a modest capacity for the next transaction, not a burst's.
+            Some(sent) if sent.capacity() <= 4096 => sent.clear(),
+            _ => self.sent = Some(Vec::new()),
         }
         self.sent_bytes = 0;
     }
@@ -217,11 +219,22 @@ impl KafkaSink {
     /// operation timeout). The transaction commit flushes first, and rdkafka's flush, finding
     /// messages outstanding, polls the event queue for up to 100 ms at a time — while the
     /// delivery reports go to the polling thread. Waiting here keeps a commit at a few ms.
-    async fn delivered(&self) {
+    async fn delivered(&self) -> Result<(), SinkError> {
         let until = Instant::now() + self.timeout;
-        while self.producer.in_flight_count() > 0 && Instant::now() < until {
+        while self.producer.in_flight_count() > 0 {
+            if let Some((code, reason)) = self.producer.client().fatal_error() {
+                return Err(SinkError(format!("producer failed: {code}: {reason}")));
+            }
+            if Instant::now() >= until {
+                return Err(SinkError(format!(
+                    "{} message(s) not delivered within {} ms",
+                    self.producer.in_flight_count(),
+                    self.timeout.as_millis()
+                )));
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        Ok(())
     }
 
     /// Exactly-once: offsets into the open transaction, then commit. An offsets commit that
@@ -232,7 +245,7 @@ impl KafkaSink {
         let mut attempt = 1;
         loop {
             self.begin()?;
-            self.delivered().await;
+            self.delivered().await?;
             let tpl = self.offsets_list()?;
             let offsets = self.offsets_vec();
             let meta = self

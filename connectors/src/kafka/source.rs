@@ -37,11 +37,12 @@ impl KafkaSource {
         }
     }
 
-    /// One poll: a record, or `None` after a (counted, logged) non-fatal error. Records
-    /// held from partitions revoked during the poll are dropped first: whoever owns them
-    /// now (maybe this member again) reads them from the committed offset.
-    async fn poll(&mut self) -> Result<Option<RawRecord>, SourceError> {
-        let polled = self.consumer.recv().await.map(|m| raw(&m));
+    /// Drops held records of partitions revoked since the last call: whoever owns them now
+    /// (maybe this member again) reads them from the committed offset. Revocations happen
+    /// inside a poll, which `idle` may abandon midway, so this runs both after every poll and
+    /// before a held record is handed out; every held record is older than every revocation
+    /// not yet taken.
+    fn drop_revoked(&mut self) {
         let revoked = self.consumer.context().take_revocations();
         if !revoked.is_empty() {
             self.pending.retain(|r| {
@@ -50,6 +51,12 @@ impl KafkaSource {
                     .any(|(t, p)| *t == r.source.topic && *p == r.source.partition)
             });
         }
+    }
+
+    /// One poll: a record, or `None` after a (counted, logged) non-fatal error.
+    async fn poll(&mut self) -> Result<Option<RawRecord>, SourceError> {
+        let polled = self.consumer.recv().await.map(|m| raw(&m));
+        self.drop_revoked();
         match polled {
             Ok(r) => Ok(Some(r)),
             Err(e) => {
@@ -120,6 +127,7 @@ impl Source for KafkaSource {
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }
+        self.drop_revoked();
         let record = match self.pending.pop_front() {
             Some(r) => r,
             None => loop {
