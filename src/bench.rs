@@ -63,6 +63,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         m.database = format!("{}_bench_{:08x}", m.database, rand::random::<u32>());
     }
     crate::logging::init(&config.observability);
+    // Measured with metrics recorded, as a deployment with a metrics listener runs.
+    let _metrics = crate::observability::install_recorder()?;
     if let Some(brokers) = &args.kafka {
         return crate::bench_kafka::run(brokers, args.requests, args.items, config).await;
     }

@@ -16,8 +16,12 @@ use sluice_pipeline::health::Health;
 use sluice_pipeline::metrics::{buckets, register, HEALTH_FAILURES, PIPELINE_ERRORS, UPTIME};
 use sluice_pipeline::Store;
 
-/// Installs the global Prometheus recorder (explicit buckets for every histogram) and
-/// registers every metric.
+/// How often histogram samples are folded into their buckets. The recorder keeps raw samples
+/// until then (or until a scrape), so this bounds the memory they take when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Installs the global Prometheus recorder (explicit buckets for every histogram), registers
+/// every metric, and starts its upkeep thread.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     let mut builder = PrometheusBuilder::new();
     for (name, b) in buckets() {
@@ -27,6 +31,14 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     register();
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            upkeep.run_upkeep();
+        })
+        .context("starting the metrics upkeep thread")?;
     Ok(handle)
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use metrics::gauge;
+use metrics::{gauge, Gauge};
 use tokio::sync::Semaphore;
 
 use crate::health::Health;
@@ -19,6 +19,8 @@ pub struct InFlight {
     max_records: usize,
     max_kib: u32,
     health: Arc<Health>,
+    records_gauge: Gauge,
+    bytes_gauge: Gauge,
 }
 
 const CLOSED: &str = "the in-flight semaphores are never closed";
@@ -34,6 +36,8 @@ impl InFlight {
             max_records,
             max_kib,
             health,
+            records_gauge: gauge!(IN_FLIGHT),
+            bytes_gauge: gauge!(IN_FLIGHT_BYTES),
         }
     }
 
@@ -59,8 +63,8 @@ impl InFlight {
     pub fn report(&self) {
         let records = self.max_records - self.records.available_permits();
         let kib = self.max_kib as usize - self.bytes.available_permits();
-        gauge!(IN_FLIGHT).set(records as f64);
-        gauge!(IN_FLIGHT_BYTES).set((kib * 1024) as f64);
+        self.records_gauge.set(records as f64);
+        self.bytes_gauge.set((kib * 1024) as f64);
         self.health.set_in_flight(records);
     }
 }

@@ -34,6 +34,7 @@ pub struct Commit<S: Sink> {
     stats: Arc<RunStats>,
     in_flight: Arc<InFlight>,
     health: Arc<Health>,
+    end_to_end: metrics::Histogram,
 }
 
 impl<S: Sink> Commit<S> {
@@ -56,6 +57,7 @@ impl<S: Sink> Commit<S> {
             stats,
             in_flight,
             health,
+            end_to_end: histogram!(END_TO_END),
         }
     }
 
@@ -161,7 +163,7 @@ impl<S: Sink> Stage for Commit<S> {
         }
         self.sink.record_done(&meta.source, meta.resume_at).await?;
         let latency = meta.received.elapsed();
-        histogram!(END_TO_END).record(latency.as_secs_f64());
+        self.end_to_end.record(latency.as_secs_f64());
         self.stats.record_done(latency);
         drop(meta.permit);
         self.in_flight.report();

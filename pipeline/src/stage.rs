@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use metrics::{gauge, histogram};
+use metrics::{gauge, histogram, Gauge};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -35,6 +35,7 @@ pub enum StageError {
 pub struct Outbox<T> {
     tx: mpsc::Sender<T>,
     stage: &'static str,
+    gauge: Gauge,
 }
 
 impl<T> Clone for Outbox<T> {
@@ -42,6 +43,7 @@ impl<T> Clone for Outbox<T> {
         Outbox {
             tx: self.tx.clone(),
             stage: self.stage,
+            gauge: self.gauge.clone(),
         }
     }
 }
@@ -50,14 +52,23 @@ impl<T> Clone for Outbox<T> {
 #[derive(Debug)]
 pub struct Inbox<T> {
     rx: mpsc::Receiver<T>,
-    stage: &'static str,
+    gauge: Gauge,
 }
 
 /// A bounded channel feeding stage `stage`. Its depth is exported as
-/// `sluice_stage_queue_depth{stage}`.
+/// `sluice_stage_queue_depth{stage}` (the gauge is looked up once, here: per-record updates
+/// then cost an atomic store).
 pub fn channel<T>(stage: &'static str, capacity: usize) -> (Outbox<T>, Inbox<T>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    (Outbox { tx, stage }, Inbox { rx, stage })
+    let depth = gauge!(QUEUE_DEPTH, "stage" => stage);
+    (
+        Outbox {
+            tx,
+            stage,
+            gauge: depth.clone(),
+        },
+        Inbox { rx, gauge: depth },
+    )
 }
 
 impl<T> Outbox<T> {
@@ -67,7 +78,7 @@ impl<T> Outbox<T> {
             .send(value)
             .await
             .map_err(|_| StageError::Closed(self.stage))?;
-        gauge!(QUEUE_DEPTH, "stage" => self.stage).set(self.depth() as f64);
+        self.gauge.set(self.depth() as f64);
         Ok(())
     }
 
@@ -97,7 +108,7 @@ impl<T> Reserved<'_, T> {
     /// Sends into the reserved slot.
     pub fn send(self, value: T) {
         self.permit.send(value);
-        gauge!(QUEUE_DEPTH, "stage" => self.out.stage).set(self.out.depth() as f64);
+        self.out.gauge.set(self.out.depth() as f64);
     }
 }
 
@@ -105,7 +116,7 @@ impl<T> Inbox<T> {
     /// Receives the next value; `None` once every sender is gone and the channel is empty.
     pub async fn recv(&mut self) -> Option<T> {
         let v = self.rx.recv().await;
-        gauge!(QUEUE_DEPTH, "stage" => self.stage).set(self.rx.len() as f64);
+        self.gauge.set(self.rx.len() as f64);
         v
     }
 }
@@ -157,6 +168,7 @@ pub async fn run_stage<S: Stage>(
     out: Outbox<S::Out>,
 ) -> Result<(), StageError> {
     let span = tracing::info_span!("stage", stage = S::NAME);
+    let duration = histogram!(STAGE_DURATION, "stage" => S::NAME);
     async move {
         let mut ticker = stage.tick_interval().map(|d| {
             let mut t = tokio::time::interval(d);
@@ -175,8 +187,7 @@ pub async fn run_stage<S: Stage>(
                 Some(Some(input)) => {
                     let started = Instant::now();
                     stage.process(input, &out).await?;
-                    histogram!(STAGE_DURATION, "stage" => S::NAME)
-                        .record(started.elapsed().as_secs_f64());
+                    duration.record(started.elapsed().as_secs_f64());
                 }
                 Some(None) => break,
                 None => stage.on_tick(&out).await?,

@@ -26,12 +26,16 @@ use crate::work::Work;
 /// The validate stage.
 pub struct Validate {
     config: Arc<Config>,
+    consumed: metrics::Counter,
 }
 
 impl Validate {
     /// A validate stage enforcing `config`'s limits and collections.
     pub fn new(config: Arc<Config>) -> Self {
-        Validate { config }
+        Validate {
+            config,
+            consumed: counter!(RECORDS_CONSUMED),
+        }
     }
 
     /// Validates one record (pure; the stage only adds metrics).
@@ -573,7 +577,7 @@ impl Stage for Validate {
     const NAME: &'static str = "validate";
 
     async fn process(&mut self, input: RawRecord, out: &Outbox<Work>) -> Result<(), StageError> {
-        counter!(RECORDS_CONSUMED).increment(1);
+        self.consumed.increment(1);
         out.send(self.check(input)).await
     }
 }
