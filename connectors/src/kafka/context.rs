@@ -101,6 +101,12 @@ impl SluiceContext {
         std::mem::take(&mut *lock(&self.revocations))
     }
 
+    /// Records a revocation as the rebalance callback does (for tests of the source).
+    #[cfg(test)]
+    pub(crate) fn note_revocation(&self, topic: &str, partition: i32) {
+        lock(&self.revocations).push((topic.to_string(), partition));
+    }
+
     /// The source handed the pipeline a record of `partition`; `next` is the offset after it.
     pub fn record_read(&self, topic: &str, partition: i32, next: i64) {
         let mut progress = lock(&self.drain.progress);

@@ -162,3 +162,59 @@ impl Source for KafkaSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::config::ClientConfig;
+
+    use super::*;
+    use crate::kafka::SluiceContext;
+
+    fn record(partition: i32, offset: i64) -> RawRecord {
+        RawRecord {
+            source: SourceRef {
+                topic: "requests".into(),
+                partition,
+                offset,
+            },
+            key: None,
+            payload: Bytes::from_static(b"{}"),
+            truncated: false,
+            resume_at: (offset + 1) as u64,
+            received: Instant::now(),
+            permit: None,
+        }
+    }
+
+    /// A source whose consumer never reaches a broker: `next` can only hand out held records.
+    fn source(held: Vec<RawRecord>) -> KafkaSource {
+        let consumer: SluiceConsumer = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "unit")
+            .create_with_context(SluiceContext::new(Duration::from_secs(1)))
+            .unwrap();
+        let mut s = KafkaSource::new(Arc::new(consumer));
+        s.pending.extend(held);
+        s
+    }
+
+    #[tokio::test]
+    async fn held_records_of_a_partition_revoked_in_an_abandoned_poll_are_never_handed_out() {
+        // Records 0/5, 1/7, 0/6 were fetched while paused; then a poll (abandoned when the
+        // budget freed, before it returned) served the revocation of partition 0.
+        let mut s = source(vec![record(0, 5), record(1, 7), record(0, 6)]);
+        s.consumer.context().note_revocation("requests", 0);
+        let next = s.next().await.unwrap().unwrap();
+        assert_eq!((next.source.partition, next.source.offset), (1, 7));
+        assert!(
+            s.pending.is_empty(),
+            "partition 0's held records are dropped"
+        );
+        // The partition is assigned again later: its new records are not dropped.
+        s.pending.push_back(record(0, 5));
+        let next = s.next().await.unwrap().unwrap();
+        assert_eq!((next.source.partition, next.source.offset), (0, 5));
+    }
+}
