@@ -275,18 +275,18 @@ impl KafkaSink {
             };
             // Never retry for partitions this member no longer owns (revoked undrained, lost):
             // their new owner redoes them.
-            let retry =
-                attempt < COMMIT_ATTEMPTS && lost_rebalance_race(&e) && self.still_owns_offsets();
-            let offsets = std::mem::take(&mut self.offsets);
-            let sent = self.sent.take();
-            let sent_bytes = self.sent_bytes;
-            self.abort().await;
-            if !retry || sent.is_none() {
+            let retry = attempt < COMMIT_ATTEMPTS
+                && lost_rebalance_race(&e)
+                && self.sent.is_some()
+                && self.still_owns_offsets();
+            if !retry {
+                self.abort().await;
                 return Err(err("transaction", e));
             }
+            self.abort_open().await;
             before_retry(&e, attempt).await;
-            (self.offsets, self.sent, self.sent_bytes) = (offsets, sent, sent_bytes);
             if !self.resend().await? {
+                self.abort().await;
                 return Err(err("transaction", e));
             }
             // Everything resent belongs to finished records (commit runs between records).
@@ -341,7 +341,17 @@ impl KafkaSink {
             })
     }
 
+    /// Aborts the open transaction and forgets what it held.
     async fn abort(&mut self) {
+        self.abort_open().await;
+        self.offsets.clear();
+        self.forget_sent();
+        self.partial = false;
+    }
+
+    /// Aborts the open Kafka transaction, keeping the offsets and messages it held (a retry
+    /// sends them again).
+    async fn abort_open(&mut self) {
         if self.in_txn {
             let t = self.timeout;
             if let Err(e) = self.blocking(move |p| p.abort_transaction(t)).await {
@@ -349,9 +359,6 @@ impl KafkaSink {
             }
             self.in_txn = false;
         }
-        self.offsets.clear();
-        self.forget_sent();
-        self.partial = false;
     }
 
     fn offsets_vec(&self) -> Vec<((String, i32), i64)> {
