@@ -52,6 +52,9 @@ pub struct MongoStore {
     keys: Arc<HashMap<String, String>>,
 }
 
+/// TransactionTooLargeForCache (4.4+), TransactionTooLarge (16 MB of operations, 4.0).
+const TOO_LARGE_CODES: [i32; 2] = [388, 257];
+
 /// Maps a driver error to the store classification.
 pub fn classify(e: &MongoError) -> StoreError {
     let msg = e.to_string();
@@ -70,19 +73,18 @@ pub fn classify(e: &MongoError) -> StoreError {
             // Shutdown in progress, primary stepped down, not primary…: an election.
             StoreError::unavailable("election", msg)
         }
-        // TransactionTooLargeForCache (4.4+), TransactionTooLarge (16 MB of operations, 4.0).
-        ErrorKind::Command(c) if c.code == 388 || c.code == 257 => {
+        ErrorKind::Command(c) if TOO_LARGE_CODES.contains(&c.code) => {
             StoreError::permanent(TOO_LARGE, msg)
         }
         // Inside a transaction mongod may report it as a write error of the statement.
-        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 388 || w.code == 257 => {
+        ErrorKind::Write(WriteFailure::WriteError(w)) if TOO_LARGE_CODES.contains(&w.code) => {
             StoreError::permanent(TOO_LARGE, msg)
         }
         ErrorKind::InsertMany(m)
             if m.write_errors
                 .iter()
                 .flatten()
-                .any(|w| w.code == 388 || w.code == 257) =>
+                .any(|w| TOO_LARGE_CODES.contains(&w.code)) =>
         {
             StoreError::permanent(TOO_LARGE, msg)
         }
