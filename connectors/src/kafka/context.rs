@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_pipeline::metrics::{KAFKA_CLIENT_ERRORS, REBALANCES, REVOKE_DRAINS};
 
 /// The consumer type of the service.
@@ -117,12 +117,12 @@ impl SluiceContext {
         partitions.entry(partition).or_default().read = next;
     }
 
-    /// Runs `commit` unless partitions were revoked undrained (`None` then), holding off
-    /// any revocation meanwhile. On success, the drain learns the committed `offsets`.
-    /// Blocking: call it off the async threads.
+    /// Runs `commit` of `offsets` unless partitions were revoked undrained (`None` then),
+    /// holding off any revocation meanwhile. On success, the drain learns the committed
+    /// offsets. Blocking: call it off the async threads.
     pub fn commit_owned<T, E>(
         &self,
-        offsets: &[((String, i32), i64)],
+        offsets: &TopicPartitionList,
         commit: impl FnOnce() -> Result<T, E>,
     ) -> Option<Result<T, E>> {
         let _held = lock(&self.drain.commit);
@@ -132,10 +132,16 @@ impl SluiceContext {
         let result = commit();
         if result.is_ok() {
             let mut progress = lock(&self.drain.progress);
-            for ((topic, partition), next) in offsets {
-                if let Some(p) = progress.get_mut(topic).and_then(|t| t.get_mut(partition)) {
-                    p.committed = p.committed.max(*next);
-                }
+            for e in offsets.elements() {
+                let (Offset::Offset(next), Some(p)) = (
+                    e.offset(),
+                    progress
+                        .get_mut(e.topic())
+                        .and_then(|t| t.get_mut(&e.partition())),
+                ) else {
+                    continue;
+                };
+                p.committed = p.committed.max(next);
             }
         }
         Some(result)
@@ -341,8 +347,15 @@ mod tests {
         vec![("requests".to_string(), n)]
     }
 
+    fn offsets(partition: i32, next: i64) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("requests", partition, Offset::Offset(next))
+            .unwrap();
+        tpl
+    }
+
     fn commit(ctx: &SluiceContext, partition: i32, next: i64) -> Option<Result<(), ()>> {
-        ctx.commit_owned(&[(("requests".into(), partition), next)], || Ok(()))
+        ctx.commit_owned(&offsets(partition, next), || Ok(()))
     }
 
     #[test]
@@ -389,7 +402,7 @@ mod tests {
         assert!(ctx.revoked());
         // The partitions are handed over: nothing commits for them any more.
         let mut ran = false;
-        let r: Option<Result<(), ()>> = ctx.commit_owned(&[], || {
+        let r: Option<Result<(), ()>> = ctx.commit_owned(&TopicPartitionList::new(), || {
             ran = true;
             Ok(())
         });
@@ -422,7 +435,7 @@ mod tests {
         let committer = {
             let ctx = ctx.clone();
             std::thread::spawn(move || {
-                ctx.commit_owned(&[(("requests".into(), 0), 3)], || {
+                ctx.commit_owned(&offsets(0, 3), || {
                     std::thread::sleep(Duration::from_millis(300));
                     Ok::<(), ()>(())
                 })
@@ -463,7 +476,7 @@ mod tests {
     fn a_failed_commit_does_not_count_as_drained() {
         let ctx = SluiceContext::new(Duration::from_millis(50));
         ctx.record_read("requests", 0, 3);
-        let r = ctx.commit_owned(&[(("requests".into(), 0), 3)], || Err::<(), _>("fenced"));
+        let r = ctx.commit_owned(&offsets(0, 3), || Err::<(), _>("fenced"));
         assert_eq!(r, Some(Err("fenced")));
         assert_eq!(ctx.drain(&p(0)), Err("deadline"));
     }

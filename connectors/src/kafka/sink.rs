@@ -247,7 +247,6 @@ impl KafkaSink {
             self.begin()?;
             self.delivered().await?;
             let tpl = self.offsets_list()?;
-            let offsets = self.offsets_vec();
             let meta = self
                 .consumer
                 .group_metadata()
@@ -255,7 +254,7 @@ impl KafkaSink {
             let ctx = self.consumer.context().clone();
             let result = self
                 .blocking(move |p| {
-                    Ok(ctx.commit_owned(&offsets, || {
+                    Ok(ctx.commit_owned(&tpl, || {
                         p.send_offsets_to_transaction(&tpl, &meta, t)?;
                         p.commit_transaction(t)
                     }))
@@ -308,9 +307,8 @@ impl KafkaSink {
         let mut attempt = 1;
         loop {
             let (consumer, tpl) = (self.consumer.clone(), self.offsets_list()?);
-            let offsets = self.offsets_vec();
             let result = tokio::task::spawn_blocking(move || {
-                consumer.context().commit_owned(&offsets, || {
+                consumer.context().commit_owned(&tpl, || {
                     consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
                 })
             })
@@ -359,10 +357,6 @@ impl KafkaSink {
             }
             self.in_txn = false;
         }
-    }
-
-    fn offsets_vec(&self) -> Vec<((String, i32), i64)> {
-        self.offsets.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     fn offsets_list(&self) -> Result<TopicPartitionList, SinkError> {
