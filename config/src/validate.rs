@@ -1,0 +1,306 @@
+//! [`Config::validate`]: the checks that reject values and combinations that cannot work, one
+//! function per section, run in section order. Each error names the offending field.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    valid_name, ChunkConfig, CollectionConfig, Config, ConfigError, DedupeConfig, ExecuteConfig,
+    KafkaConfig, Limits, ObservabilityConfig, PipelineConfig,
+};
+
+impl Config {
+    /// Rejects values and combinations that cannot work, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        limits(&self.limits)?;
+        chunk(&self.chunk, &self.limits)?;
+        execute(&self.execute)?;
+        pipeline(&self.pipeline)?;
+        observability(&self.observability)?;
+        if let Some(k) = &self.kafka {
+            kafka(k, &self.pipeline)?;
+        }
+        dedupe(&self.dedupe)?;
+        collections(&self.collections)
+    }
+}
+
+fn positive(field: &str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(field, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn limits(l: &Limits) -> Result<(), ConfigError> {
+    for (op, v) in [
+        ("create", l.max_items.create),
+        ("update", l.max_items.update),
+        ("upsert", l.max_items.upsert),
+        ("delete", l.max_items.delete),
+        ("lookup", l.max_items.lookup),
+    ] {
+        positive(&format!("limits.max_items.{op}"), v)?;
+    }
+    positive("limits.max_record_bytes", l.max_record_bytes)?;
+    positive("limits.max_item_bytes", l.max_item_bytes)?;
+    if l.max_item_bytes > l.max_record_bytes {
+        return Err(ConfigError::invalid(
+            "limits.max_item_bytes",
+            format!(
+                "{} exceeds limits.max_record_bytes ({})",
+                l.max_item_bytes, l.max_record_bytes
+            ),
+        ));
+    }
+    if l.max_depth < 3 || l.max_depth > 128 {
+        return Err(ConfigError::invalid(
+            "limits.max_depth",
+            "must be between 3 (request → items → item) and 128",
+        ));
+    }
+    Ok(())
+}
+
+fn chunk(c: &ChunkConfig, l: &Limits) -> Result<(), ConfigError> {
+    positive("chunk.max_items", c.max_items)?;
+    positive("chunk.atomic_max_items", c.atomic_max_items)?;
+    if c.max_bytes < l.max_item_bytes {
+        return Err(ConfigError::invalid(
+            "chunk.max_bytes",
+            format!(
+                "{} is smaller than limits.max_item_bytes ({}): a valid item would not fit a chunk",
+                c.max_bytes, l.max_item_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn execute(e: &ExecuteConfig) -> Result<(), ConfigError> {
+    positive("execute.write_concurrency", e.write_concurrency)?;
+    positive("execute.lookup_concurrency", e.lookup_concurrency)?;
+    if e.max_attempts == 0 {
+        return Err(ConfigError::invalid(
+            "execute.max_attempts",
+            "must be at least 1",
+        ));
+    }
+    if e.backoff_initial_ms > e.backoff_max_ms {
+        return Err(ConfigError::invalid(
+            "execute.backoff_initial_ms",
+            "must not exceed execute.backoff_max_ms",
+        ));
+    }
+    if let Some(d) = e.default_deadline_ms {
+        if d == 0 || d > e.max_deadline_ms {
+            return Err(ConfigError::invalid(
+                "execute.default_deadline_ms",
+                "must be between 1 and execute.max_deadline_ms",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn pipeline(p: &PipelineConfig) -> Result<(), ConfigError> {
+    positive("pipeline.channel_capacity", p.channel_capacity)?;
+    positive("pipeline.max_in_flight_records", p.max_in_flight_records)?;
+    positive("pipeline.commit_max_records", p.commit_max_records)?;
+    Ok(())
+}
+
+fn observability(o: &ObservabilityConfig) -> Result<(), ConfigError> {
+    if let Some(listen) = &o.listen {
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "observability.listen",
+                format!("`{listen}` is not an address like 127.0.0.1:9464"),
+            ));
+        }
+    }
+    if o.health_interval_ms == 0 || o.health_timeout_ms == 0 {
+        return Err(ConfigError::invalid(
+            "observability.health_interval_ms",
+            "health interval and timeout must be at least 1 ms",
+        ));
+    }
+    if o.health_timeout_ms > o.health_interval_ms {
+        return Err(ConfigError::invalid(
+            "observability.health_timeout_ms",
+            "must not exceed observability.health_interval_ms",
+        ));
+    }
+    Ok(())
+}
+
+/// Takes `pipeline` too: a Kafka transaction must outlast two commit intervals.
+fn kafka(k: &KafkaConfig, pipeline: &PipelineConfig) -> Result<(), ConfigError> {
+    for (field, v) in [
+        ("kafka.brokers", &k.brokers),
+        ("kafka.group_id", &k.group_id),
+        ("kafka.transactional_id_prefix", &k.transactional_id_prefix),
+        ("kafka.topics.requests", &k.topics.requests),
+        ("kafka.topics.results", &k.topics.results),
+        ("kafka.topics.dlq", &k.topics.dlq),
+    ] {
+        if v.trim().is_empty() {
+            return Err(ConfigError::invalid(field, "must not be empty"));
+        }
+    }
+    let t = &k.topics;
+    if t.requests == t.results || t.requests == t.dlq || t.results == t.dlq {
+        return Err(ConfigError::invalid(
+            "kafka.topics",
+            "requests, results and dlq must be three different topics",
+        ));
+    }
+    if k.partitions < 1 || k.replication < 1 {
+        return Err(ConfigError::invalid(
+            "kafka.partitions",
+            "partitions and replication must be at least 1",
+        ));
+    }
+    if k.transaction_timeout_ms < pipeline.commit_interval_ms * 2 {
+        return Err(ConfigError::invalid(
+            "kafka.transaction_timeout_ms",
+            "must be at least twice pipeline.commit_interval_ms",
+        ));
+    }
+    // The drain runs inside a poll; giving up waits for a commit in progress (offsets,
+    // flush, commit: up to three operation timeouts).
+    if k.revoke_drain_ms + 3 * k.operation_timeout_ms >= k.max_poll_interval_ms {
+        return Err(ConfigError::invalid(
+            "kafka.revoke_drain_ms",
+            "plus 3 × kafka.operation_timeout_ms must be less than kafka.max_poll_interval_ms \
+             (a revocation drains inside the consumer's poll and may wait for a commit in progress)",
+        ));
+    }
+    for key in k.properties.keys() {
+        if [
+            "bootstrap.servers",
+            "group.id",
+            "transactional.id",
+            "enable.auto.commit",
+            "isolation.level",
+        ]
+        .contains(&key.as_str())
+        {
+            return Err(ConfigError::invalid(
+                format!("kafka.properties.{key}"),
+                "is set by sluice itself (use the typed kafka.* fields)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn dedupe(d: &DedupeConfig) -> Result<(), ConfigError> {
+    if d.window_secs == 0 {
+        return Err(ConfigError::invalid(
+            "dedupe.window_secs",
+            "must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+fn collections(collections: &BTreeMap<String, CollectionConfig>) -> Result<(), ConfigError> {
+    for (name, c) in collections {
+        let field = |f: &str| format!("collections.{name}.{f}");
+        if !valid_name(name) {
+            return Err(ConfigError::invalid(
+                format!("collections.{name}"),
+                "collection names are 1-64 chars of [A-Za-z0-9_]",
+            ));
+        }
+        if c.key.is_empty() || c.key.starts_with('$') || c.key.contains('.') {
+            return Err(ConfigError::invalid(
+                field("key"),
+                "must be a top-level field name (not empty, no '.', no leading '$')",
+            ));
+        }
+        match (&c.parent, &c.parent_field) {
+            (None, None) => {}
+            (Some(p), Some(pf)) => {
+                if !collections.contains_key(p) {
+                    return Err(ConfigError::invalid(
+                        field("parent"),
+                        format!("names collection `{p}`, which is not declared"),
+                    ));
+                }
+                if p == name {
+                    return Err(ConfigError::invalid(field("parent"), "cannot be itself"));
+                }
+                if pf.is_empty() || pf.contains('.') || pf.starts_with('$') {
+                    return Err(ConfigError::invalid(
+                        field("parent_field"),
+                        "must be a top-level field name",
+                    ));
+                }
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    field("parent_field"),
+                    "is required when `parent` is set",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    field("parent"),
+                    "is required when `parent_field` is set",
+                ))
+            }
+        }
+    }
+    // Cascades follow one level of children; a cycle would make them ambiguous.
+    for (name, c) in collections {
+        if let Some(p) = &c.parent {
+            if collections.get(p).and_then(|pc| pc.parent.as_ref()) == Some(name) {
+                return Err(ConfigError::invalid(
+                    format!("collections.{name}.parent"),
+                    format!("`{name}` and `{p}` are each other's parent"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{from_toml_str, Config};
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn contradiction_names_the_field() {
+        let err = from_toml_str("[limits]\nmax_item_bytes = 100\nmax_record_bytes = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`limits.max_item_bytes`"), "{err}");
+        let err = from_toml_str(
+            "[collections.definitions]\nkey='id'\nparent='words'\nparent_field='word'\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`collections.definitions.parent`"), "{err}");
+        let err = from_toml_str("[chunk]\nmax_items = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`chunk.max_items`"), "{err}");
+    }
+
+    #[test]
+    fn a_revoke_drain_that_could_outlast_the_poll_interval_is_refused() {
+        let ok = "[kafka]\nmax_poll_interval_ms = 100000\noperation_timeout_ms = 20000\nrevoke_drain_ms = 39000\n";
+        from_toml_str(ok).unwrap();
+        let err = from_toml_str(&ok.replace("39000", "40000"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`kafka.revoke_drain_ms`"), "{err}");
+        assert!(err.contains("max_poll_interval_ms"), "{err}");
+    }
+}
