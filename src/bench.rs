@@ -1,36 +1,21 @@
 //! `sluice bench`: generates N create requests of M items, runs the embedded pipeline on them
 //! and prints items/s, request latency percentiles and peak RSS — beside the raw SQLite insert
-//! rate for the same documents at the same chunk size, measured in the same run.
+//! rate for the same documents at the same chunk size, measured in the same run. (With
+//! `--kafka`, `main` runs `bench_kafka` instead.)
 
 use std::io::{BufWriter, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::Args;
 use sluice_config::{CollectionConfig, Config};
 use sluice_connectors::embedded::EmbeddedIo;
 use sluice_connectors::sqlite::{connect, key_text, table};
 use sluice_pipeline::request::Key;
 use sluice_pipeline::RunStats;
 
-/// Arguments of `sluice bench`.
-#[derive(Args)]
-pub struct BenchArgs {
-    /// Number of requests.
-    #[arg(long, default_value_t = 1000)]
-    requests: usize,
-    /// Items per request.
-    #[arg(long, default_value_t = 1000)]
-    items: usize,
-    /// Optional TOML config (chunk size, concurrency…); collection `words` is added.
-    #[arg(long)]
-    config: Option<std::path::PathBuf>,
-    /// Benchmark Kafka → pipeline → Kafka against this broker instead (exactly-once,
-    /// at-least-once and the raw consume→produce ceiling).
-    #[arg(long)]
-    kafka: Option<String>,
-}
+use crate::rss::peak_rss_kib;
+use crate::BenchArgs;
 
 fn doc(r: usize, i: usize) -> serde_json::Value {
     serde_json::json!({
@@ -41,33 +26,9 @@ fn doc(r: usize, i: usize) -> serde_json::Value {
     })
 }
 
-/// Resets this process's peak resident set size (Linux ≥ 4.0), so that the next
-/// [`peak_rss_kib`] covers what ran since.
-/// `false` when the kernel refused (the peak then covers the whole process lifetime).
-pub(crate) fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// Peak resident set size of this process in KiB (Linux `VmHWM`).
-pub(crate) fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// `sluice bench`.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let mut config: Config = sluice_config::load(args.config.as_deref())?;
-    if let Some(m) = config.mongo.as_mut() {
-        // A fresh database per run: the benchmark creates every document.
-        m.database = format!("{}_bench_{:08x}", m.database, rand::random::<u32>());
-    }
-    crate::logging::init(&config.observability);
-    // Measured with metrics recorded, as a deployment with a metrics listener runs.
-    let _metrics = crate::observability::install_recorder()?;
-    if let Some(brokers) = &args.kafka {
-        return crate::bench_kafka::run(brokers, args.requests, args.items, config).await;
-    }
+/// `sluice bench` without `--kafka`. The caller has loaded `config` and set up logging and the
+/// metrics recorder.
+pub async fn run(args: BenchArgs, mut config: Config) -> anyhow::Result<()> {
     config.collections.insert(
         "words".into(),
         CollectionConfig {

@@ -179,11 +179,11 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
     // Peak RSS per row: the process's peak is reset (to its current RSS, which includes what
     // the allocator kept from earlier rows) before each measurement; "-" if it cannot be.
     let peak_mib = |reset: bool| {
-        crate::bench::peak_rss_kib()
+        crate::rss::peak_rss_kib()
             .filter(|_| reset)
             .map(|k| k as f64 / 1024.0)
     };
-    let reset = crate::bench::reset_peak_rss();
+    let reset = crate::rss::reset_peak_rss();
     let raw = raw_copy(&k, &k.topics.requests, &topic("raw-out"), requests).await?;
     let mut rows = vec![(
         "raw rdkafka consume → produce".to_string(),
@@ -229,7 +229,7 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
         );
         config.limits.max_items.create = config.limits.max_items.create.max(items);
         config.validate()?;
-        let reset = crate::bench::reset_peak_rss();
+        let reset = crate::rss::reset_peak_rss();
         let (t, stats) = pipeline(Arc::new(config), requests).await?;
         rows.push((name.to_string(), t, Some(stats), peak_mib(reset)));
     }

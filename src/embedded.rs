@@ -1,6 +1,7 @@
 //! `sluice run` on the embedded default: JSON lines in and out, SQLite store, progress bar on
 //! a terminal, graceful shutdown on SIGINT/SIGTERM (a second signal exits at once — safe,
-//! since nothing past the last checkpoint counts as done).
+//! since nothing past the last checkpoint counts as done). `main` sends `run` here when no
+//! `[kafka]` section is configured; the store and the signal come from `service`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,22 +14,9 @@ use sluice_config::Config;
 use sluice_connectors::embedded::{self, EmbeddedIo};
 use sluice_connectors::sqlite::SqliteStore;
 use sluice_pipeline::health::Health;
-use sluice_pipeline::{RunEnd, RunStats, Store};
+use sluice_pipeline::{RunEnd, RunStats};
 
 use crate::RunArgs;
-
-/// Loads the config for `run`, applying command-line overrides.
-pub fn config(args: &RunArgs) -> anyhow::Result<Config> {
-    let mut config = sluice_config::load(args.config.as_deref())?;
-    if let Some(state) = &args.state {
-        config.embedded.state = state.clone();
-    }
-    if args.ordered {
-        config.pipeline.ordered = true;
-    }
-    config.validate()?;
-    Ok(config)
-}
 
 fn path_arg(s: &str) -> Option<PathBuf> {
     (s != "-").then(|| PathBuf::from(s))
@@ -45,7 +33,7 @@ pub async fn run_pipeline(
     let sqlite = SqliteStore::open(&io.state, &config)
         .with_context(|| format!("opening state database {}", io.state.display()))?;
     let writer = sqlite.writer();
-    let store = open_store(&config, sqlite).await?;
+    let store = crate::service::open_store(&config, sqlite).await?;
     let timeout = Duration::from_millis(config.observability.health_timeout_ms.max(10_000));
     tokio::time::timeout(timeout, store.health())
         .await
@@ -65,29 +53,9 @@ pub async fn run_pipeline(
     Ok((end, position))
 }
 
-/// The configured store: MongoDB when `[mongo]` is set, else the SQLite store `sqlite`.
-pub async fn open_store(config: &Config, sqlite: SqliteStore) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match &config.mongo {
-        Some(m) => {
-            let uri = sluice_config::mask_uri(&m.uri);
-            let store = sluice_connectors::mongo::MongoStore::connect(m, config)
-                .await
-                .with_context(|| format!("connecting to MongoDB at {uri}"))?;
-            tracing::info!(uri = %uri, database = %m.database, "using the MongoDB store");
-            Arc::new(store)
-        }
-        None => Arc::new(sqlite),
-    })
-}
-
-/// `sluice run`.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = config(&args)?;
-    crate::logging::init(&config.observability);
-    let config = Arc::new(config);
-    if config.kafka.is_some() {
-        return crate::kafka::run(config).await;
-    }
+/// `sluice run` without a `[kafka]` section: processes the input file (or stdin) once, or
+/// follows it until SIGINT/SIGTERM.
+pub async fn run(args: RunArgs, config: Arc<Config>) -> anyhow::Result<()> {
     let io = EmbeddedIo {
         input: path_arg(&args.input),
         output: path_arg(&args.output),
@@ -104,7 +72,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stats = Arc::new(RunStats::default());
     let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| progress_bar(stats.clone()));
     let started = std::time::Instant::now();
-    let (end, position) = run_pipeline(config, io, stats.clone(), shutdown_signal()).await?;
+    let (end, position) =
+        run_pipeline(config, io, stats.clone(), crate::service::shutdown_signal()).await?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -127,31 +96,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "run finished"
     );
     Ok(())
-}
-
-/// Resolves at the first SIGINT/SIGTERM; a second one exits the process at once.
-pub async fn shutdown_signal() {
-    wait_signal().await;
-    eprintln!("sluice: stopping — finishing in-flight requests (press Ctrl-C again to stop now)");
-    tokio::spawn(async {
-        wait_signal().await;
-        eprintln!("sluice: stopped; unfinished requests will be resumed by the next run");
-        std::process::exit(130);
-    });
-}
-
-async fn wait_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn progress_bar(stats: Arc<RunStats>) -> ProgressBar {

@@ -40,7 +40,7 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
 
     let sqlite = SqliteStore::open(&config.embedded.state, &config)
         .with_context(|| format!("opening state database {}", config.embedded.state.display()))?;
-    let store = crate::embedded::open_store(&config, sqlite).await?;
+    let store = crate::service::open_store(&config, sqlite).await?;
     store
         .health()
         .await
@@ -61,7 +61,7 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
-        crate::embedded::shutdown_signal().await;
+        crate::service::shutdown_signal().await;
         token.cancel();
     });
 

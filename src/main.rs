@@ -1,5 +1,13 @@
 //! The `sluice` command: runs the pipeline (embedded default: JSON lines + SQLite), prints the
 //! contract's JSON Schemas, checks configs, and benchmarks the embedded pipeline.
+//!
+//! Parts, top down (a module uses only those on later lines):
+//! - this file: the command line; sends `run` to `kafka` when `[kafka]` is configured, else to
+//!   `embedded`, and `bench` to `bench_kafka` with `--kafka`, else to `bench`;
+//! - `bench` and `bench_kafka`: the benchmarks, driving `embedded` and `kafka`;
+//! - `embedded` and `kafka`: the two `sluice run` services (plus the Kafka CLI tools);
+//! - `rss` (peak memory, for both benchmarks), `service` (store selection and shutdown signal,
+//!   for both services), `observability` (metrics and health endpoints) and `logging`.
 
 mod bench;
 mod bench_kafka;
@@ -7,9 +15,12 @@ mod embedded;
 mod kafka;
 mod logging;
 mod observability;
+mod rss;
+mod service;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -38,7 +49,7 @@ enum Command {
         command: ConfigCommand,
     },
     /// Benchmark the embedded pipeline against raw SQLite inserts of the same documents.
-    Bench(bench::BenchArgs),
+    Bench(BenchArgs),
     /// Kafka topics.
     Topics {
         #[command(subcommand)]
@@ -117,15 +128,33 @@ pub struct RunArgs {
     quiet: bool,
 }
 
+/// Arguments of `sluice bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Number of requests.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Items per request.
+    #[arg(long, default_value_t = 1000)]
+    items: usize,
+    /// Optional TOML config (chunk size, concurrency…); collection `words` is added.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Benchmark Kafka → pipeline → Kafka against this broker instead (exactly-once,
+    /// at-least-once and the raw consume→produce ceiling).
+    #[arg(long)]
+    kafka: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => runtime().and_then(|rt| rt.block_on(embedded::run(args))),
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
         Command::Schema { out } => schema(out),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(file),
-        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
+        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench(args))),
         Command::Topics {
             command: TopicsCommand::Create { config },
         } => with_config(config, |c| async move { kafka::topics_create(&c).await }),
@@ -152,6 +181,47 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Loads the config for `run`, applying command-line overrides.
+fn run_config(args: &RunArgs) -> anyhow::Result<sluice_config::Config> {
+    let mut config = sluice_config::load(args.config.as_deref())?;
+    if let Some(state) = &args.state {
+        config.embedded.state = state.clone();
+    }
+    if args.ordered {
+        config.pipeline.ordered = true;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// `sluice run`: the Kafka service when `[kafka]` is configured, else the embedded default.
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = run_config(&args)?;
+    logging::init(&config.observability);
+    let config = Arc::new(config);
+    if config.kafka.is_some() {
+        return kafka::run(config).await;
+    }
+    embedded::run(args, config).await
+}
+
+/// `sluice bench`: against the broker named by `--kafka`, else on the embedded pipeline (or
+/// the MongoDB store, when `[mongo]` is configured).
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let mut config = sluice_config::load(args.config.as_deref())?;
+    if let Some(m) = config.mongo.as_mut() {
+        // A fresh database per run: the benchmark creates every document.
+        m.database = format!("{}_bench_{:08x}", m.database, rand::random::<u32>());
+    }
+    logging::init(&config.observability);
+    // Measured with metrics recorded, as a deployment with a metrics listener runs.
+    let _metrics = observability::install_recorder()?;
+    if let Some(brokers) = &args.kafka {
+        return bench_kafka::run(brokers, args.requests, args.items, config).await;
+    }
+    bench::run(args, config).await
 }
 
 /// Loads the config, sets up logging and runs `f` on a runtime.

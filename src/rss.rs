@@ -1,0 +1,16 @@
+//! Peak resident set size of this process (Linux), for the benchmarks' memory column: the
+//! embedded one (`bench`) and the Kafka one (`bench_kafka`).
+
+/// Resets this process's peak resident set size (Linux ≥ 4.0), so that the next
+/// [`peak_rss_kib`] covers what ran since.
+/// `false` when the kernel refused (the peak then covers the whole process lifetime).
+pub(crate) fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Peak resident set size of this process in KiB (Linux `VmHWM`).
+pub(crate) fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
