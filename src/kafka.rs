@@ -160,7 +160,7 @@ pub(crate) async fn run_once(
         k.delivery,
         kafka::op_timeout(k),
     );
-    let source = KafkaSource::new(consumer);
+    let source = KafkaSource::new(consumer, kafka::op_timeout(k));
     let end = sluice_pipeline::run(
         config.clone(),
         source,

@@ -148,3 +148,75 @@ fn kill_9_at_random_points_loses_nothing_and_doubles_nothing() {
         "the store holds every write once"
     );
 }
+
+/// One request of 5000 chunks, `kill -9` three times while it runs: what it published before
+/// each kill stays committed (a unit never waits for a whole request; the position records
+/// how many of its progress events are out), and the restarts go on from there — every
+/// event once, every item applied once.
+#[test]
+fn a_long_request_commits_as_it_goes_and_resumes_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("requests.jsonl");
+    let items: Vec<_> = (0..10_000)
+        .map(|j| serde_json::json!({"text": format!("long-{j}")}))
+        .collect();
+    let rec = serde_json::json!({"request_id": "long", "collection": "words", "op": "create", "items": items});
+    std::fs::write(&input, format!("{rec}\n")).unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[chunk]\nmax_items = 2\n[pipeline]\ncommit_interval_ms = 50\n[collections.words]\nkey = \"text\"\n",
+    );
+    let (out, state) = (dir.path().join("out.jsonl"), dir.path().join("state.db"));
+    let args = run_args(&cfg, &input, &out, None, &state);
+    let committed = || -> i64 {
+        let conn = rusqlite::Connection::open(&state).unwrap();
+        conn.query_row("SELECT published FROM checkpoints", [], |r| r.get(0))
+            .unwrap_or(0)
+    };
+    let mut last = 0;
+    for kill in 0..3 {
+        let mut child = sluice()
+            .arg("run")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Let it publish (and commit) a good number of events past the last checkpoint.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while committed() < last + 30 {
+            assert!(
+                Instant::now() < deadline,
+                "kill {kill}: no progress committed"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the request finished too soon"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let now = committed();
+        assert!(
+            now > last && now < 5000,
+            "kill {kill}: the unfinished request's events are committed ({last} → {now})"
+        );
+        last = now;
+    }
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let events = read_lines(&out);
+    let terminal = check_once(&events);
+    let done = &terminal["long@0:0"];
+    assert_eq!(
+        done["counts"]["ok"], 10_000,
+        "every item applied once: {done}"
+    );
+    assert_eq!(
+        events.len(),
+        5001,
+        "5000 progress events and one terminal event"
+    );
+    assert_eq!(count_docs(&state, "words"), 10_000);
+}

@@ -75,23 +75,16 @@ fn scenario(drain_deadline_ms: u64) {
     let status = run_and_terminate(&args, &out);
     assert!(status.success(), "SIGTERM must end in exit 0, got {status}");
     let partial = read_lines(&out);
-    let done = check_once(&partial);
+    // Requests unfinished at the stop keep the progress events they published (each once);
+    // the next run goes on from there.
+    let done = check_once_so_far(&partial);
     assert!(
         done.len() < 1500,
         "the shutdown should have interrupted the run"
     );
-    // After a graceful stop the output holds whole records only: no progress without terminal.
-    let ids: std::collections::BTreeSet<_> = partial
-        .iter()
-        .map(|e| e["request_id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(
-        ids.len(),
-        done.len(),
-        "records with progress but no terminal event were left in the output"
-    );
 
     run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Across both runs: every progress event once, in order, and one terminal event each.
     let all = check_once(&read_lines(&out));
     assert_eq!(all.len(), 1500);
     assert!(

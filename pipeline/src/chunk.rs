@@ -140,6 +140,8 @@ mod tests {
             },
             key: None,
             resume_at: 0,
+            start_at: 0,
+            skip_progress: 0,
             received: std::time::Instant::now(),
             permit: None,
         };

@@ -1,11 +1,19 @@
-//! Stage 5: publish each record's events and advance the source position — in source order,
-//! atomically through the [`Sink`]'s units (one unit per `pipeline.commit_max_records`
-//! records or `pipeline.commit_interval_ms`, whichever comes first).
+//! Stage 5: publish each record's events and advance the source position — in source order
+//! per partition, atomically through the [`Sink`]'s units (one unit per
+//! `pipeline.commit_max_records` records or `pipeline.commit_interval_ms`, whichever comes
+//! first).
 //!
-//! Events of one record are streamed as its chunks commit (progress events are never
-//! collected per request). A record whose execution was abandoned (shutdown deadline) ends the
-//! stage's commits: neither it nor anything after it is marked done, so they are re-read on
-//! restart and the stored chunks are re-published from the ledger.
+//! Records queue in one lane per partition; only a lane's head publishes, so each partition
+//! keeps its order, while the lanes move independently: a long request holds up the records
+//! behind it in its own partition only. Events of a request are streamed as its chunks
+//! commit (never collected per request), and a unit commits on time even in the middle of a
+//! request: the head's events published so far go with a partial position
+//! ([`Sink::record_partial`]), so no transaction stays open for a whole request, and a re-read
+//! of the record skips what was published (`skip_progress`). A head whose execution was
+//! abandoned (shutdown deadline) stops its lane: it is committed as partial and nothing after
+//! it in that partition is marked done; the restart re-reads it.
+
+mod lanes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,19 +26,30 @@ use crate::health::Health;
 use crate::metrics::{
     COMMITS, COMMIT_DURATION, DEAD_LETTERS, END_TO_END, ITEMS, ITEM_ERRORS, REJECTIONS, REQUESTS,
 };
+use crate::record::Meta;
 use crate::report::RunStats;
 use crate::sink::Sink;
 use crate::stage::{Outbox, Stage, StageError};
-use crate::work::{Pending, PendingBody};
+use crate::work::Pending;
+
+use lanes::{Lanes, Step};
 
 /// The commit stage.
 pub struct Commit<S: Sink> {
+    lanes: Lanes,
+    unit: Unit<S>,
+}
+
+/// The sink and what the current unit holds.
+struct Unit<S: Sink> {
     sink: S,
     max_records: usize,
     interval: Duration,
-    uncommitted: usize,
+    /// Records marked done since the last commit.
+    done: usize,
+    /// Events published or positions recorded since the last commit.
+    dirty: bool,
     last_commit: Instant,
-    halted: bool,
     stats: Arc<RunStats>,
     in_flight: Arc<InFlight>,
     health: Arc<Health>,
@@ -48,21 +67,69 @@ impl<S: Sink> Commit<S> {
         health: Arc<Health>,
     ) -> Self {
         Commit {
-            sink,
-            max_records: config.commit_max_records,
-            interval: Duration::from_millis(config.commit_interval_ms),
-            uncommitted: 0,
-            last_commit: Instant::now(),
-            halted: false,
-            stats,
-            in_flight,
-            health,
-            end_to_end: histogram!(END_TO_END),
+            lanes: Lanes::default(),
+            unit: Unit {
+                sink,
+                max_records: config.commit_max_records,
+                interval: Duration::from_millis(config.commit_interval_ms),
+                done: 0,
+                dirty: false,
+                last_commit: Instant::now(),
+                stats,
+                in_flight,
+                health,
+                end_to_end: histogram!(END_TO_END),
+            },
         }
     }
 
+    /// Publishes what lane `lane` can publish now, marking finished records done.
+    async fn advance(&mut self, lane: usize) -> Result<(), StageError> {
+        loop {
+            match self.lanes.step(lane) {
+                Step::Wait => return Ok(()),
+                Step::Event(event, op) => self.unit.publish(&event, op).await?,
+                Step::Last(event, op, meta) => {
+                    self.unit.publish(&event, op).await?;
+                    self.unit.done(meta).await?;
+                }
+                Step::DeadLetter(raw, letter, meta) => {
+                    self.unit.sink.dead_letter(&raw, &letter).await?;
+                    self.unit
+                        .stats
+                        .dead_letters
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    counter!(DEAD_LETTERS, "reason" => letter.error.code.as_str()).increment(1);
+                    self.unit.done(meta).await?;
+                }
+                Step::Abandoned(offset) => {
+                    tracing::info!(
+                        offset,
+                        "record abandoned at shutdown; it will be re-read (the events it published are kept)"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Commits the unit: first the partial positions of unfinished heads whose events it holds.
+    async fn commit(&mut self) -> Result<(), StageError> {
+        for (source, start_at, published) in self.lanes.partials() {
+            self.unit
+                .sink
+                .record_partial(&source, start_at, published)
+                .await?;
+            self.unit.dirty = true;
+        }
+        self.unit.commit().await
+    }
+}
+
+impl<S: Sink> Unit<S> {
     async fn publish(&mut self, event: &ResultEvent, op: &'static str) -> Result<(), StageError> {
         self.sink.publish(event).await?;
+        self.dirty = true;
         self.stats.event(event);
         match event {
             ResultEvent::Progress(p) => {
@@ -94,10 +161,24 @@ impl<S: Sink> Commit<S> {
         Ok(())
     }
 
+    /// Every event of the record is published: its position goes into the unit and its
+    /// budget share is given back.
+    async fn done(&mut self, meta: Meta) -> Result<(), StageError> {
+        self.sink.record_done(&meta.source, meta.resume_at).await?;
+        self.dirty = true;
+        let latency = meta.received.elapsed();
+        self.end_to_end.record(latency.as_secs_f64());
+        self.stats.record_done(latency);
+        drop(meta.permit);
+        self.in_flight.report();
+        self.health.progress();
+        self.done += 1;
+        Ok(())
+    }
+
     async fn commit(&mut self) -> Result<(), StageError> {
-        // After a halt the sink may hold events of the abandoned record: commit anyway so it
-        // discards them, even when no record was finished since the last commit.
-        if self.uncommitted == 0 && !self.halted {
+        if !self.dirty {
+            self.last_commit = Instant::now();
             return Ok(());
         }
         let started = Instant::now();
@@ -107,11 +188,12 @@ impl<S: Sink> Commit<S> {
                 let took = started.elapsed();
                 histogram!(COMMIT_DURATION).record(took.as_secs_f64());
                 tracing::debug!(
-                    records = self.uncommitted,
+                    records = self.done,
                     took_ms = took.as_secs_f64() * 1e3,
                     "committed"
                 );
-                self.uncommitted = 0;
+                self.done = 0;
+                self.dirty = false;
                 self.last_commit = Instant::now();
                 Ok(())
             }
@@ -130,63 +212,52 @@ impl<S: Sink> Stage for Commit<S> {
     const NAME: &'static str = "commit";
 
     async fn process(&mut self, input: Pending, _out: &Outbox<()>) -> Result<(), StageError> {
-        if self.halted {
-            // An earlier record was abandoned: nothing after it may be marked done.
-            return Ok(());
+        let lane = self.lanes.push(input);
+        self.advance(lane).await?;
+        if self.unit.done >= self.unit.max_records {
+            self.commit().await?;
         }
-        let Pending { meta, op, body } = input;
-        let op = op.map(|o| o.as_str()).unwrap_or("none");
-        match body {
-            PendingBody::Ready(event) => self.publish(&event, op).await?,
-            PendingBody::DeadLetter(raw, letter) => {
-                self.sink.dead_letter(&raw, &letter).await?;
-                self.stats
-                    .dead_letters
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                counter!(DEAD_LETTERS, "reason" => letter.error.code.as_str()).increment(1);
-            }
-            PendingBody::Stream(mut rx) => {
-                let mut terminal = false;
-                while let Some(event) = rx.recv().await {
-                    terminal = !matches!(event, ResultEvent::Progress(_));
-                    self.publish(&event, op).await?;
-                }
-                if !terminal {
-                    tracing::info!(
-                        offset = meta.source.offset,
-                        "record abandoned at shutdown; it will be re-read"
-                    );
-                    self.halted = true;
-                    return Ok(());
-                }
-            }
+        Ok(())
+    }
+
+    fn ready(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        self.lanes.ready()
+    }
+
+    async fn on_ready(&mut self, _out: &Outbox<()>) -> Result<(), StageError> {
+        while let Some(lane) = self.lanes.take_woken() {
+            self.advance(lane).await?;
         }
-        self.sink.record_done(&meta.source, meta.resume_at).await?;
-        let latency = meta.received.elapsed();
-        self.end_to_end.record(latency.as_secs_f64());
-        self.stats.record_done(latency);
-        drop(meta.permit);
-        self.in_flight.report();
-        self.health.progress();
-        self.uncommitted += 1;
-        if self.uncommitted >= self.max_records {
+        if self.unit.done >= self.unit.max_records {
             self.commit().await?;
         }
         Ok(())
     }
 
     fn tick_interval(&self) -> Option<Duration> {
-        Some(self.interval.max(Duration::from_millis(1)))
+        Some(self.unit.interval.max(Duration::from_millis(1)))
     }
 
     async fn on_tick(&mut self, _out: &Outbox<()>) -> Result<(), StageError> {
-        if self.last_commit.elapsed() >= self.interval {
+        if self.unit.last_commit.elapsed() >= self.unit.interval {
             self.commit().await?;
         }
         Ok(())
     }
 
-    async fn on_drain(&mut self, _out: &Outbox<()>) -> Result<(), StageError> {
+    /// The input is closed: every lane runs until its records are done (or its head was
+    /// abandoned), committing on time meanwhile; then the last commit.
+    async fn on_drain(&mut self, out: &Outbox<()>) -> Result<(), StageError> {
+        let mut tick = tokio::time::interval(self.unit.interval.max(Duration::from_millis(1)));
+        while !self.lanes.settled() {
+            tokio::select! {
+                () = self.lanes.ready() => self.on_ready(out).await?,
+                _ = tick.tick() => self.on_tick(out).await?,
+            }
+        }
         self.commit().await
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -37,6 +37,8 @@ pub mod sink;
 pub mod source;
 pub mod stage;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod validate;
 pub mod work;
 

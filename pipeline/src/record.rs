@@ -33,6 +33,13 @@ pub struct RawRecord {
     /// Source-specific resume token: where reading continues once this record is committed
     /// (Kafka: offset + 1; file: byte offset after the line).
     pub resume_at: u64,
+    /// The resume token that reads this record again (Kafka: its offset; file: the byte
+    /// offset of its line): where reading continues when the record is committed unfinished.
+    pub start_at: u64,
+    /// Progress events of this record already published by an earlier run, whose unit committed
+    /// while the record was unfinished (see [`crate::Sink::record_partial`]): the commit stage
+    /// does not publish them again. 0 for a record read for the first time.
+    pub skip_progress: usize,
     /// When the record entered the pipeline (for latency figures).
     pub received: Instant,
     /// The record's share of the in-flight budget, released when it is committed.
@@ -58,6 +65,10 @@ pub struct Meta {
     pub key: Option<String>,
     /// Resume token (see [`RawRecord::resume_at`]).
     pub resume_at: u64,
+    /// Resume token that re-reads the record (see [`RawRecord::start_at`]).
+    pub start_at: u64,
+    /// Progress events already published (see [`RawRecord::skip_progress`]).
+    pub skip_progress: usize,
     /// When the record entered the pipeline.
     pub received: Instant,
     /// In-flight budget share; dropped at commit.
@@ -74,6 +85,8 @@ impl RawRecord {
                 source: self.source,
                 key: self.key,
                 resume_at: self.resume_at,
+                start_at: self.start_at,
+                skip_progress: self.skip_progress,
                 received: self.received,
                 permit: self.permit,
             },

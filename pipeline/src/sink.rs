@@ -8,7 +8,7 @@ use crate::contract::{DeadLetter, ResultEvent};
 use crate::record::SourceRef;
 
 /// Publishes events and advances the source position atomically with them. Between two
-/// [`Sink::commit`] calls everything published and every position marked done forms one unit:
+/// [`Sink::commit`] calls everything published and every position recorded forms one unit:
 /// after a crash either all of it is visible or none of it is.
 #[async_trait]
 pub trait Sink: Send + 'static {
@@ -21,6 +21,20 @@ pub trait Sink: Send + 'static {
     /// Every event of the record at `source` has been published; reading resumes at
     /// `resume_at` once the unit commits. Called in source order per partition.
     async fn record_done(&mut self, source: &SourceRef, resume_at: u64) -> Result<(), SinkError>;
+
+    /// The record at `source` is unfinished, but its first `published` progress events are
+    /// in the unit: once it commits, reading resumes at the record itself (`start_at`, see
+    /// [`crate::RawRecord::start_at`]) and the source hands it out again with
+    /// `skip_progress = published`, so a re-read publishes only what follows. This lets a
+    /// long request's events commit while it runs (a unit never waits for a whole request)
+    /// and an abandoned request keep what it published. Called in source order per
+    /// partition, after the partition's last `record_done` of the unit.
+    async fn record_partial(
+        &mut self,
+        source: &SourceRef,
+        start_at: u64,
+        published: usize,
+    ) -> Result<(), SinkError>;
 
     /// Makes the current unit durable: its events, dead letters and positions together.
     async fn commit(&mut self) -> Result<(), SinkError>;

@@ -151,13 +151,46 @@ pub trait Stage: Send + 'static {
         None
     }
 
+    /// Waits until work the stage already holds can move on without a new input (the commit
+    /// stage: an event of a request it received earlier). The driver races it with the inbox
+    /// and the tick, then calls [`Stage::on_ready`]. It must be cancel-safe: dropped before it
+    /// resolves, it loses nothing. Default: never.
+    fn ready(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    /// Moves on the work [`Stage::ready`] found ready. Default: nothing.
+    fn on_ready(
+        &mut self,
+        _out: &Outbox<Self::Out>,
+    ) -> impl Future<Output = Result<(), StageError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Called once after the input is closed and drained, before the output is closed
-    /// (e.g. to flush). Default: nothing.
+    /// (e.g. to flush, or to finish work [`Stage::ready`] still holds). Default: nothing.
     fn on_drain(
         &mut self,
         _out: &Outbox<Self::Out>,
     ) -> impl Future<Output = Result<(), StageError>> + Send {
         async { Ok(()) }
+    }
+}
+
+/// What the stage driver does next.
+enum Next<T> {
+    Input(Option<T>),
+    Tick,
+    Ready,
+}
+
+/// The next tick of `ticker`; never without one.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -176,21 +209,20 @@ pub async fn run_stage<S: Stage>(
             t
         });
         loop {
-            let next = match ticker.as_mut() {
-                Some(t) => tokio::select! {
-                    v = inbox.recv() => Some(v),
-                    _ = t.tick() => None,
-                },
-                None => Some(inbox.recv().await),
+            let next = tokio::select! {
+                v = inbox.recv() => Next::Input(v),
+                () = tick(&mut ticker) => Next::Tick,
+                () = stage.ready() => Next::Ready,
             };
             match next {
-                Some(Some(input)) => {
+                Next::Input(Some(input)) => {
                     let started = Instant::now();
                     stage.process(input, &out).await?;
                     duration.record(started.elapsed().as_secs_f64());
                 }
-                Some(None) => break,
-                None => stage.on_tick(&out).await?,
+                Next::Input(None) => break,
+                Next::Tick => stage.on_tick(&out).await?,
+                Next::Ready => stage.on_ready(&out).await?,
             }
         }
         stage.on_drain(&out).await?;

@@ -46,6 +46,8 @@ fn record(bytes: &[u8]) -> RawRecord {
         payload: Bytes::copy_from_slice(bytes),
         truncated: false,
         resume_at: 0,
+        start_at: 0,
+        skip_progress: 0,
         received: Instant::now(),
         permit: None,
     }

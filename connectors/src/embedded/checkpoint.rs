@@ -15,6 +15,9 @@ pub struct Position {
     pub output_len: u64,
     /// Length of the dead-letter file up to here.
     pub dead_letter_len: u64,
+    /// Progress events of the request at `line` already in the output (a partial position:
+    /// the request was unfinished at the checkpoint; a re-read publishes only what follows).
+    pub published: u64,
 }
 
 /// The checkpoint row of one (input, output) pair. It writes through the store's own writer
@@ -32,8 +35,18 @@ impl Checkpoint {
             "CREATE TABLE IF NOT EXISTS checkpoints (
                 input TEXT NOT NULL, output TEXT NOT NULL, line INTEGER NOT NULL,
                 byte INTEGER NOT NULL, output_len INTEGER NOT NULL, dead_letter_len INTEGER NOT NULL,
+                published INTEGER NOT NULL DEFAULT 0,
                 PRIMARY KEY (input, output))",
         )?;
+        // State databases from before partial positions: add the column (0 = none).
+        let has_published = lock(&conn)
+            .prepare("SELECT 1 FROM pragma_table_info('checkpoints') WHERE name = 'published'")?
+            .exists([])?;
+        if !has_published {
+            lock(&conn).execute_batch(
+                "ALTER TABLE checkpoints ADD COLUMN published INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
         Ok(Checkpoint {
             conn,
             input: input.to_string(),
@@ -45,7 +58,8 @@ impl Checkpoint {
     pub fn load(&self) -> rusqlite::Result<Position> {
         Ok(lock(&self.conn)
             .query_row(
-                "SELECT line, byte, output_len, dead_letter_len FROM checkpoints WHERE input = ?1 AND output = ?2",
+                "SELECT line, byte, output_len, dead_letter_len, published FROM checkpoints
+                 WHERE input = ?1 AND output = ?2",
                 params![self.input, self.output],
                 |r| {
                     Ok(Position {
@@ -53,6 +67,7 @@ impl Checkpoint {
                         byte: r.get::<_, i64>(1)? as u64,
                         output_len: r.get::<_, i64>(2)? as u64,
                         dead_letter_len: r.get::<_, i64>(3)? as u64,
+                        published: r.get::<_, i64>(4)? as u64,
                     })
                 },
             )
@@ -64,10 +79,12 @@ impl Checkpoint {
     pub fn store(&self, p: &Position) -> rusqlite::Result<()> {
         lock(&self.conn)
             .prepare_cached(
-                "INSERT INTO checkpoints (input, output, line, byte, output_len, dead_letter_len)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO checkpoints
+                   (input, output, line, byte, output_len, dead_letter_len, published)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (input, output) DO UPDATE SET line = excluded.line, byte = excluded.byte,
-                   output_len = excluded.output_len, dead_letter_len = excluded.dead_letter_len",
+                   output_len = excluded.output_len, dead_letter_len = excluded.dead_letter_len,
+                   published = excluded.published",
             )?
             .execute(params![
                 self.input,
@@ -75,7 +92,8 @@ impl Checkpoint {
                 p.line,
                 p.byte as i64,
                 p.output_len as i64,
-                p.dead_letter_len as i64
+                p.dead_letter_len as i64,
+                p.published as i64
             ])?;
         Ok(())
     }

@@ -179,6 +179,23 @@ impl Sink for FileSink {
             byte: resume_at,
             output_len: self.written,
             dead_letter_len: self.dead_letter_written,
+            published: 0,
+        };
+        Ok(())
+    }
+
+    async fn record_partial(
+        &mut self,
+        source: &SourceRef,
+        start_at: u64,
+        published: usize,
+    ) -> Result<(), SinkError> {
+        self.done = Position {
+            line: source.offset,
+            byte: start_at,
+            output_len: self.written,
+            dead_letter_len: self.dead_letter_written,
+            published: published as u64,
         };
         Ok(())
     }
@@ -187,13 +204,9 @@ impl Sink for FileSink {
         let err = |e: std::io::Error| SinkError(e.to_string());
         self.output.flush(self.fsync).map_err(err)?;
         self.dead_letters.flush(self.fsync).map_err(err)?;
-        if self.written > self.done.output_len {
-            // Events of a record that was abandoned at shutdown: not part of this unit.
-            self.output
-                .cut(self.done.output_len, "output")
-                .map_err(|e| SinkError(e.to_string()))?;
-            self.written = self.done.output_len;
-        }
+        // Every event written is covered by the position: the commit stage records a partial
+        // position for an unfinished request whose events it published.
+        debug_assert_eq!(self.written, self.done.output_len);
         if let Some(cp) = &self.checkpoint {
             // Another process holding the database lock (or a full disk) stalls the commit
             // until it clears, like an unreachable store; other errors stop the pipeline.

@@ -23,6 +23,9 @@ pub struct LineSource {
     remaining: Option<u64>,
     /// Set when following a growing file (`tail -f`): the file and when lag was last counted.
     follow: Option<(std::path::PathBuf, Instant)>,
+    /// The line the run resumes at and its progress events already in the output (a partial
+    /// position): handed to the record read at that line as `skip_progress`.
+    skip: Option<(i64, usize)>,
 }
 
 /// How often a followed file is polled at its end, and its lag recounted while reading.
@@ -70,6 +73,9 @@ impl LineSource {
         }
         source.line = position.line;
         source.byte = position.byte;
+        if position.published > 0 {
+            source.skip = Some((position.line, position.published as usize));
+        }
         if let Some(p) = path {
             let (owned, from) = (p.to_path_buf(), position.byte);
             let count = tokio::task::spawn_blocking(move || count_lines(&owned, from))
@@ -99,6 +105,7 @@ impl LineSource {
             buf: Vec::new(),
             remaining: None,
             follow: None,
+            skip: None,
         }
     }
 
@@ -183,6 +190,7 @@ fn memchr_newline(b: &[u8]) -> Option<usize> {
 impl Source for LineSource {
     async fn next(&mut self) -> Result<Option<RawRecord>, SourceError> {
         loop {
+            let start = self.byte;
             let Some((consumed, truncated)) = self
                 .read_line()
                 .await
@@ -217,6 +225,10 @@ impl Source for LineSource {
             if payload.iter().all(u8::is_ascii_whitespace) && !truncated {
                 continue;
             }
+            let skip_progress = match self.skip.take() {
+                Some((at, published)) if at == line => published,
+                _ => 0,
+            };
             return Ok(Some(RawRecord {
                 source: SourceRef {
                     topic: self.topic.clone(),
@@ -227,6 +239,8 @@ impl Source for LineSource {
                 payload: Bytes::copy_from_slice(payload),
                 truncated,
                 resume_at: self.byte,
+                start_at: start,
+                skip_progress,
                 received: Instant::now(),
                 permit: None,
             }));

@@ -6,7 +6,7 @@
 //! consumer's and the producer's route librdkafka's logs through sluice's counters and log
 //! rate limit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -31,6 +31,10 @@ pub struct SluiceContext {
     ///
     /// [`take_revocations`]: SluiceContext::take_revocations
     revocations: Arc<Mutex<Vec<(String, i32)>>>,
+    /// Partitions assigned whose first record has not been handed out yet: the source reads
+    /// their committed offset's metadata first (a partial position, see
+    /// [`take_fresh`](SluiceContext::take_fresh)).
+    fresh: Arc<Mutex<HashSet<(String, i32)>>>,
     drain: Arc<Drain>,
 }
 
@@ -99,6 +103,13 @@ impl SluiceContext {
     /// revoked partition before any record of a later assignment of it can arrive.
     pub fn take_revocations(&self) -> Vec<(String, i32)> {
         std::mem::take(&mut *lock(&self.revocations))
+    }
+
+    /// Whether `partition` was assigned since its last record was handed out (and forgets
+    /// it): its first record may be a re-read of a partially committed request.
+    pub fn take_fresh(&self, topic: &str, partition: i32) -> bool {
+        let mut fresh = lock(&self.fresh);
+        !fresh.is_empty() && fresh.remove(&(topic.to_string(), partition))
     }
 
     /// Records a revocation as the rebalance callback does (for tests of the source).
@@ -281,6 +292,12 @@ impl ConsumerContext for SluiceContext {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 lock(&self.revocations).extend(revoked.iter().cloned());
+                {
+                    let mut fresh = lock(&self.fresh);
+                    for p in &revoked {
+                        fresh.remove(p);
+                    }
+                }
                 let partitions = revoked.len();
                 if !self.drain.open.load(Ordering::SeqCst) {
                     // The run is over and the consumer closing: nothing to hand over.
@@ -318,6 +335,11 @@ impl ConsumerContext for SluiceContext {
             Rebalance::Assign(tpl) => {
                 metrics::counter!(REBALANCES, "kind" => "assign").increment(1);
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
+                lock(&self.fresh).extend(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition())),
+                );
                 self.assigned.store(true, Ordering::SeqCst);
             }
             Rebalance::Error(e) => {

@@ -27,10 +27,10 @@ pub struct KafkaSink {
     delivery: Delivery,
     timeout: Duration,
     in_txn: bool,
-    /// Next offset per (topic, partition) of the records done since the last commit.
-    offsets: BTreeMap<(String, i32), i64>,
-    /// Events were published after the last `record_done` (an abandoned record).
-    partial: bool,
+    /// Per (topic, partition) of the records done since the last commit: where reading
+    /// resumes, and how many progress events of the record there are already published (a
+    /// partial position, committed as the offset's metadata; see [`partial_metadata`]).
+    offsets: BTreeMap<(String, i32), (i64, usize)>,
     /// At-least-once: deliveries to await before committing offsets.
     deliveries: Vec<rdkafka::producer::DeliveryFuture>,
     /// Exactly-once: what the open transaction holds, to send again if its offsets commit
@@ -97,7 +97,6 @@ impl KafkaSink {
             timeout,
             in_txn: false,
             offsets: BTreeMap::new(),
-            partial: false,
             deliveries: Vec::new(),
             sent: Some(Vec::new()),
             sent_bytes: 0,
@@ -138,7 +137,6 @@ impl KafkaSink {
                     } else {
                         self.keep(topic, key, payload, headers);
                     }
-                    self.partial = true;
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -288,8 +286,6 @@ impl KafkaSink {
                 self.abort().await;
                 return Err(err("transaction", e));
             }
-            // Everything resent belongs to finished records (commit runs between records).
-            self.partial = false;
             attempt += 1;
         }
     }
@@ -344,7 +340,6 @@ impl KafkaSink {
         self.abort_open().await;
         self.offsets.clear();
         self.forget_sent();
-        self.partial = false;
     }
 
     /// Aborts the open Kafka transaction, keeping the offsets and messages it held (a retry
@@ -361,13 +356,33 @@ impl KafkaSink {
 
     fn offsets_list(&self) -> Result<TopicPartitionList, SinkError> {
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in &self.offsets {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+        for ((topic, partition), &(next, published)) in &self.offsets {
+            let mut e = tpl.add_partition(topic, *partition);
+            e.set_offset(Offset::Offset(next))
                 .map_err(|e| err("offsets", e))?;
+            if published > 0 {
+                e.set_metadata(partial_metadata(published));
+            }
         }
         Ok(tpl)
     }
 }
+
+/// The committed offset's metadata of a partial position: the record at the offset has its
+/// first `published` progress events committed.
+pub fn partial_metadata(published: usize) -> String {
+    format!("{PARTIAL_PREFIX}{published}")
+}
+
+/// Reads [`partial_metadata`]; 0 for anything else (no metadata, another tool's).
+pub fn published_in(metadata: &str) -> usize {
+    metadata
+        .strip_prefix(PARTIAL_PREFIX)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+const PARTIAL_PREFIX: &str = "sluice:v1:published=";
 
 #[async_trait]
 impl Sink for KafkaSink {
@@ -403,9 +418,23 @@ impl Sink for KafkaSink {
     }
 
     async fn record_done(&mut self, source: &SourceRef, resume_at: u64) -> Result<(), SinkError> {
-        self.offsets
-            .insert((source.topic.clone(), source.partition), resume_at as i64);
-        self.partial = false;
+        self.offsets.insert(
+            (source.topic.clone(), source.partition),
+            (resume_at as i64, 0),
+        );
+        Ok(())
+    }
+
+    async fn record_partial(
+        &mut self,
+        source: &SourceRef,
+        start_at: u64,
+        published: usize,
+    ) -> Result<(), SinkError> {
+        self.offsets.insert(
+            (source.topic.clone(), source.partition),
+            (start_at as i64, published),
+        );
         Ok(())
     }
 
@@ -416,12 +445,6 @@ impl Sink for KafkaSink {
             // redo them. Abort everything and let the service restart from committed offsets.
             self.abort().await;
             return Err(revoked());
-        }
-        if self.partial {
-            // An abandoned record's events are in the transaction: it cannot commit in part.
-            tracing::info!("aborting the open transaction: it holds events of an abandoned record");
-            self.abort().await;
-            return Ok(());
         }
         if self.offsets.is_empty() && !self.in_txn {
             return Ok(());

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
 use sluice_pipeline::{RawRecord, Source, SourceError, SourceRef};
 
 use super::SluiceConsumer;
@@ -25,16 +26,58 @@ pub struct KafkaSource {
     pending: VecDeque<RawRecord>,
     /// A fatal consumer error seen while paused, reported by the next `next`.
     fatal: Option<SourceError>,
+    /// Timeout of the committed-offset look-up.
+    timeout: Duration,
 }
 
 impl KafkaSource {
-    /// A source over an already subscribed consumer.
-    pub fn new(consumer: Arc<SluiceConsumer>) -> Self {
+    /// A source over an already subscribed consumer; `timeout` bounds broker look-ups.
+    pub fn new(consumer: Arc<SluiceConsumer>, timeout: Duration) -> Self {
         KafkaSource {
             consumer,
             pending: VecDeque::new(),
             fatal: None,
+            timeout,
         }
+    }
+
+    /// The progress events of `record` already committed, when it is the first record of a
+    /// freshly assigned partition and its offset was committed as a partial position.
+    async fn already_published(&self, record: &RawRecord) -> Result<usize, SourceError> {
+        let s = &record.source;
+        if !self.consumer.context().take_fresh(&s.topic, s.partition) {
+            return Ok(0);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&s.topic, s.partition);
+        let (consumer, timeout) = (self.consumer.clone(), self.timeout);
+        let mut attempt = 0;
+        let committed = loop {
+            let tpl = tpl.clone();
+            let c = consumer.clone();
+            let result = tokio::task::spawn_blocking(move || c.committed_offsets(tpl, timeout))
+                .await
+                .map_err(|e| SourceError(e.to_string()))?;
+            match result {
+                Ok(c) => break c,
+                // Skipping nothing could publish events twice: never guess.
+                Err(e) if attempt >= 3 => {
+                    return Err(SourceError(format!(
+                        "reading the committed offset of {}/{}: {e}",
+                        s.topic, s.partition
+                    )))
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "reading a committed offset failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        };
+        Ok(committed
+            .find_partition(&s.topic, s.partition)
+            .filter(|e| e.offset() == Offset::Offset(s.offset))
+            .map_or(0, |e| super::sink::published_in(e.metadata())))
     }
 
     /// Drops held records of partitions revoked since the last call: whoever owns them now
@@ -116,6 +159,8 @@ fn raw(m: &BorrowedMessage<'_>) -> RawRecord {
         payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
         truncated: false,
         resume_at: (m.offset() + 1) as u64,
+        start_at: m.offset() as u64,
+        skip_progress: 0,
         received: Instant::now(),
         permit: None,
     }
@@ -128,7 +173,7 @@ impl Source for KafkaSource {
             return Err(e);
         }
         self.drop_revoked();
-        let record = match self.pending.pop_front() {
+        let mut record = match self.pending.pop_front() {
             Some(r) => r,
             None => loop {
                 if let Some(r) = self.poll().await? {
@@ -136,6 +181,7 @@ impl Source for KafkaSource {
                 }
             },
         };
+        record.skip_progress = self.already_published(&record).await?;
         let s = &record.source;
         self.consumer
             .context()
@@ -183,6 +229,8 @@ mod tests {
             payload: Bytes::from_static(b"{}"),
             truncated: false,
             resume_at: (offset + 1) as u64,
+            start_at: offset as u64,
+            skip_progress: 0,
             received: Instant::now(),
             permit: None,
         }
@@ -195,7 +243,7 @@ mod tests {
             .set("group.id", "unit")
             .create_with_context(SluiceContext::new(Duration::from_secs(1)))
             .unwrap();
-        let mut s = KafkaSource::new(Arc::new(consumer));
+        let mut s = KafkaSource::new(Arc::new(consumer), Duration::from_secs(1));
         s.pending.extend(held);
         s
     }
