@@ -27,7 +27,7 @@ use crate::record::RawRecord;
 use crate::report::RunStats;
 use crate::sink::Sink;
 use crate::source::Source;
-use crate::stage::{channel, run_stage, Outbox, StageError};
+use crate::stage::{channel, run_stage, Inbox, Outbox, Stage, StageError};
 use crate::store::Store;
 use crate::validate::Validate;
 
@@ -89,32 +89,30 @@ where
     let (commit_tx, commit_rx) = channel("commit", cap);
     let (done_tx, _done_rx) = channel::<()>("done", 1);
 
-    let mut stages = tokio::task::JoinSet::new();
-    stages.spawn(run_stage(
-        Validate::new(config.clone()),
-        validate_rx,
-        dedupe_tx,
-    ));
-    stages.spawn(run_stage(
+    // A stage that fails stops the source at once (and running requests before their next
+    // chunk): nothing read after it could be committed, and an idle source would otherwise
+    // hold its partitions forever.
+    let mut stages = Stages {
+        set: tokio::task::JoinSet::new(),
+        failed: [stop.clone(), abort.clone()],
+    };
+    stages.spawn(Validate::new(config.clone()), validate_rx, dedupe_tx);
+    stages.spawn(
         Dedupe::new(&config, store.clone(), abort.clone()),
         dedupe_rx,
         chunk_tx,
-    ));
-    stages.spawn(run_stage(
-        Chunk::new(config.chunk.clone()),
-        chunk_rx,
-        execute_tx,
-    ));
-    stages.spawn(run_stage(
+    );
+    stages.spawn(Chunk::new(config.chunk.clone()), chunk_rx, execute_tx);
+    stages.spawn(
         Execute::new(config.clone(), store.clone(), abort.clone(), tasks.clone()),
         execute_rx,
         commit_tx,
-    ));
-    stages.spawn(run_stage(
+    );
+    stages.spawn(
         Commit::new(sink, p, stats, in_flight.clone(), health.clone()),
         commit_rx,
         done_tx,
-    ));
+    );
 
     let drain_deadline = Duration::from_millis(p.drain_deadline_ms);
     let shutdown_watch = {
@@ -140,7 +138,7 @@ where
     }
 
     let mut first_error: Option<RunError> = read.err();
-    while let Some(joined) = stages.join_next().await {
+    while let Some(joined) = stages.set.join_next().await {
         let err = match joined {
             Ok(Ok(())) => continue,
             Ok(Err(StageError::Closed(_))) if first_error.is_some() => continue,
@@ -167,6 +165,25 @@ where
     } else {
         RunEnd::Exhausted
     })
+}
+
+/// The running stages; the first to fail cancels `failed` (the source's stop and the abort).
+struct Stages {
+    set: tokio::task::JoinSet<Result<(), StageError>>,
+    failed: [CancellationToken; 2],
+}
+
+impl Stages {
+    fn spawn<S: Stage>(&mut self, stage: S, inbox: Inbox<S::In>, out: Outbox<S::Out>) {
+        let failed = self.failed.clone();
+        self.set.spawn(async move {
+            let result = run_stage(stage, inbox, out).await;
+            if result.is_err() {
+                failed.iter().for_each(CancellationToken::cancel);
+            }
+            result
+        });
+    }
 }
 
 /// Feeds the source into validate while the in-flight budget (and validate's queue) has room.
@@ -265,6 +282,7 @@ mod tests {
 
     use super::*;
     use crate::codes::SourceError;
+    use crate::testkit;
 
     /// Counts the backpressure calls.
     #[derive(Default)]
@@ -340,5 +358,65 @@ mod tests {
         later(Duration::from_secs(1), move || cancel.cancel());
         assert!(room(&mut probe, &stop, sem.acquire_owned()).await.is_none());
         assert_eq!((probe.paused, probe.resumed), (1, 1));
+    }
+
+    /// Runs a pipeline over a memory store and a logging sink.
+    async fn pipeline(
+        config: Arc<sluice_config::Config>,
+        source: testkit::VecSource,
+        sink: testkit::LogSink,
+        health: Arc<Health>,
+    ) -> Result<RunEnd, RunError> {
+        let store = Arc::new(testkit::MemStore::default());
+        let stats = Arc::new(RunStats::default());
+        run(
+            config,
+            source,
+            sink,
+            store,
+            stats,
+            health,
+            std::future::pending(),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_stops_an_idle_source() {
+        let config = testkit::config("");
+        let sink = testkit::LogSink::default();
+        sink.log.lock().unwrap().fail_commits = true;
+        // One record, then a quiet topic: the source has nothing more to say.
+        let record = testkit::record(0, 0, &testkit::create("a", 1));
+        let source = testkit::VecSource::new(vec![record], false);
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            pipeline(config, source, sink, health),
+        )
+        .await
+        .expect("the run ends when its commit fails, whatever the source does");
+        assert!(matches!(ended, Err(RunError::Stage(_))), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_service_is_ready_and_has_nothing_in_flight() {
+        let config = testkit::config("");
+        let sink = testkit::LogSink::default();
+        let record = testkit::record(0, 0, &testkit::create("a", 1));
+        let source = testkit::VecSource::new(vec![record], false);
+        let health = Arc::new(Health::new(Duration::from_millis(50)));
+        health.set_store(Ok(()));
+        let run = tokio::spawn(pipeline(config, source, sink.clone(), health.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sink.log.lock().unwrap().commits == 0 {
+            assert!(std::time::Instant::now() < deadline, "the record commits");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The reader now waits for a record that does not come, longer than stall_after.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = health.readiness();
+        assert!(r.ready, "an idle service is ready: {r:?}");
+        run.abort();
     }
 }
