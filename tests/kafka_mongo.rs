@@ -128,3 +128,66 @@ fn a_stalled_mongo_server_stalls_the_pipeline_and_loses_nothing() {
     stop(svc);
     check_crash_workload(&env, &events, &w);
 }
+
+/// After a SIGKILL the replacement (same `kafka.instance_id`) ends the dead process's
+/// sessions at start-up: the chunks it replays do not wait, write-conflicting, for the dead
+/// transactions to expire (60 s on SecantusDB). Three kills mid-run; each time, the first new
+/// result must commit within the group's session timeout (6 s here, the time the group takes
+/// to give the dead member's partitions back) plus 15 s.
+#[test]
+fn a_restarted_instance_does_not_wait_for_its_predecessors_transactions() {
+    let Some(uri) = mongo() else { return };
+    let Some(env) = setup("reap", 3, &mongo_section(&uri)) else {
+        return;
+    };
+    let w = crash_workload(500, 23);
+    let reader = env.consumer(&env.results);
+    // One poll of the results: Some(terminal events in it) when a message came.
+    let poll = || -> Option<usize> {
+        let m = reader.poll(Duration::from_millis(100))?.unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(rdkafka::Message::payload(&m).unwrap()).unwrap();
+        Some(usize::from(v["event"] != "progress"))
+    };
+    let mut seen = 0usize;
+    let mut worst = Duration::ZERO;
+    std::thread::scope(|scope| {
+        scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(30)));
+        let mut svc = env.service("a");
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_secs(4));
+            svc.kill().unwrap(); // SIGKILL, transactions open
+            svc.wait().unwrap();
+            // Everything the dead process committed has been read once this goes quiet.
+            let mut quiet = std::time::Instant::now();
+            while quiet.elapsed() < Duration::from_secs(2) {
+                if let Some(n) = poll() {
+                    seen += n;
+                    quiet = std::time::Instant::now();
+                }
+            }
+            let before = seen;
+            let restarted = std::time::Instant::now();
+            svc = env.service("a");
+            while seen == before {
+                assert!(
+                    restarted.elapsed() < Duration::from_secs(90),
+                    "nothing committed after the restart"
+                );
+                seen += poll().unwrap_or(0);
+            }
+            let took = restarted.elapsed();
+            eprintln!("restart → first new commit: {took:?}");
+            worst = worst.max(took);
+        }
+        stop(svc);
+    });
+    assert!(
+        worst < Duration::from_secs(6 + 15),
+        "a restart waited {worst:?} for its first commit"
+    );
+    let svc = env.service("a");
+    let events = env.results(w.total, Duration::from_secs(400));
+    stop(svc);
+    check_crash_workload(&env, &events, &w);
+}

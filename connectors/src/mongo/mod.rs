@@ -12,8 +12,14 @@
 //! A chunk too large for one transaction (`TransactionTooLargeForCache`) is split in halves,
 //! each under its own ledger key, the chunk's key marked "split" first (see `write`).
 //!
-//! Parts: this file (connection, start-up checks, `Store`), [`writer`] (the `ItemWriter`).
+//! After a crash, the replacement must not wait out its predecessor's open transactions:
+//! [`sessions`] records this instance's sessions under `kafka.instance_id` and ends the
+//! previous incarnation's at start-up.
+//!
+//! Parts: this file (connection, start-up checks, `Store`), [`writer`] (the `ItemWriter`),
+//! [`sessions`] (ending a crashed predecessor's transactions).
 
+mod sessions;
 mod writer;
 
 use std::collections::HashMap;
@@ -50,6 +56,7 @@ pub struct MongoStore {
     db: Database,
     /// Key field by collection (configured collections only).
     keys: Arc<HashMap<String, String>>,
+    sessions: sessions::Sessions,
 }
 
 /// TransactionTooLargeForCache (4.4+), TransactionTooLarge (16 MB of operations, 4.0).
@@ -167,10 +174,14 @@ impl MongoStore {
                 .await
                 .map_err(|e| classify(&e))?;
         }
+        let instance = config.kafka.as_ref().and_then(|k| k.instance_id.clone());
+        let sessions = sessions::Sessions::new(&db, instance);
+        sessions.end_predecessors(&db).await?;
         Ok(MongoStore {
             client,
             db,
             keys: Arc::new(keys),
+            sessions,
         })
     }
 
@@ -301,6 +312,7 @@ impl MongoStore {
             .start_session()
             .await
             .map_err(|e| classify(&e))?;
+        self.sessions.note(&session).await?;
         begin(&mut session).await?;
         match self.transact(&mut session, chunk, id, failed_before).await {
             Ok(attempt) => Ok(attempt),
