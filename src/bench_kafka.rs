@@ -104,7 +104,7 @@ async fn pipeline(config: Arc<Config>, n: usize) -> anyhow::Result<(Duration, Ar
             first.map(|f| f.elapsed()).unwrap_or_default()
         })
     };
-    let current = Arc::new(std::sync::Mutex::new(None));
+    let current = crate::kafka::Current::default();
     let txn_id = format!("bench-{:08x}", rand::random::<u32>());
     crate::kafka::run_once(
         &config,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::kafka::*;
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[test]
 fn end_to_end_with_poison_records() {
@@ -189,4 +189,73 @@ fn a_zombie_woken_after_its_partitions_moved_is_fenced() {
     stop(a);
     stop(b);
     check_crash_workload(&env, &events, &w);
+}
+
+/// Events Kafka would refuse are per-record outcomes, not a crash loop: a lookup of four
+/// 250 KB documents (one progress event of ~1 MB) publishes what fits and fails the rest as
+/// `too_large`; a ~1 MB record that is not JSON goes to the dead-letter topic cut to fit, with
+/// its original length in a header; the records after them are processed by the same run.
+#[test]
+fn events_too_large_for_one_message_become_outcomes_not_a_crash_loop() {
+    let Some(env) = setup("oversize", 1, "") else {
+        return;
+    };
+    let doc = |i: usize| json!({"text": format!("big-{i}"), "pad": "x".repeat(250_000)});
+    let mut records: Vec<(Option<String>, Vec<u8>)> = (0..4)
+        .map(|i| {
+            let r = json!({"request_id": format!("c{i}"), "collection": "words", "op": "create", "items": [doc(i)]});
+            (Some("k".to_string()), r.to_string().into_bytes())
+        })
+        .collect();
+    let keys: Vec<Value> = (0..4).map(|i| json!({"key": format!("big-{i}")})).collect();
+    let lookup =
+        json!({"request_id": "look", "collection": "words", "op": "lookup", "items": keys});
+    records.push((Some("k".into()), lookup.to_string().into_bytes()));
+    let poison = vec![b'#'; 1_000_100];
+    records.push((Some("k".into()), poison.clone()));
+    records.push((Some("k".into()), create("after", ["small".to_string()])));
+    env.produce_large(&records);
+    let svc = env.service_with(
+        "a",
+        &[
+            ("SLUICE__LIMITS__MAX_ITEM_BYTES", "300000".to_string()),
+            ("SLUICE__LIMITS__MAX_RECORD_BYTES", "2000000".to_string()),
+        ],
+    );
+    let events = env.results(6, Duration::from_secs(120));
+    stop(svc);
+    let terminal = check_once(&events);
+    let done = |id: &str| {
+        terminal
+            .iter()
+            .find(|(k, _)| k.starts_with(&format!("{id}@")))
+            .unwrap()
+            .1
+    };
+    assert_eq!(
+        done("after")["counts"]["ok"],
+        1,
+        "the records after them were processed"
+    );
+    let look = done("look");
+    assert_eq!(look["counts"]["ok"], 3, "{look}");
+    assert_eq!(look["counts"]["failed"], 1, "{look}");
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["request_id"] == "look" && e["event"] == "progress")
+        .flat_map(|e| e["items"].as_array().unwrap())
+        .filter(|i| i["status"] == "failed")
+        .collect();
+    assert_eq!(failed[0]["error"]["code"], "too_large");
+    assert_eq!(failed[0]["error"]["retryable"], true);
+    let letters = env.dead_letters(1);
+    let (payload, headers) = &letters[0];
+    assert!(payload.len() < poison.len() && poison.starts_with(payload));
+    assert_eq!(headers["sluice.truncated"], "1000100");
+    assert!(
+        !env.log_text("a")
+            .contains("restarting from the committed offsets"),
+        "one run did it all:\n{}",
+        env.log_text("a")
+    );
 }

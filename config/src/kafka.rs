@@ -50,14 +50,29 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Prefix of the transactional id; each process appends a unique suffix.
     pub transactional_id_prefix: String,
-    /// Stable identity of this instance (e.g. the pod name). Sets static group membership
-    /// (`group.instance.id`: a restarted instance gets its partitions back without a
-    /// rebalance) and a stable transactional id (a restart fences its previous incarnation and
-    /// aborts its open transaction at once). Without it each process start is a new member with
-    /// a random transactional id, and a crashed instance's open transaction holds back
-    /// read_committed consumers until `transaction_timeout_ms`.
+    /// Stable identity of this instance (e.g. the pod name). Gives a stable transactional id
+    /// (a restart fences its previous incarnation's producer and aborts its open transaction at
+    /// once) and, with the MongoDB store, lets a restart end its previous incarnation's
+    /// sessions (their open transactions would otherwise block chunks for up to a minute).
+    /// Two live processes must never share it: a process whose producer is fenced by another
+    /// with the same id stops (exit status 1) instead of fencing it back. Without it each
+    /// process start gets a random transactional id, and a crashed instance's open transaction
+    /// holds back read_committed consumers until `transaction_timeout_ms`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+    /// Also use `instance_id` as the static group membership id (`group.instance.id`): a
+    /// restart within `session_timeout_ms` gets its partitions back without a rebalance.
+    /// Off by default: with cooperative rebalancing, a static member killed between the two
+    /// rounds of a rebalance and restarted at once leaves the partitions it gave up owned by
+    /// nobody (a coordinator behaviour); the unowned-partition watchdog
+    /// (`unowned_timeout_ms`) then has to rejoin the group to repair it.
+    pub static_membership: bool,
+    /// How long the group may leave partitions of the requests topic owned by no member
+    /// before this instance reports not ready and rejoins the group (leaving makes the
+    /// coordinator rebalance, which assigns every partition), in milliseconds. Normal
+    /// rebalances leave partitions unowned for up to `session_timeout_ms` plus
+    /// `revoke_drain_ms`.
+    pub unowned_timeout_ms: u64,
     /// Topic names.
     pub topics: KafkaTopics,
     /// `exactly_once` (default) or `at_least_once`.
@@ -92,6 +107,8 @@ impl Default for KafkaConfig {
             group_id: "sluice".into(),
             transactional_id_prefix: "sluice".into(),
             instance_id: None,
+            static_membership: false,
+            unowned_timeout_ms: 60_000,
             topics: KafkaTopics::default(),
             delivery: Delivery::ExactlyOnce,
             partitions: 6,

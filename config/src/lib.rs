@@ -40,6 +40,7 @@ pub use limits::{ChunkConfig, Limits, OpLimits};
 pub use mongo::{mask_uri, MongoConfig};
 pub use observability::{LogFormat, ObservabilityConfig};
 pub use pipeline::{DedupeConfig, ExecuteConfig, PipelineConfig};
+pub use validate::ITEM_RESULT_MAX_BYTES;
 
 /// A configuration problem, naming the field it is about.
 #[derive(Debug, thiserror::Error)]

@@ -45,6 +45,13 @@ pub struct Limits {
     pub max_item_bytes: usize,
     /// Maximum JSON nesting depth of a record (objects and arrays).
     pub max_depth: usize,
+    /// Largest result event or dead letter sluice publishes, in bytes. Kafka refuses messages
+    /// over the producer's `message.max.bytes` (1,000,000 by default) or the topic's
+    /// `max.message.bytes` (1,048,588 by default): the service checks at start-up that both
+    /// leave room. A lookup's documents that would not fit its progress event fail as
+    /// `too_large` (retryable: look them up in a smaller request); a dead letter's original
+    /// bytes are cut to fit (header `sluice.truncated` gives the original length).
+    pub max_event_bytes: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +61,7 @@ impl Default for Limits {
             max_record_bytes: 16 * 1024 * 1024,
             max_item_bytes: 256 * 1024,
             max_depth: 32,
+            max_event_bytes: 900 * 1024,
         }
     }
 }

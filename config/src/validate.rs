@@ -61,9 +61,35 @@ fn limits(l: &Limits) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Bytes one item's result can take in a progress event once its message is shortened (see
+/// the pipeline's `fit`): a chunk's event must fit `limits.max_event_bytes` whatever happens.
+pub const ITEM_RESULT_MAX_BYTES: usize = 192;
+
 fn chunk(c: &ChunkConfig, l: &Limits) -> Result<(), ConfigError> {
     positive("chunk.max_items", c.max_items)?;
     positive("chunk.atomic_max_items", c.atomic_max_items)?;
+    if l.max_event_bytes < 64 * 1024 {
+        return Err(ConfigError::invalid(
+            "limits.max_event_bytes",
+            "must be at least 65536",
+        ));
+    }
+    for (field, items) in [
+        ("chunk.max_items", c.max_items),
+        ("chunk.atomic_max_items", c.atomic_max_items),
+    ] {
+        if items * ITEM_RESULT_MAX_BYTES + 4096 > l.max_event_bytes {
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                    "{items} item results may not fit one event of limits.max_event_bytes ({}); \
+                     allow at most {} items or raise it",
+                    l.max_event_bytes,
+                    (l.max_event_bytes - 4096) / ITEM_RESULT_MAX_BYTES
+                ),
+            ));
+        }
+    }
     if c.max_bytes < l.max_item_bytes {
         return Err(ConfigError::invalid(
             "chunk.max_bytes",
@@ -175,10 +201,26 @@ fn kafka(k: &KafkaConfig, pipeline: &PipelineConfig) -> Result<(), ConfigError> 
              (a revocation drains inside the consumer's poll and may wait for a commit in progress)",
         ));
     }
+    // A normal rebalance after a crash leaves partitions unowned until the dead member's
+    // session expires and the revoking members have drained.
+    if k.unowned_timeout_ms <= k.session_timeout_ms + k.revoke_drain_ms {
+        return Err(ConfigError::invalid(
+            "kafka.unowned_timeout_ms",
+            "must be more than kafka.session_timeout_ms + kafka.revoke_drain_ms (a normal \
+             rebalance leaves partitions unowned that long)",
+        ));
+    }
+    if k.static_membership && k.instance_id.is_none() {
+        return Err(ConfigError::invalid(
+            "kafka.static_membership",
+            "needs kafka.instance_id (the static member id)",
+        ));
+    }
     for key in k.properties.keys() {
         if [
             "bootstrap.servers",
             "group.id",
+            "group.instance.id",
             "transactional.id",
             "enable.auto.commit",
             "isolation.level",

@@ -193,7 +193,8 @@ impl ItemResult {
         }
     }
 
-    /// A result with a status and an error.
+    /// A result with a status and an error (the message is capped at
+    /// [`crate::fit::MESSAGE_MAX`] bytes).
     pub fn error(
         index: usize,
         status: ItemStatus,
@@ -207,7 +208,7 @@ impl ItemResult {
             of: None,
             error: Some(ItemError {
                 code,
-                message: message.into(),
+                message: crate::fit::cap_message(message.into(), crate::fit::MESSAGE_MAX),
                 retryable,
             }),
             doc: None,

@@ -124,11 +124,20 @@ impl Stage for Execute {
 
     async fn process(&mut self, input: Work, out: &Outbox<Pending>) -> Result<(), StageError> {
         let pending = match input {
-            Work::Finished { meta, event, op } => Pending {
+            Work::Finished {
                 meta,
+                mut event,
                 op,
-                body: PendingBody::Ready(event),
-            },
+            } => {
+                if let ResultEvent::Rejected(r) = &mut event {
+                    crate::fit::fit_rejected(r, self.shared.config.limits.max_event_bytes);
+                }
+                Pending {
+                    meta,
+                    op,
+                    body: PendingBody::Ready(event),
+                }
+            }
             Work::DeadLetter { meta, raw, letter } => Pending {
                 meta,
                 op: None,
@@ -244,7 +253,9 @@ impl Job {
         let _ = self.events.send(completed).await;
     }
 
-    async fn emit(&self, counts: &mut Counts, event: ProgressEvent) -> bool {
+    /// Sends a chunk's event, made to fit one message first (the same way on a replay).
+    async fn emit(&self, counts: &mut Counts, mut event: ProgressEvent) -> bool {
+        crate::fit::fit_progress(&mut event, self.shared.config.limits.max_event_bytes);
         for item in &event.items {
             counts.add(item.status);
         }

@@ -15,6 +15,8 @@ pub struct Health {
     store_ok: AtomicBool,
     store_error: Mutex<String>,
     source_ok: AtomicBool,
+    /// What is wrong with the consumer group as a whole (partitions left unowned).
+    group_problem: Mutex<Option<String>>,
     /// Milliseconds since start of the last commit-stage progress.
     last_progress_ms: AtomicU64,
     in_flight: AtomicUsize,
@@ -39,6 +41,7 @@ impl Health {
             store_ok: AtomicBool::new(false),
             store_error: Mutex::new("not checked yet".into()),
             source_ok: AtomicBool::new(true),
+            group_problem: Mutex::new(None),
             last_progress_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             stall_after,
@@ -58,6 +61,13 @@ impl Health {
     /// Records whether the source can deliver (broker reachable, partitions assigned).
     pub fn set_source(&self, ok: bool) {
         self.source_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Records what is wrong with the consumer group as a whole (`None`: nothing).
+    pub fn set_group(&self, problem: Option<String>) {
+        if let Ok(mut slot) = self.group_problem.lock() {
+            *slot = problem;
+        }
     }
 
     /// The commit stage finished a record.
@@ -89,6 +99,9 @@ impl Health {
         if !self.source_ok.load(Ordering::Relaxed) {
             reasons
                 .push("source unavailable (broker unreachable or no partitions assigned)".into());
+        }
+        if let Some(p) = self.group_problem.lock().ok().and_then(|g| g.clone()) {
+            reasons.push(p);
         }
         let idle = self.started.elapsed().as_millis() as u64
             - self.last_progress_ms.load(Ordering::Relaxed);
@@ -147,5 +160,21 @@ mod tests {
         h.set_in_flight(0);
         std::thread::sleep(Duration::from_millis(40));
         assert!(h.readiness().ready, "idle without work is not a stall");
+    }
+
+    #[test]
+    fn a_group_problem_makes_every_instance_not_ready_until_repaired() {
+        let h = Health::new(Duration::from_secs(60));
+        h.set_store(Ok(()));
+        h.set_group(Some(
+            "consumer group: partitions [2] owned by no member for 61 s".into(),
+        ));
+        let r = h.readiness();
+        assert!(
+            !r.ready && r.reasons[0].contains("owned by no member"),
+            "{r:?}"
+        );
+        h.set_group(None);
+        assert!(h.readiness().ready);
     }
 }

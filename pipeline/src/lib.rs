@@ -16,7 +16,8 @@
 //!   holds the item rules every store shares.
 //! - [`retry`]: backoff with jitter by error kind; [`metrics`]: every metric name;
 //!   [`report`]: live counters for progress bars and benchmarks; [`run`]: wiring and shutdown.
-//! - [`budget`]: the in-flight budget (records and bytes); [`health`]: readiness.
+//! - [`budget`]: the in-flight budget (records and bytes); [`health`]: readiness;
+//!   [`fit`]: result events that fit one message.
 
 pub mod budget;
 pub mod chunk;
@@ -25,6 +26,7 @@ pub mod commit;
 pub mod contract;
 pub mod dedupe;
 pub mod execute;
+pub mod fit;
 pub mod health;
 pub mod logs;
 pub mod metrics;

@@ -50,6 +50,19 @@ pub const IN_FLIGHT_BYTES: &str = "sluice_in_flight_bytes";
 /// Records not yet read from the source (Kafka: high watermark − position; embedded file:
 /// lines left in the input). Labels: `partition`.
 pub const CONSUMER_LAG: &str = "sluice_consumer_lag_records";
+/// Records after the consumer group's committed offset, per partition of the requests topic,
+/// whoever owns the partition (Kafka: high watermark − the group's committed offset; embedded:
+/// lines left in the input). Every instance reports the whole group. Labels: `partition`.
+pub const GROUP_LAG: &str = "sluice_group_lag_records";
+/// Partitions of the requests topic that no member of the consumer group owns, as its
+/// coordinator reports (all of them while the group rebalances; always 0 in embedded mode).
+/// Labels: none.
+pub const GROUP_UNOWNED: &str = "sluice_group_unowned_partitions";
+/// Members of the consumer group, as its coordinator reports (1 in embedded mode). Labels: none.
+pub const GROUP_MEMBERS: &str = "sluice_group_members";
+/// Times this instance left and rejoined its consumer group because the group left
+/// partitions owned by nobody for longer than `kafka.unowned_timeout_ms`. Labels: none.
+pub const GROUP_REJOINS: &str = "sluice_group_rejoins_total";
 /// Consumer-group rebalances (Kafka; always 0 in embedded mode). Labels: `kind` = assign | revoke.
 pub const REBALANCES: &str = "sluice_rebalances_total";
 /// 1 while the source is paused because the in-flight budget is spent (Kafka: its
@@ -147,6 +160,8 @@ pub fn register() {
     gauge!(IN_FLIGHT).set(0.0);
     gauge!(IN_FLIGHT_BYTES).set(0.0);
     gauge!(SOURCE_PAUSED).set(0.0);
+    gauge!(GROUP_UNOWNED).set(0.0);
+    counter!(GROUP_REJOINS).absolute(0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -198,6 +213,19 @@ pub fn describe() {
     describe_gauge!(
         CONSUMER_LAG,
         "Records not yet read from the source, per partition."
+    );
+    describe_gauge!(
+        GROUP_LAG,
+        "Records after the consumer group's committed offset, per partition of the requests topic."
+    );
+    describe_gauge!(
+        GROUP_UNOWNED,
+        "Partitions of the requests topic owned by no member of the consumer group."
+    );
+    describe_gauge!(GROUP_MEMBERS, "Members of the consumer group.");
+    describe_counter!(
+        GROUP_REJOINS,
+        "Rejoins of the consumer group to repair partitions left unowned."
     );
     describe_counter!(REBALANCES, "Consumer-group rebalances by kind (Kafka).");
     describe_gauge!(

@@ -1,32 +1,47 @@
-//! The Kafka service and the CLI around it (`topics create`, `produce`, `tail`).
+//! The Kafka service and the CLI around it ([`cli`]: `topics create`, `produce`, `tail`).
 //!
 //! The service runs the pipeline with the Kafka source and sink in a loop: any run that ends
-//! in an error (producer fenced, transaction failed, partitions revoked, broker gone) is
-//! followed — after a capped backoff — by a fresh consumer and producer that resume from the
-//! committed offsets. Nothing is skipped: uncommitted records are re-read and their applied
-//! chunks re-published from the ledger.
+//! in an error (transaction failed, partitions revoked, broker gone) is followed — after a
+//! capped backoff — by a fresh consumer and producer that resume from the committed offsets.
+//! Nothing is skipped: uncommitted records are re-read and their applied chunks re-published
+//! from the ledger. Two exceptions end the service instead: shutdown, and a producer fenced by
+//! another live process with the same `kafka.instance_id` (restarting would fence it back, and
+//! the two would take turns forever). [`checks`] watches the broker, this member and the whole
+//! group, and makes the run rejoin when the group leaves partitions unowned.
 
-use std::io::{BufRead, IsTerminal, Write};
-use std::sync::{Arc, Mutex};
+pub mod checks;
+pub mod cli;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::Producer;
 use sluice_config::{Config, Delivery, KafkaConfig};
 use sluice_connectors::kafka::{
     self, admin, KafkaSink, KafkaSource, SluiceConsumer, SluiceContext,
 };
 use sluice_connectors::sqlite::SqliteStore;
 use sluice_pipeline::health::Health;
-use sluice_pipeline::metrics::{CONSUMER_LAG, PIPELINE_ERRORS};
+use sluice_pipeline::metrics::PIPELINE_ERRORS;
 use sluice_pipeline::{RunStats, Store};
 use tokio_util::sync::CancellationToken;
 
-/// The consumer of the current run, for lag and readiness checks.
-pub(crate) type Current = Arc<Mutex<Option<Arc<SluiceConsumer>>>>;
+pub use checks::Current;
+pub use cli::{produce, tail, topics_create};
+
+/// Another live process uses this instance's `kafka.instance_id`: its producer fenced ours.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the producer was fenced by another process with the same kafka.instance_id ({code}: \
+     {reason}); stopping instead of fencing it back — every live process needs its own id"
+)]
+pub struct Fenced {
+    code: RDKafkaErrorCode,
+    reason: String,
+}
 
 /// `sluice run` with a `[kafka]` section: the service.
 pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
@@ -37,6 +52,10 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         .await?
         .map_err(anyhow::Error::msg)
         .context("Kafka is not usable")?;
+    admin::check_message_limits(&k, config.limits.max_event_bytes)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("Kafka's message size limits")?;
 
     let sqlite = SqliteStore::open(&config.embedded.state, &config)
         .with_context(|| format!("opening state database {}", config.embedded.state.display()))?;
@@ -50,13 +69,13 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     )));
     health.set_store(Ok(()));
     health.set_source(false);
-    let current: Current = Arc::new(Mutex::new(None));
+    let current = Current::default();
     if let Some(listen) = &config.observability.listen {
         let handle = crate::observability::install_recorder()?;
         crate::observability::serve(listen, handle, health.clone()).await?;
         crate::observability::spawn_checks(store.clone(), health.clone(), &config.observability);
     }
-    spawn_source_checks(k.clone(), current.clone(), health.clone(), &config);
+    checks::spawn(k.clone(), current.clone(), health.clone(), &config);
 
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -90,11 +109,18 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
             &shutdown,
         )
         .await;
-        *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let rejoin = current.end_run();
         health.set_source(false);
         match result {
             Ok(()) if shutdown.is_cancelled() => break,
+            Ok(()) if rejoin => {
+                tracing::warn!("left the consumer group to make it rebalance; rejoining")
+            }
             Ok(()) => tracing::warn!("the pipeline stopped without a shutdown request; restarting"),
+            Err(e) if e.is::<Fenced>() => {
+                metrics::counter!(PIPELINE_ERRORS, "component" => "kafka_fenced").increment(1);
+                return Err(e);
+            }
             Err(e) => {
                 metrics::counter!(PIPELINE_ERRORS, "component" => "kafka_run").increment(1);
                 tracing::warn!(
@@ -103,7 +129,7 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
                 );
             }
         }
-        if started.elapsed() > Duration::from_secs(60) {
+        if started.elapsed() > Duration::from_secs(60) || rejoin {
             backoff = Duration::from_millis(500);
         }
         tokio::select! {
@@ -119,7 +145,9 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One run: a fresh consumer, producer and pipeline, until shutdown or an error.
+/// One run: a fresh consumer, producer and pipeline, until shutdown, a rejoin asked for by
+/// [`checks`], or an error ([`Fenced`] when another process took over this instance's
+/// transactional id).
 ///
 /// Await it on a multi-threaded runtime: a revocation drains inside the consumer's poll,
 /// blocking the thread that reads the source until the pipeline's stages, on the other
@@ -136,13 +164,19 @@ pub(crate) async fn run_once(
     current: &Current,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut consumer_config = kafka::consumer_config(k);
+    if current.take_dynamic() {
+        // A rejoin to repair a group that left partitions unowned: a static member coming
+        // back would be handed its old assignment again without a rebalance.
+        consumer_config.remove("group.instance.id");
+    }
     let consumer: Arc<SluiceConsumer> = Arc::new(
-        kafka::consumer_config(k)
+        consumer_config
             .create_with_context(SluiceContext::new(Duration::from_millis(k.revoke_drain_ms)))?,
     );
     let context = consumer.context().clone();
     consumer.subscribe(&[&k.topics.requests])?;
-    *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(consumer.clone());
+    let rejoin = current.start_run(consumer.clone());
     let transactional = (k.delivery == Delivery::ExactlyOnce).then_some(txn_id);
     let producer: kafka::SluiceProducer =
         kafka::producer_config(k, transactional).create_with_context(kafka::ClientLogs)?;
@@ -154,13 +188,15 @@ pub(crate) async fn run_once(
             .context("init_transactions")?;
     }
     let sink = KafkaSink::new(
-        producer,
+        producer.clone(),
         consumer.clone(),
         k.topics.clone(),
         k.delivery,
         kafka::op_timeout(k),
+        config.limits.max_event_bytes,
     );
     let source = KafkaSource::new(consumer, kafka::op_timeout(k));
+    let (shutdown, rejoin) = (shutdown.clone(), rejoin.clone());
     let end = sluice_pipeline::run(
         config.clone(),
         source,
@@ -168,215 +204,26 @@ pub(crate) async fn run_once(
         store,
         stats,
         health,
-        shutdown.clone().cancelled_owned(),
+        async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = rejoin.cancelled() => {}
+            }
+        },
     )
     .await;
     // Nothing more will be committed: the consumer's close must not wait for a drain.
     context.close();
+    if let Some((code, reason)) = producer.client().fatal_error() {
+        if matches!(
+            code,
+            RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced
+        ) {
+            tracing::error!(%code, reason, "fenced by another process with this instance id");
+            return Err(Fenced { code, reason }.into());
+        }
+    }
     let end = end?;
     tracing::info!(?end, "Kafka run ended");
     Ok(())
-}
-
-/// Every health interval: broker reachable with its topics, partitions assigned (readiness),
-/// and consumer lag per assigned partition (`sluice_consumer_lag_records`).
-fn spawn_source_checks(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Config) {
-    let interval = Duration::from_millis(config.observability.health_interval_ms);
-    let timeout = Duration::from_millis(config.observability.health_timeout_ms);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tick.tick().await;
-            let consumer = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let k = k.clone();
-            let verdict = tokio::task::spawn_blocking(move || {
-                admin::check(&k, timeout)?;
-                let Some(c) = consumer else {
-                    return Err("no consumer (restarting)".to_string());
-                };
-                if !c.context().assigned() {
-                    return Err("no partitions assigned yet".into());
-                }
-                if let (Ok(assignment), Ok(position)) = (c.assignment(), c.position()) {
-                    for tp in assignment.elements() {
-                        let Ok((_, high)) = c.fetch_watermarks(tp.topic(), tp.partition(), timeout)
-                        else {
-                            continue;
-                        };
-                        let pos = position
-                            .find_partition(tp.topic(), tp.partition())
-                            .and_then(|p| p.offset().to_raw())
-                            .filter(|o| *o >= 0);
-                        let committed = pos.unwrap_or(0);
-                        metrics::gauge!(CONSUMER_LAG, "partition" => tp.partition().to_string())
-                            .set((high - committed).max(0) as f64);
-                    }
-                }
-                Ok(())
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-            health.set_source(verdict.is_ok());
-        }
-    });
-}
-
-/// `sluice topics create`.
-pub async fn topics_create(config: &Config) -> anyhow::Result<()> {
-    let k = config
-        .kafka
-        .as_ref()
-        .context("`topics create` needs a [kafka] section in the config")?;
-    for (topic, created) in admin::create_topics(k).await? {
-        println!("{topic}: {}", if created { "created" } else { "exists" });
-    }
-    Ok(())
-}
-
-/// `sluice produce FILE|-`: publishes request lines, keyed by request_id.
-pub async fn produce(config: &Config, input: &str) -> anyhow::Result<()> {
-    let k = config
-        .kafka
-        .as_ref()
-        .context("`produce` needs a [kafka] section in the config")?;
-    let producer: FutureProducer = kafka::base_config(k)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
-    let reader: Box<dyn BufRead> = if input == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(input).with_context(|| input.to_string())?,
-        ))
-    };
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = ProgressBar::new_spinner();
-        b.set_style(
-            ProgressStyle::with_template("{spinner} {pos} records {per_sec}")
-                .expect("static template"),
-        );
-        b
-    });
-    let mut pending = Vec::new();
-    let (mut sent, mut failed) = (0u64, 0u64);
-    for line in reader.split(b'\n') {
-        let line = line?;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let key = serde_json::from_slice::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| {
-                v.get("request_id")
-                    .and_then(|r| r.as_str())
-                    .map(str::to_owned)
-            });
-        let mut record = FutureRecord::<str, [u8]>::to(&k.topics.requests).payload(&line);
-        if let Some(key) = key.as_deref() {
-            record = record.key(key);
-        }
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => break pending.push(delivery),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-        if pending.len() >= 1000 {
-            for r in futures::future::join_all(pending.drain(..)).await {
-                if !matches!(r, Ok(Ok(_))) {
-                    failed += 1;
-                }
-            }
-        }
-        sent += 1;
-        if let Some(b) = &bar {
-            b.set_position(sent);
-        }
-    }
-    for r in futures::future::join_all(pending).await {
-        if !matches!(r, Ok(Ok(_))) {
-            failed += 1;
-        }
-    }
-    producer.flush(Duration::from_secs(60))?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    eprintln!(
-        "produced {} records to {} ({failed} failed)",
-        sent - failed,
-        k.topics.requests
-    );
-    anyhow::ensure!(failed == 0, "{failed} records could not be produced");
-    Ok(())
-}
-
-/// `sluice tail`: prints result events (read_committed); with request ids, stops once each
-/// has its terminal event.
-pub async fn tail(
-    config: &Config,
-    ids: &[String],
-    timeout: Option<Duration>,
-) -> anyhow::Result<()> {
-    let k = config
-        .kafka
-        .as_ref()
-        .context("`tail` needs a [kafka] section in the config")?;
-    let consumer: StreamConsumer = kafka::base_config(k)
-        .set(
-            "group.id",
-            format!("sluice-tail-{:016x}", rand::random::<u64>()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    consumer.subscribe(&[&k.topics.results])?;
-    let mut waiting: std::collections::BTreeSet<&str> = ids.iter().map(String::as_str).collect();
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let mut out = std::io::stdout().lock();
-    loop {
-        if !ids.is_empty() && waiting.is_empty() {
-            return Ok(());
-        }
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if remaining == Some(Duration::ZERO) {
-            anyhow::bail!(
-                "timed out; still waiting for {}",
-                waiting.into_iter().collect::<Vec<_>>().join(", ")
-            );
-        }
-        let msg = match remaining {
-            Some(r) => match tokio::time::timeout(r, consumer.recv()).await {
-                Ok(m) => m?,
-                Err(_) => continue,
-            },
-            None => consumer.recv().await?,
-        };
-        let Some(payload) = msg.payload() else {
-            continue;
-        };
-        let event: serde_json::Value =
-            serde_json::from_slice(payload).unwrap_or(serde_json::Value::Null);
-        let id = event["request_id"].as_str().unwrap_or_default();
-        if !ids.is_empty() && !ids.iter().any(|i| i == id) {
-            continue;
-        }
-        out.write_all(payload)?;
-        out.write_all(b"\n")?;
-        out.flush()?;
-        if event["event"] != "progress" {
-            waiting.remove(id);
-        }
-    }
 }

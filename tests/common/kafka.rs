@@ -38,6 +38,10 @@ pub struct Env {
     pub results: String,
     pub dlq: String,
     pub partitions: i32,
+    /// The service's consumer group.
+    pub group: String,
+    /// A client that describes the group (see [`Env::group_view`]).
+    observer: std::sync::OnceLock<BaseConsumer>,
     /// Records [`Env::produce`] has flushed to the requests topic so far.
     produced: AtomicUsize,
 }
@@ -102,17 +106,31 @@ parent_field = "word"
         results: format!("{tag}.results"),
         dlq: format!("{tag}.dlq"),
         partitions,
+        group: format!("g-{tag}"),
+        observer: std::sync::OnceLock::new(),
         produced: AtomicUsize::new(0),
     })
 }
 
 impl Env {
     pub fn produce(&self, records: &[(Option<String>, Vec<u8>)]) {
-        let p: BaseProducer = ClientConfig::new()
+        self.produce_with(records, &[]);
+    }
+
+    /// [`Env::produce`] allowing records of up to 1 MiB (the broker's default topic limit).
+    pub fn produce_large(&self, records: &[(Option<String>, Vec<u8>)]) {
+        self.produce_with(records, &[("message.max.bytes", "1048576")]);
+    }
+
+    fn produce_with(&self, records: &[(Option<String>, Vec<u8>)], props: &[(&str, &str)]) {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &self.brokers)
-            .set("enable.idempotence", "true")
-            .create()
-            .unwrap();
+            .set("enable.idempotence", "true");
+        for (k, v) in props {
+            config.set(*k, *v);
+        }
+        let p: BaseProducer = config.create().unwrap();
         for (key, payload) in records {
             let mut r = BaseRecord::<str, [u8]>::to(&self.requests).payload(payload);
             if let Some(k) = key {
@@ -154,9 +172,15 @@ impl Env {
     }
 
     pub fn service(&self, instance: &str) -> Child {
+        self.service_with(instance, &[])
+    }
+
+    /// [`Env::service`] with extra environment variables (e.g. `SLUICE__…` overrides).
+    pub fn service_with(&self, instance: &str, env: &[(&str, String)]) -> Child {
         sluice()
             .args(["run", "-c", self.cfg.to_str().unwrap()])
             .env("SLUICE__KAFKA__INSTANCE_ID", instance)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("SLUICE_LOG", "info,librdkafka=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -408,6 +432,59 @@ pub fn crash_workload(n: usize, seed: u64) -> Workload {
 }
 
 impl Env {
+    /// The consumer group as its coordinator sees it (unowned partitions, lag).
+    pub fn group_view(&self) -> Option<sluice_connectors::kafka::group::GroupView> {
+        // One client for every look: it never joins the group (it only asks the coordinator).
+        let c = self.observer.get_or_init(|| {
+            ClientConfig::new()
+                .set("bootstrap.servers", &self.brokers)
+                .set("group.id", &self.group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .unwrap()
+        });
+        sluice_connectors::kafka::group::describe(
+            c,
+            &self.group,
+            &self.requests,
+            Duration::from_secs(5),
+        )
+        .ok()
+    }
+
+    /// Waits until every partition of the requests topic is owned by a member of a stable
+    /// group; returns how long that took. Panics past `bound`.
+    pub fn until_every_partition_owned(&self, bound: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let view = self.group_view();
+            if let Some(v) = &view {
+                if v.state == "Stable" && v.unowned.is_empty() && v.members > 0 {
+                    return started.elapsed();
+                }
+            }
+            assert!(
+                started.elapsed() < bound,
+                "partitions still unowned after {bound:?}: {view:?}\n{}",
+                self.logs_tail()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits (up to `timeout`) until `instance` has logged a line for which `pred` holds.
+    pub fn until_logged(&self, instance: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
+        let started = Instant::now();
+        while !self.log_text(instance).lines().any(&pred) {
+            assert!(
+                started.elapsed() < timeout,
+                "{instance} did not log what was awaited\n{}",
+                self.logs_tail()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Produces `records` spread over `over`, so that work flows while the test disturbs it.
     pub fn produce_over(&self, records: &[(Option<String>, Vec<u8>)], over: Duration) {
         let batches = 40;
@@ -480,20 +557,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The value of an unlabelled metric on the service's `/metrics` (`None` while it does not
-/// answer yet).
-pub fn metric(port: u16, name: &str) -> Option<f64> {
+/// The service's `/metrics` text (empty while it does not answer).
+pub fn metrics_text(port: u16) -> String {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
         .into();
-    let text = agent
+    agent
         .get(format!("http://127.0.0.1:{port}/metrics"))
         .call()
-        .ok()?
-        .body_mut()
-        .read_to_string()
-        .ok()?;
-    text.lines()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default()
+}
+
+/// The value of an unlabelled metric on the service's `/metrics` (`None` while it does not
+/// answer yet).
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    metrics_text(port)
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -174,10 +174,13 @@ fn count_lines(path: &Path, from: u64) -> std::io::Result<u64> {
 }
 
 impl LineSource {
+    /// Lines left: this process is the whole "group" of its one "partition".
     fn report_lag(&self) {
+        use sluice_pipeline::metrics::{CONSUMER_LAG, GROUP_LAG, GROUP_MEMBERS};
         if let Some(n) = self.remaining {
-            metrics::gauge!(sluice_pipeline::metrics::CONSUMER_LAG, "partition" => "0")
-                .set(n as f64);
+            metrics::gauge!(CONSUMER_LAG, "partition" => "0").set(n as f64);
+            metrics::gauge!(GROUP_LAG, "partition" => "0").set(n as f64);
+            metrics::gauge!(GROUP_MEMBERS).set(1.0);
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Topic creation and broker checks for the CLI and start-up.
+//! Topic creation and broker checks for the CLI and start-up (brokers and topics reachable;
+//! result topics that take events of `limits.max_event_bytes`).
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -59,4 +60,56 @@ pub fn check(k: &KafkaConfig, timeout: Duration) -> Result<(), String> {
             missing.join(", ")
         ))
     }
+}
+
+/// Overhead of one record besides its value (key, headers, batch framing) that must fit the
+/// limits too.
+const RECORD_OVERHEAD: usize = 16 * 1024;
+
+/// Checks that the results and dead-letter topics, and the producer, take messages of
+/// `max_event_bytes` (`limits.max_event_bytes`) with room for a record's framing: otherwise
+/// some event would be refused at run time. The error names the setting to change.
+pub async fn check_message_limits(k: &KafkaConfig, max_event_bytes: usize) -> Result<(), String> {
+    let need = max_event_bytes + RECORD_OVERHEAD;
+    let producer_max: usize = k
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    if producer_max < need {
+        return Err(format!(
+            "kafka.properties.message.max.bytes ({producer_max}) leaves no room for events of \
+             limits.max_event_bytes ({max_event_bytes}) plus {RECORD_OVERHEAD} bytes of framing: \
+             lower limits.max_event_bytes or raise message.max.bytes"
+        ));
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(k).create().map_err(|e| e.to_string())?;
+    let specs = [
+        ResourceSpecifier::Topic(&k.topics.results),
+        ResourceSpecifier::Topic(&k.topics.dlq),
+    ];
+    let opts = AdminOptions::new().request_timeout(Some(super::op_timeout(k)));
+    let described = admin
+        .describe_configs(&specs, &opts)
+        .await
+        .map_err(|e| format!("describing the result topics: {e}"))?;
+    for resource in described.into_iter().flatten() {
+        let topic = match &resource.specifier {
+            rdkafka::admin::OwnedResourceSpecifier::Topic(t) => t.clone(),
+            other => format!("{other:?}"),
+        };
+        let topic_max = resource
+            .get("max.message.bytes")
+            .and_then(|e| e.value.as_deref())
+            .and_then(|v| v.parse::<usize>().ok());
+        if let Some(topic_max) = topic_max.filter(|m| *m < need) {
+            return Err(format!(
+                "topic {topic} takes messages up to {topic_max} bytes (max.message.bytes), less \
+                 than limits.max_event_bytes ({max_event_bytes}) plus {RECORD_OVERHEAD} bytes of \
+                 framing: lower limits.max_event_bytes or raise the topic's max.message.bytes"
+            ));
+        }
+    }
+    Ok(())
 }

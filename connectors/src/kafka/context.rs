@@ -192,6 +192,11 @@ impl SluiceContext {
     /// lands after the partitions have been handed over. The partitions' progress is
     /// forgotten either way (a later assignment starts from the committed offset).
     fn drain(&self, partitions: &[(String, i32)]) -> Result<(), &'static str> {
+        off_the_runtime(|| self.wait_drained(partitions))
+    }
+
+    /// [`drain`](SluiceContext::drain)'s wait, on whatever thread may block.
+    fn wait_drained(&self, partitions: &[(String, i32)]) -> Result<(), &'static str> {
         let d = &self.drain;
         let until = Instant::now() + d.deadline;
         let outcome = loop {
@@ -223,6 +228,21 @@ impl SluiceContext {
             }
         }
         outcome
+    }
+}
+
+/// Runs `wait`, which blocks its thread, without starving the runtime it is called from. The
+/// rebalance callback runs inside the consumer's poll, on a tokio worker: a task that worker
+/// woke last sits in its LIFO slot, which no other worker may steal, so a drain waiting there
+/// for that task (the commit that ends the drain) would wait until its deadline.
+/// `block_in_place` hands the worker's tasks to another thread first.
+fn off_the_runtime<T>(wait: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
     }
 }
 
@@ -501,5 +521,43 @@ mod tests {
         let r = ctx.commit_owned(&offsets(0, 3), || Err::<(), _>("fenced"));
         assert_eq!(r, Some(Err("fenced")));
         assert_eq!(ctx.drain(&p(0)), Err("deadline"));
+    }
+
+    #[test]
+    fn a_drain_on_a_runtime_worker_lets_the_task_it_woke_commit() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let ctx = SluiceContext::new(Duration::from_secs(5));
+        ctx.record_read("requests", 0, 3);
+        let (outcome, waited) = rt.block_on(async {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+            let committer = ctx.clone();
+            // The commit stage, waiting for its next event.
+            let commit_stage = tokio::spawn(async move {
+                rx.recv().await;
+                commit(&committer, 0, 3)
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let reader = ctx.clone();
+            // The reader hands on a record (waking the commit stage into this worker's LIFO
+            // slot), then polls the consumer, which serves a revocation and drains.
+            let drained = tokio::spawn(async move {
+                tx.send(()).await.unwrap();
+                let started = Instant::now();
+                (reader.drain(&p(0)), started.elapsed())
+            })
+            .await
+            .unwrap();
+            assert_eq!(commit_stage.await.unwrap(), Some(Ok(())));
+            drained
+        });
+        assert_eq!(outcome, Ok(()));
+        assert!(
+            waited < Duration::from_secs(2),
+            "the drain waited {waited:?} for a task stuck behind it"
+        );
     }
 }

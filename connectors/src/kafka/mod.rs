@@ -10,10 +10,12 @@
 //! again from the committed offsets (re-read records are re-published from the store's ledger,
 //! not re-executed).
 //!
-//! Parts: [`context`] (rebalance tracking), [`source`], [`sink`], [`admin`] (topics, health).
+//! Parts: [`context`] (rebalance tracking), [`source`], [`sink`], [`admin`] (topics, health),
+//! [`group`] (the group as its coordinator sees it: unowned partitions, group lag).
 
 pub mod admin;
 pub mod context;
+pub mod group;
 pub mod sink;
 pub mod source;
 
@@ -56,7 +58,12 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
             k.queued_max_kbytes.to_string(),
         )
         .set("enable.partition.eof", "false");
-    if let Some(id) = &k.instance_id {
+    // No static membership (`group.instance.id`) unless asked for: a static member killed
+    // between the two rounds of a cooperative rebalance and restarted at once gets its
+    // round-one assignment back from a group the coordinator thinks is stable, and nobody
+    // starts round two — the partitions it gave up stay owned by nobody (see README,
+    // "Consumer group"). The watchdog in the service rejoins in that case.
+    if let (Some(id), true) = (&k.instance_id, k.static_membership) {
         c.set("group.instance.id", id);
     }
     c

@@ -15,6 +15,7 @@ use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_config::{Delivery, KafkaTopics};
 use sluice_pipeline::contract::{DeadLetter, ResultEvent};
+use sluice_pipeline::fit::{cap_message, MESSAGE_MAX};
 use sluice_pipeline::{Sink, SinkError, SourceRef};
 
 use super::{SluiceConsumer, SluiceProducer};
@@ -38,6 +39,8 @@ pub struct KafkaSink {
     sent: Option<Vec<Sent>>,
     sent_bytes: usize,
     buf: Vec<u8>,
+    /// `limits.max_event_bytes`: the largest message this sink sends.
+    max_event_bytes: usize,
 }
 
 /// One message of the open transaction.
@@ -51,6 +54,8 @@ struct Sent {
 /// Bound of what the sink keeps to resend a transaction (beyond it, a lost race restarts the
 /// run from the committed offsets instead).
 const RESEND_MAX_BYTES: usize = 32 << 20;
+/// Room kept in a dead letter for its headers and the record's framing.
+const DLQ_HEADROOM: usize = 4096;
 /// Attempts to commit a transaction whose offsets lost a race with a rebalance.
 const COMMIT_ATTEMPTS: u32 = 4;
 
@@ -81,13 +86,15 @@ async fn before_retry(e: &KafkaError, attempt: u32) {
 }
 
 impl KafkaSink {
-    /// A sink over `producer` (transactions already initialised in exactly-once mode).
+    /// A sink over `producer` (transactions already initialised in exactly-once mode) that
+    /// sends nothing larger than `max_event_bytes`.
     pub fn new(
         producer: SluiceProducer,
         consumer: Arc<SluiceConsumer>,
         topics: KafkaTopics,
         delivery: Delivery,
         timeout: Duration,
+        max_event_bytes: usize,
     ) -> Self {
         KafkaSink {
             producer,
@@ -101,6 +108,7 @@ impl KafkaSink {
             sent: Some(Vec::new()),
             sent_bytes: 0,
             buf: Vec::with_capacity(1024),
+            max_event_bytes,
         }
     }
 
@@ -390,6 +398,15 @@ impl Sink for KafkaSink {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         serde_json::to_writer(&mut buf, event).map_err(|e| SinkError(e.to_string()))?;
+        if buf.len() > self.max_event_bytes {
+            // The execute stage fits every event (`sluice_pipeline::fit`): this is a bug.
+            return Err(SinkError(format!(
+                "a {} event of {} bytes exceeds limits.max_event_bytes ({})",
+                event.kind(),
+                buf.len(),
+                self.max_event_bytes
+            )));
+        }
         let topic = self.topics.results.clone();
         let r = self
             .send(&topic, Some(event.request_id()), &buf, None)
@@ -400,21 +417,35 @@ impl Sink for KafkaSink {
 
     async fn dead_letter(&mut self, raw: &[u8], letter: &DeadLetter) -> Result<(), SinkError> {
         let s = &letter.source;
-        let mut headers = OwnedHeaders::new();
-        for (key, value) in [
+        let mut fields = vec![
             ("sluice.error.code", letter.error.code.as_str().to_string()),
-            ("sluice.error.message", letter.error.message.clone()),
+            (
+                "sluice.error.message",
+                cap_message(letter.error.message.clone(), MESSAGE_MAX),
+            ),
             ("sluice.source.topic", s.topic.clone()),
             ("sluice.source.partition", s.partition.to_string()),
             ("sluice.source.offset", s.offset.to_string()),
-        ] {
+        ];
+        // The original bytes, cut to fit one message: a record the broker took on the requests
+        // topic may still be refused on the dead-letter topic, and a refused dead letter would
+        // end the run on every restart.
+        let room = self.max_event_bytes.saturating_sub(DLQ_HEADROOM);
+        let payload = if raw.len() > room {
+            fields.push(("sluice.truncated", raw.len().to_string()));
+            &raw[..room]
+        } else {
+            raw
+        };
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &fields {
             headers = headers.insert(Header {
                 key,
                 value: Some(value.as_bytes()),
             });
         }
         let topic = self.topics.dlq.clone();
-        self.send(&topic, None, raw, Some(headers)).await
+        self.send(&topic, None, payload, Some(headers)).await
     }
 
     async fn record_done(&mut self, source: &SourceRef, resume_at: u64) -> Result<(), SinkError> {

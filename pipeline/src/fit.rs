@@ -1,0 +1,181 @@
+//! Result events that fit one message (`limits.max_event_bytes`): Kafka refuses larger ones,
+//! and a refused event would end the run again on every restart — one record blocking its
+//! partition for good. What does not fit becomes a per-item outcome instead, decided the same
+//! way on every replay (the ledger keeps the chunk's event as the store made it):
+//! - a lookup's documents, largest first, until the event fits: those items fail with
+//!   `too_large` (retryable: a smaller request can fetch them);
+//! - then, if still too large, every error message is shortened.
+//!
+//! Item error messages are capped when made ([`cap_message`]), so a write chunk's event is
+//! bounded by its item count; config checks that `chunk.max_items` results fit.
+
+use serde::Serialize;
+
+use crate::codes::ItemErrorCode;
+use crate::contract::{ItemError, ItemResult, ItemStatus, ProgressEvent, RejectedEvent};
+
+/// Longest item error message, in bytes.
+pub const MESSAGE_MAX: usize = 512;
+/// Message length once an event had to be shortened.
+const SHORT_MESSAGE: usize = 64;
+
+/// `message` cut to at most `max` bytes on a character boundary (with `…` when cut).
+pub fn cap_message(message: String, max: usize) -> String {
+    if message.len() <= max {
+        return message;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = message;
+    cut.truncate(end);
+    cut.push('…');
+    cut
+}
+
+/// Bytes of `v`'s JSON encoding, without building it.
+fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    serde_json::to_writer(&mut c, v).map_or(usize::MAX, |()| c.0)
+}
+
+/// Makes `event` at most `max` bytes of JSON (see the module docs). Cheap when it cannot be
+/// too large: without documents, its size is bounded by its item count.
+pub fn fit_progress(event: &mut ProgressEvent, max: usize) {
+    let has_docs = event.items.iter().any(|i| i.doc.is_some());
+    let bound = event.items.len() * (MESSAGE_MAX + 160) + 1024;
+    if !has_docs && bound <= max {
+        return;
+    }
+    let mut size = json_len(event);
+    if size <= max {
+        return;
+    }
+    let mut docs: Vec<(usize, usize)> = event
+        .items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| item.doc.as_ref().map(|d| (i, json_len(d))))
+        .collect();
+    docs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    for (i, doc_len) in docs {
+        if size <= max {
+            break;
+        }
+        let item = &mut event.items[i];
+        let before = json_len(item);
+        *item = ItemResult::error(
+            item.index,
+            ItemStatus::Failed,
+            ItemErrorCode::TooLarge,
+            format!(
+                "the document ({doc_len} bytes) does not fit in one result event with the \
+                 others of its chunk (limits.max_event_bytes = {max}); look it up in a smaller \
+                 request"
+            ),
+            true,
+        );
+        size = size + json_len(item) - before;
+    }
+    if size > max {
+        for item in &mut event.items {
+            if let Some(ItemError { message, .. }) = &mut item.error {
+                *message = cap_message(std::mem::take(message), SHORT_MESSAGE);
+            }
+        }
+    }
+}
+
+/// Makes a rejection at most `max` bytes: messages are shortened, then later errors dropped
+/// (the first ones say why the request was rejected).
+pub fn fit_rejected(event: &mut RejectedEvent, max: usize) {
+    if json_len(event) <= max {
+        return;
+    }
+    for e in &mut event.errors {
+        e.message = cap_message(std::mem::take(&mut e.message), SHORT_MESSAGE);
+        e.path = cap_message(std::mem::take(&mut e.path), SHORT_MESSAGE);
+    }
+    while event.errors.len() > 1 && json_len(event) > max {
+        event.errors.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::record::SourceRef;
+
+    fn event(items: Vec<ItemResult>) -> ProgressEvent {
+        ProgressEvent {
+            request_id: "r".into(),
+            chunk: 0,
+            chunks: 1,
+            items,
+            source: SourceRef {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+            },
+        }
+    }
+
+    fn found(index: usize, bytes: usize) -> ItemResult {
+        ItemResult {
+            doc: Some(json!({"text": format!("k{index}"), "pad": "x".repeat(bytes)})),
+            ..ItemResult::status(index, ItemStatus::Ok)
+        }
+    }
+
+    #[test]
+    fn documents_that_do_not_fit_fail_largest_first_and_the_rest_stay() {
+        let max = 64 * 1024;
+        let mut e = event(vec![
+            found(0, 30_000),
+            found(1, 50_000),
+            found(2, 1_000),
+            found(3, 40_000),
+        ]);
+        fit_progress(&mut e, max);
+        assert!(json_len(&e) <= max, "{} bytes", json_len(&e));
+        let statuses: Vec<_> = e.items.iter().map(|i| i.status).collect();
+        use ItemStatus::*;
+        assert_eq!(statuses, vec![Ok, Failed, Ok, Failed]);
+        let err = e.items[1].error.as_ref().unwrap();
+        assert_eq!(err.code, ItemErrorCode::TooLarge);
+        assert!(err.retryable);
+        // The same input gives the same event (a replay publishes what the first run did).
+        let mut again = event(vec![
+            found(0, 30_000),
+            found(1, 50_000),
+            found(2, 1_000),
+            found(3, 40_000),
+        ]);
+        fit_progress(&mut again, max);
+        assert_eq!(again, e);
+    }
+
+    #[test]
+    fn small_events_are_left_alone_and_long_messages_are_cut_on_a_char_boundary() {
+        let mut e = event(vec![found(0, 10)]);
+        let before = e.clone();
+        fit_progress(&mut e, 64 * 1024);
+        assert_eq!(e, before);
+        let cut = cap_message("é".repeat(400), 101);
+        assert!(cut.len() <= 101 && cut.ends_with('…'), "{cut}");
+        assert_eq!(cap_message("short".into(), 10), "short");
+    }
+}

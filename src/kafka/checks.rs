@@ -1,0 +1,284 @@
+//! The Kafka service's periodic checks, every `observability.health_interval_ms`:
+//! - readiness of the source: brokers and topics reachable, partitions assigned;
+//! - this member's lag per assigned partition (`sluice_consumer_lag_records`), from its
+//!   position, or from the group's committed offset before it has read anything there;
+//! - the group as its coordinator sees it ([`group::describe`]): lag on every partition of the
+//!   requests topic (`sluice_group_lag_records`), members, unowned partitions;
+//! - the watchdog: when the group leaves partitions owned by nobody for longer than
+//!   `kafka.unowned_timeout_ms`, readiness says so and the run ends gracefully, so that the
+//!   consumer leaves and rejoins — the coordinator then rebalances and assigns every partition.
+//!   It repeats at most once per timeout while the condition lasts.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::Offset;
+use sluice_config::{Config, KafkaConfig};
+use sluice_connectors::kafka::group::{self, GroupView};
+use sluice_connectors::kafka::{admin, SluiceConsumer};
+use sluice_pipeline::health::Health;
+use sluice_pipeline::metrics::{
+    CONSUMER_LAG, GROUP_LAG, GROUP_MEMBERS, GROUP_REJOINS, GROUP_UNOWNED,
+};
+use tokio_util::sync::CancellationToken;
+
+/// The current run's consumer, shared with the checks, and the watchdog's requests to it.
+#[derive(Clone, Default)]
+pub struct Current(Arc<Mutex<Slot>>);
+
+#[derive(Default)]
+struct Slot {
+    consumer: Option<Arc<SluiceConsumer>>,
+    /// Cancelled by the watchdog: the run ends gracefully and the service rejoins.
+    rejoin: CancellationToken,
+    /// The next run joins without static membership (see `run_once`).
+    dynamic: bool,
+}
+
+impl Current {
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A run starts with `consumer`; the token it returns asks it to end and rejoin.
+    pub(crate) fn start_run(&self, consumer: Arc<SluiceConsumer>) -> CancellationToken {
+        let mut slot = self.lock();
+        slot.consumer = Some(consumer);
+        slot.rejoin = CancellationToken::new();
+        slot.rejoin.clone()
+    }
+
+    /// The run ended; whether the watchdog asked for it.
+    pub(crate) fn end_run(&self) -> bool {
+        let mut slot = self.lock();
+        slot.consumer = None;
+        slot.rejoin.is_cancelled()
+    }
+
+    /// Whether the next run must join without static membership (and forgets it).
+    pub(crate) fn take_dynamic(&self) -> bool {
+        std::mem::take(&mut self.lock().dynamic)
+    }
+
+    fn consumer(&self) -> Option<Arc<SluiceConsumer>> {
+        self.lock().consumer.clone()
+    }
+
+    /// Ends the current run so that its consumer leaves the group and a new one joins.
+    fn rejoin(&self) {
+        let mut slot = self.lock();
+        slot.dynamic = true;
+        slot.rejoin.cancel();
+    }
+}
+
+/// Starts the checks (they run until the process exits): readiness of the source every
+/// `health_interval_ms` within `health_timeout_ms`, and the group (several round trips, so
+/// within `kafka.operation_timeout_ms`, on its own task) as often.
+pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Config) {
+    let interval = Duration::from_millis(config.observability.health_interval_ms);
+    let timeout = Duration::from_millis(config.observability.health_timeout_ms);
+    let (source_k, source_current, source_health) = (k.clone(), current.clone(), health.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let consumer = source_current.consumer();
+            let k = source_k.clone();
+            let verdict =
+                tokio::task::spawn_blocking(move || source_ready(&k, consumer, timeout)).await;
+            source_health.set_source(matches!(verdict, Ok(Ok(()))));
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watchdog = Watchdog::new(Duration::from_millis(k.unowned_timeout_ms));
+        let mut reported: BTreeSet<i32> = BTreeSet::new();
+        let timeout = sluice_connectors::kafka::op_timeout(&k);
+        loop {
+            tick.tick().await;
+            let Some(consumer) = current.consumer() else {
+                continue;
+            };
+            let k = k.clone();
+            let looked = tokio::task::spawn_blocking(move || look(&k, &consumer, timeout)).await;
+            let Ok(Some((view, member_lag))) = looked else {
+                continue;
+            };
+            report_member_lag(&member_lag, &mut reported);
+            metrics::gauge!(GROUP_MEMBERS).set(view.members as f64);
+            metrics::gauge!(GROUP_UNOWNED).set(view.unowned.len() as f64);
+            for &(p, high, from) in &view.lag {
+                metrics::gauge!(GROUP_LAG, "partition" => p.to_string())
+                    .set((high - from).max(0) as f64);
+            }
+            let verdict = watchdog.observe(&view.unowned, Instant::now());
+            health.set_group(verdict.problem.clone());
+            if verdict.rejoin {
+                metrics::counter!(GROUP_REJOINS).increment(1);
+                tracing::warn!(
+                    unowned = ?view.unowned,
+                    state = %view.state,
+                    "the consumer group leaves partitions owned by nobody; leaving and rejoining it so that it rebalances"
+                );
+                current.rejoin();
+            }
+        }
+    });
+}
+
+/// Whether the source can deliver: brokers and topics reachable, partitions assigned.
+fn source_ready(
+    k: &KafkaConfig,
+    consumer: Option<Arc<SluiceConsumer>>,
+    timeout: Duration,
+) -> Result<(), String> {
+    admin::check(k, timeout)?;
+    let c = consumer.ok_or("no consumer (restarting)")?;
+    if !c.context().assigned() {
+        return Err("no partitions assigned yet".into());
+    }
+    Ok(())
+}
+
+/// The group as its coordinator sees it, and this member's lag per assigned partition
+/// (from its position, or from the group's committed offset before it has read there).
+/// `None` when the group cannot be described (logged, rate-limited).
+fn look(
+    k: &KafkaConfig,
+    c: &SluiceConsumer,
+    timeout: Duration,
+) -> Option<(GroupView, Vec<(i32, i64)>)> {
+    let topic = &k.topics.requests;
+    let view = match group::describe(c, &k.group_id, topic, timeout) {
+        Ok(view) => view,
+        Err(e) => {
+            if sluice_pipeline::logs::allow() {
+                tracing::warn!(error = %e, "could not describe the consumer group");
+            }
+            return None;
+        }
+    };
+    let mut member_lag = Vec::new();
+    if let (Ok(assignment), Ok(position)) = (c.assignment(), c.position()) {
+        for tp in assignment.elements_for_topic(topic) {
+            let p = tp.partition();
+            let Some(&(_, high, committed)) = view.lag.iter().find(|l| l.0 == p) else {
+                continue;
+            };
+            let from = match position.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => committed,
+            };
+            member_lag.push((p, (high - from).max(0)));
+        }
+    }
+    Some((view, member_lag))
+}
+
+/// Exports this member's lag; partitions it no longer owns drop to 0 (another member
+/// reports them now).
+fn report_member_lag(lag: &[(i32, i64)], reported: &mut BTreeSet<i32>) {
+    let now: BTreeSet<i32> = lag.iter().map(|l| l.0).collect();
+    for gone in reported.difference(&now) {
+        metrics::gauge!(CONSUMER_LAG, "partition" => gone.to_string()).set(0.0);
+    }
+    for &(p, n) in lag {
+        metrics::gauge!(CONSUMER_LAG, "partition" => p.to_string()).set(n as f64);
+    }
+    *reported = now;
+}
+
+/// Decides, from successive looks at the group, when partitions have been unowned too long.
+struct Watchdog {
+    timeout: Duration,
+    /// Since when some partition has been unowned (continuously).
+    since: Option<Instant>,
+    /// When this instance last asked to rejoin.
+    rejoined: Option<Instant>,
+}
+
+/// The watchdog's verdict.
+#[derive(Debug, PartialEq)]
+struct Verdict {
+    /// The readiness reason, while partitions have been unowned too long.
+    problem: Option<String>,
+    /// Rejoin now.
+    rejoin: bool,
+}
+
+impl Watchdog {
+    fn new(timeout: Duration) -> Self {
+        Watchdog {
+            timeout,
+            since: None,
+            rejoined: None,
+        }
+    }
+
+    fn observe(&mut self, unowned: &[i32], now: Instant) -> Verdict {
+        if unowned.is_empty() {
+            self.since = None;
+            return Verdict {
+                problem: None,
+                rejoin: false,
+            };
+        }
+        let since = *self.since.get_or_insert(now);
+        let lasted = now.duration_since(since);
+        if lasted < self.timeout {
+            return Verdict {
+                problem: None,
+                rejoin: false,
+            };
+        }
+        let rejoin = self
+            .rejoined
+            .is_none_or(|at| now.duration_since(at) >= self.timeout);
+        if rejoin {
+            self.rejoined = Some(now);
+        }
+        Verdict {
+            problem: Some(format!(
+                "consumer group: partitions {unowned:?} of the requests topic owned by no member for {} s",
+                lasted.as_secs()
+            )),
+            rejoin,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_rejoins_once_per_timeout_while_partitions_stay_unowned() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut w = Watchdog::new(s(60));
+        assert!(!w.observe(&[], t0).rejoin);
+        // A rebalance: unowned for a while, then owned again — nothing happens.
+        assert_eq!(w.observe(&[0, 1], t0 + s(1)).problem, None);
+        assert_eq!(w.observe(&[0, 1], t0 + s(50)).problem, None);
+        assert_eq!(w.observe(&[], t0 + s(52)).problem, None);
+        // A wedge: unowned past the timeout.
+        assert!(!w.observe(&[2], t0 + s(100)).rejoin);
+        let v = w.observe(&[2], t0 + s(161));
+        assert!(
+            v.rejoin && v.problem.as_deref().unwrap().contains("[2]"),
+            "{v:?}"
+        );
+        let v = w.observe(&[2], t0 + s(170));
+        assert!(!v.rejoin && v.problem.is_some(), "not again at once: {v:?}");
+        assert!(
+            w.observe(&[2], t0 + s(222)).rejoin,
+            "again after another timeout"
+        );
+        assert_eq!(w.observe(&[], t0 + s(223)).problem, None, "repaired");
+    }
+}
