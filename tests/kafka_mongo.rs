@@ -3,32 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::kafka::*;
-use common::*;
-
-fn mongo() -> Option<String> {
-    match std::env::var("SLUICE_TEST_MONGODB_URI").or_else(|_| std::env::var("SLUICE_TEST_MONGO")) {
-        Ok(u) => Some(u),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI must start SecantusDB and set SLUICE_TEST_MONGO"
-            );
-            eprintln!("skipping: set SLUICE_TEST_MONGO (scripts/secantus.sh start)");
-            None
-        }
-    }
-}
-
-fn mongo_section(uri: &str) -> String {
-    format!(
-        "[mongo]\nuri = \"{uri}\"\ndatabase = \"t_{:08x}\"\nserver_selection_timeout_ms = 2000\n",
-        rand::random::<u32>()
-    )
-}
+use common::services::{mongo, mongo_section, OwnSecantus};
 
 #[test]
 fn kill_9_ten_times_with_the_mongodb_store() {
@@ -57,38 +35,8 @@ fn a_stalled_mongo_server_stalls_the_pipeline_and_loses_nothing() {
     if mongo().is_none() || broker().is_none() {
         return;
     }
-    let port = free_port().to_string();
-    let sh = |args: &[&str]| {
-        let out = Command::new("bash")
-            .arg(root().join("scripts/secantus.sh"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "secantus.sh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    sh(&["start", &port]);
-    struct Stop(String);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = Command::new("bash")
-                .arg(root().join("scripts/secantus.sh"))
-                .args(["stop", &self.0])
-                .output();
-        }
-    }
-    let _stop = Stop(port.clone());
-    let uri = sh(&["uri", &port]);
-    let pid: i32 =
-        std::fs::read_to_string(root().join(format!(".cache/secantus/secantus-{port}.pid")))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+    let server = OwnSecantus::start();
+    let uri = server.uri.clone();
     let metrics_port = free_port();
     let extra = format!(
         "{}[observability]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
@@ -110,14 +58,13 @@ fn a_stalled_mongo_server_stalls_the_pipeline_and_loses_nothing() {
     std::thread::scope(|scope| {
         scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(12)));
         std::thread::sleep(Duration::from_secs(5));
-        // SAFETY: signals to the SecantusDB process this test started.
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        server.freeze(true);
         // Backpressure: with the store stuck, the in-flight budget fills and the consumer
         // pauses its partitions (instead of buffering) while it keeps polling.
         let stalled = std::time::Instant::now();
         let was_paused = paused(1.0, Duration::from_secs(8));
         std::thread::sleep(Duration::from_secs(8).saturating_sub(stalled.elapsed()));
-        unsafe { libc::kill(pid, libc::SIGCONT) };
+        server.freeze(false);
         assert!(was_paused, "the source paused while the store was stalled");
     });
     let events = env.results(w.total, Duration::from_secs(300));

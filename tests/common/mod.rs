@@ -10,6 +10,8 @@ use serde_json::Value;
 
 /// Kafka helpers (only the Kafka test binaries use them).
 pub mod kafka;
+/// Services a test runs for itself (broker, SecantusDB) and the MongoDB test settings.
+pub mod services;
 
 /// The `sluice` binary built for these tests.
 pub fn sluice() -> Command {

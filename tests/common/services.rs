@@ -1,0 +1,138 @@
+//! Services a test runs for itself (so that stopping or freezing them disturbs no other
+//! test): a Kafka broker (`scripts/kafka.sh`) and a SecantusDB (`scripts/secantus.sh`) on free
+//! ports, stopped when dropped; and the MongoDB store settings for tests.
+
+use std::net::TcpListener;
+use std::process::Command;
+
+use super::root;
+
+/// The MongoDB-wire server of the tests: `SLUICE_TEST_MONGODB_URI` (a real replica set) or
+/// `SLUICE_TEST_MONGO` (SecantusDB, which CI starts). `None` (and a note) without either.
+pub fn mongo() -> Option<String> {
+    match std::env::var("SLUICE_TEST_MONGODB_URI").or_else(|_| std::env::var("SLUICE_TEST_MONGO")) {
+        Ok(u) => Some(u),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must start SecantusDB and set SLUICE_TEST_MONGO"
+            );
+            eprintln!("skipping: set SLUICE_TEST_MONGO (scripts/secantus.sh start)");
+            None
+        }
+    }
+}
+
+/// A `[mongo]` section with a database of its own.
+pub fn mongo_section(uri: &str) -> String {
+    format!(
+        "[mongo]\nuri = \"{uri}\"\ndatabase = \"t_{:08x}\"\nserver_selection_timeout_ms = 2000\n",
+        rand::random::<u32>()
+    )
+}
+
+/// Runs `bash scripts/<script> args…`, asserting success; returns its stdout.
+pub fn script(script: &str, args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(root().join("scripts").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A free port whose successor (a broker's controller port) is free too.
+pub fn free_port_pair() -> u16 {
+    loop {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < 65000 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A Kafka broker of the test's own.
+pub struct OwnBroker {
+    pub port: String,
+}
+
+impl OwnBroker {
+    pub fn start() -> OwnBroker {
+        let port = free_port_pair().to_string();
+        script("kafka.sh", &["start", &port]);
+        OwnBroker { port }
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&self) {
+        script("kafka.sh", &["stop", &self.port]);
+    }
+
+    /// Starts it again on its data (a broker restart, not a new cluster).
+    pub fn resume(&self) {
+        script("kafka.sh", &["resume", &self.port]);
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(root().join("scripts/kafka.sh"))
+            .args(["stop", &self.port])
+            .output();
+    }
+}
+
+/// A SecantusDB of the test's own.
+pub struct OwnSecantus {
+    pub port: String,
+    pub uri: String,
+    pub pid: i32,
+}
+
+impl OwnSecantus {
+    pub fn start() -> OwnSecantus {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string();
+        script("secantus.sh", &["start", &port]);
+        let uri = script("secantus.sh", &["uri", &port]);
+        let pid =
+            std::fs::read_to_string(root().join(format!(".cache/secantus/secantus-{port}.pid")))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+        OwnSecantus { port, uri, pid }
+    }
+
+    /// Freezes (`true`) or thaws the server: an outage in which connections stay open.
+    pub fn freeze(&self, frozen: bool) {
+        let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: a signal to the server process this test started.
+        unsafe { libc::kill(self.pid, sig) };
+    }
+}
+
+impl Drop for OwnSecantus {
+    fn drop(&mut self) {
+        self.freeze(false);
+        let _ = Command::new("bash")
+            .arg(root().join("scripts/secantus.sh"))
+            .args(["stop", &self.port])
+            .output();
+    }
+}
