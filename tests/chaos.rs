@@ -299,7 +299,7 @@ fn chaos(
     let (duration, seed) = plan();
     eprintln!("chaos: {duration:?}, seed {seed} (SLUICE_CHAOS_SEED reproduces it)");
     let mut rng = StdRng::seed_from_u64(seed);
-    let w = crash_workload((duration.as_secs() as usize * 3).max(300), seed);
+    let w = crash_workload((duration.as_secs() as usize * 2).max(300), seed);
     let reader = Reader::start(env);
     let mut fleet = Fleet::new(env);
     for i in 0..members {
