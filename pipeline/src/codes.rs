@@ -33,7 +33,9 @@ macro_rules! code_enum {
 code_enum! {
     /// Why an item did not succeed (the `error.code` of an item result).
     ItemErrorCode {
-        /// The item has the wrong shape for the op (e.g. `set` is not an object).
+        /// The item has the wrong shape for the op (e.g. `set` is not an object) or breaks the
+        /// document model (a field name, number or string no store may receive); `path` says
+        /// where.
         InvalidItem => "invalid_item",
         /// The item has no usable key (missing, or not a string or integer).
         MissingKey => "missing_key",
@@ -49,6 +51,9 @@ code_enum! {
         Stopped => "stopped",
         /// The store failed and retries were exhausted; `retryable` says whether resending may work.
         StoreError => "store_error",
+        /// A JSON object inside the item names a member twice; `path` points at the repeated
+        /// member. (JSON parsers disagree on which value wins, so none is chosen.)
+        DuplicateName => "duplicate_name",
     }
 }
 
@@ -77,6 +82,9 @@ code_enum! {
         AtomicTooLarge => "atomic_too_large",
         /// An option that cannot apply to this op (e.g. `cascade` on create).
         InvalidOption => "invalid_option",
+        /// A JSON object of the envelope or the options names a member twice (e.g. two `op`s);
+        /// `path` points at the repeated member.
+        DuplicateName => "duplicate_name",
     }
 }
 
@@ -95,6 +103,9 @@ code_enum! {
         InvalidRequestId => "invalid_request_id",
         /// The record exceeded the source's hard read cap and was cut.
         RecordTooLarge => "record_too_large",
+        /// `request_id` appears more than once in the record, so which request it is cannot be
+        /// known.
+        DuplicateName => "duplicate_name",
     }
 }
 

@@ -103,6 +103,10 @@ pub struct RequestV1 {
     /// create/upsert: a document containing the collection's key field;
     /// update: `{ "key": …, "set": {…}, "unset": ["field", …] }`;
     /// delete/lookup: `{ "key": … }`. Keys are strings or integers.
+    /// Documents and `set` values follow the document model (README, "Documents"): at every
+    /// depth, field names are non-empty, without a leading `$`, a `.` or a NUL; no top-level
+    /// `_id`; no member name twice in one object; integers fit a signed 64-bit integer, other
+    /// numbers are finite; strings are valid Unicode. An item that breaks a rule fails alone.
     #[schemars(length(min = 1))]
     pub items: Vec<Map<String, Value>>,
     /// Options; all optional.
@@ -161,6 +165,18 @@ pub struct ItemError {
     pub message: String,
     /// Whether sending the item again (in a new request) may succeed.
     pub retryable: bool,
+    /// JSON Pointer (RFC 6901) to the offending part, relative to the request (e.g.
+    /// `/items/3/tags/0`): set when the item breaks the document model or has the wrong shape.
+    /// At most [`ItemError::PATH_MAX`] bytes (a longer pointer is cut and ends with `…`); left
+    /// out of events that had to be shortened to fit one message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl ItemError {
+    /// Longest `path`, in bytes. With a path, the message is shortened so that both together
+    /// stay within [`crate::fit::MESSAGE_MAX`] and an item result stays bounded.
+    pub const PATH_MAX: usize = 256;
 }
 
 /// The result of one item.
@@ -210,9 +226,24 @@ impl ItemResult {
                 code,
                 message: crate::fit::cap_message(message.into(), crate::fit::MESSAGE_MAX),
                 retryable,
+                path: None,
             }),
             doc: None,
         }
+    }
+
+    /// The same result with its error's `path` set: a JSON Pointer relative to the request
+    /// (e.g. `/items/3/tags/0`), cut to [`ItemError::PATH_MAX`] bytes. The message is
+    /// shortened so that message and path together stay within [`crate::fit::MESSAGE_MAX`].
+    /// A result without an error is returned unchanged.
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        if let Some(error) = &mut self.error {
+            let path = crate::fit::cap_message(path.into(), ItemError::PATH_MAX);
+            let room = crate::fit::MESSAGE_MAX - path.len();
+            error.message = crate::fit::cap_message(std::mem::take(&mut error.message), room);
+            error.path = Some(path);
+        }
+        self
     }
 
     /// A `failed` result.

@@ -90,8 +90,11 @@ pub fn fit_progress(event: &mut ProgressEvent, max: usize) {
     }
     if size > max {
         for item in &mut event.items {
-            if let Some(ItemError { message, .. }) = &mut item.error {
+            if let Some(ItemError { message, path, .. }) = &mut item.error {
                 *message = cap_message(std::mem::take(message), SHORT_MESSAGE);
+                // A shortened result must fit `ITEM_RESULT_MAX_BYTES` (config), which leaves
+                // no room for a path; the message still names the offending part.
+                *path = None;
             }
         }
     }
