@@ -1,4 +1,5 @@
-//! Unit tests of the validate stage: one per kind of bad input, plus the happy path.
+//! Unit tests of the validate stage: one per kind of bad input, plus the happy path. The
+//! helpers here are shared with `model_tests` (the document model).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -6,8 +7,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use sluice_config::{from_toml_str, Config};
 
-use super::*;
-use crate::record::SourceRef;
+use super::{json_depth, valid_request_id, Validate};
+use crate::codes::{DeadLetterCode, ItemErrorCode, RejectCode};
+use crate::contract::{Op, ResultEvent};
+use crate::record::{RawRecord, SourceRef};
+use crate::request::{ItemBody, Key, Request};
+use crate::work::Work;
 
 fn config() -> Arc<Config> {
     Arc::new(
@@ -35,7 +40,7 @@ fn config() -> Arc<Config> {
     )
 }
 
-fn record(bytes: &[u8]) -> RawRecord {
+pub(super) fn record(bytes: &[u8]) -> RawRecord {
     RawRecord {
         source: SourceRef {
             topic: "t".into(),
@@ -57,14 +62,14 @@ fn check(s: &str) -> Work {
     Validate::new(config()).check(record(s.as_bytes()))
 }
 
-fn dead_code(w: Work) -> DeadLetterCode {
+pub(super) fn dead_code(w: Work) -> DeadLetterCode {
     match w {
         Work::DeadLetter { letter, .. } => letter.error.code,
         other => panic!("expected a dead letter, got {other:?}"),
     }
 }
 
-fn reject_codes(w: Work) -> Vec<(RejectCode, String)> {
+pub(super) fn reject_codes(w: Work) -> Vec<(RejectCode, String)> {
     match w {
         Work::Finished {
             event: ResultEvent::Rejected(r),
@@ -74,7 +79,7 @@ fn reject_codes(w: Work) -> Vec<(RejectCode, String)> {
     }
 }
 
-fn request(w: Work) -> Request {
+pub(super) fn request(w: Work) -> Request {
     match w {
         Work::Execute { request, .. } => request,
         other => panic!("expected a request, got {other:?}"),

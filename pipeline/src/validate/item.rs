@@ -1,0 +1,180 @@
+//! One item of a request: its size, its JSON (strictly parsed, see `json`), its shape for the
+//! op, the document model (see `document`) and its key. An item that breaks a rule is decided
+//! here as `failed`, with a code and the JSON Pointer of what is wrong, and never reaches the
+//! store; the other items of the request go on.
+
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::document;
+use super::json::{self, pointer_escape, Broken, Violation};
+use super::Validate;
+use crate::codes::ItemErrorCode;
+use crate::contract::{ItemResult, Op};
+use crate::request::{Item, ItemBody, Key};
+
+impl Validate {
+    /// Validates item `index` (raw JSON text) of a request with `op` on a collection keyed by
+    /// `key_field`.
+    pub(super) fn parse_item(&self, index: usize, raw: &RawValue, op: Op, key_field: &str) -> Item {
+        let bytes = raw.get().len();
+        let mut item = Item {
+            index,
+            key: None,
+            body: ItemBody::Invalid,
+            bytes,
+            decided: None,
+        };
+        let max = self.config.limits.max_item_bytes;
+        let read = if bytes > max {
+            Err(ItemResult::failed(
+                index,
+                ItemErrorCode::TooLarge,
+                format!("item is {bytes} bytes; limits.max_item_bytes is {max}"),
+            )
+            .with_path(format!("/items/{index}")))
+        } else {
+            read_item(index, raw, op, key_field)
+        };
+        match read {
+            Ok((key, body)) => {
+                item.key = Some(key);
+                item.body = body;
+            }
+            Err(decided) => item.decided = Some(decided),
+        }
+        item
+    }
+}
+
+/// The key and body of a valid item, or its decided `failed` result.
+#[allow(clippy::result_large_err)] // the "error" is the item's decided result, built once per bad item
+fn read_item(
+    index: usize,
+    raw: &RawValue,
+    op: Op,
+    key_field: &str,
+) -> Result<(Key, ItemBody), ItemResult> {
+    let base = format!("/items/{index}");
+    let fail = |code, path: &str, message: String| {
+        ItemResult::failed(index, code, message).with_path(path)
+    };
+    let broken = |v: Violation| {
+        let code = match v.kind {
+            Broken::DuplicateName => ItemErrorCode::DuplicateName,
+            Broken::Invalid => ItemErrorCode::InvalidItem,
+        };
+        fail(code, &v.path, v.message)
+    };
+    let mut path = base.clone();
+    let Value::Object(mut obj) = json::parse(raw.get(), &mut path).map_err(broken)? else {
+        return Err(fail(
+            ItemErrorCode::InvalidItem,
+            &base,
+            "item must be a JSON object".into(),
+        ));
+    };
+    let key_of = |obj: &Map<String, Value>, name: &str| -> Result<Key, ItemResult> {
+        let at = format!("{base}/{}", pointer_escape(name));
+        match obj.get(name) {
+            None => Err(fail(
+                ItemErrorCode::MissingKey,
+                &base,
+                format!("item has no {}", json::show(name)),
+            )),
+            Some(v) => Key::from_json(v).ok_or_else(|| {
+                fail(
+                    ItemErrorCode::MissingKey,
+                    &at,
+                    format!("{} must be a string or an integer", json::show(name)),
+                )
+            }),
+        }
+    };
+    let only_key = |obj: &Map<String, Value>, shape: &str| -> Result<(), ItemResult> {
+        match obj
+            .keys()
+            .find(|k| !matches!(k.as_str(), "key" | "set" | "unset"))
+        {
+            Some(extra) => Err(fail(
+                ItemErrorCode::InvalidItem,
+                &format!("{base}/{}", pointer_escape(extra)),
+                format!("unknown field {} ({shape})", json::show(extra)),
+            )),
+            None => Ok(()),
+        }
+    };
+    match op {
+        Op::Create | Op::Upsert => {
+            // The document is stored as its raw text, now that its parse found nothing wrong.
+            document::check_document(&obj, &base).map_err(broken)?;
+            let key = key_of(&obj, key_field)?;
+            Ok((key, ItemBody::Doc(raw.to_owned())))
+        }
+        Op::Update => {
+            let key = key_of(&obj, "key")?;
+            only_key(&obj, "an update item has key, set, unset")?;
+            let set = match obj.remove("set") {
+                None => Map::new(),
+                Some(Value::Object(m)) => m,
+                Some(_) => {
+                    return Err(fail(
+                        ItemErrorCode::InvalidItem,
+                        &format!("{base}/set"),
+                        "`set` must be an object".into(),
+                    ))
+                }
+            };
+            let unset = match obj.remove("unset") {
+                None => Vec::new(),
+                Some(Value::Array(a)) => {
+                    let mut names = Vec::with_capacity(a.len());
+                    for (i, v) in a.into_iter().enumerate() {
+                        match v {
+                            Value::String(s) => names.push(s),
+                            _ => {
+                                return Err(fail(
+                                    ItemErrorCode::InvalidItem,
+                                    &format!("{base}/unset/{i}"),
+                                    "`unset` must be an array of field names".into(),
+                                ))
+                            }
+                        }
+                    }
+                    names
+                }
+                Some(_) => {
+                    return Err(fail(
+                        ItemErrorCode::InvalidItem,
+                        &format!("{base}/unset"),
+                        "`unset` must be an array of field names".into(),
+                    ))
+                }
+            };
+            if set.is_empty() && unset.is_empty() {
+                return Err(fail(
+                    ItemErrorCode::InvalidItem,
+                    &base,
+                    "update needs a non-empty `set` or `unset`".into(),
+                ));
+            }
+            document::check_update(&set, &unset, key_field, &base).map_err(broken)?;
+            Ok((key, ItemBody::Update { set, unset }))
+        }
+        Op::Delete | Op::Lookup => {
+            let key = key_of(&obj, "key")?;
+            if let Some(extra) = obj.keys().find(|k| k.as_str() != "key") {
+                return Err(fail(
+                    ItemErrorCode::InvalidItem,
+                    &format!("{base}/{}", pointer_escape(extra)),
+                    format!(
+                        "unknown field {} (a {} item is {{\"key\": …}})",
+                        json::show(extra),
+                        op.as_str()
+                    ),
+                ));
+            }
+            Ok((key, ItemBody::Key))
+        }
+    }
+}
