@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::collections::IDENTIFIER_GRAMMAR;
 use crate::{
     valid_name, ChunkConfig, CollectionConfig, Config, ConfigError, DedupeConfig, ExecuteConfig,
     KafkaConfig, Limits, ObservabilityConfig, PipelineConfig,
@@ -246,24 +247,43 @@ fn dedupe(d: &DedupeConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Collections: every identifier matches the grammar (it reaches SQL and MongoDB as a name),
+/// key and parent fields are not `_id`, parents are declared, and no parent chain loops.
 fn collections(collections: &BTreeMap<String, CollectionConfig>) -> Result<(), ConfigError> {
+    let grammar = format!("must match {IDENTIFIER_GRAMMAR} (1-64 ASCII letters, digits or `_`, not starting with a digit)");
     for (name, c) in collections {
         let field = |f: &str| format!("collections.{name}.{f}");
         if !valid_name(name) {
             return Err(ConfigError::invalid(
                 format!("collections.{name}"),
-                "collection names are 1-64 chars of [A-Za-z0-9_]",
+                format!("the collection name {grammar}"),
             ));
         }
-        if c.key.is_empty() || c.key.starts_with('$') || c.key.contains('.') {
-            return Err(ConfigError::invalid(
-                field("key"),
-                "must be a top-level field name (not empty, no '.', no leading '$')",
-            ));
-        }
+        let field_name = |f: &str, value: &str| {
+            if !valid_name(value) {
+                Err(ConfigError::invalid(
+                    field(f),
+                    format!("`{value}` {grammar}"),
+                ))
+            } else if value == "_id" {
+                Err(ConfigError::invalid(
+                    field(f),
+                    "cannot be `_id` (reserved for the store's own identity)",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        field_name("key", &c.key)?;
         match (&c.parent, &c.parent_field) {
             (None, None) => {}
             (Some(p), Some(pf)) => {
+                if !valid_name(p) {
+                    return Err(ConfigError::invalid(
+                        field("parent"),
+                        format!("`{p}` {grammar}"),
+                    ));
+                }
                 if !collections.contains_key(p) {
                     return Err(ConfigError::invalid(
                         field("parent"),
@@ -273,12 +293,7 @@ fn collections(collections: &BTreeMap<String, CollectionConfig>) -> Result<(), C
                 if p == name {
                     return Err(ConfigError::invalid(field("parent"), "cannot be itself"));
                 }
-                if pf.is_empty() || pf.contains('.') || pf.starts_with('$') {
-                    return Err(ConfigError::invalid(
-                        field("parent_field"),
-                        "must be a top-level field name",
-                    ));
-                }
+                field_name("parent_field", pf)?;
             }
             (Some(_), None) => {
                 return Err(ConfigError::invalid(
@@ -294,15 +309,24 @@ fn collections(collections: &BTreeMap<String, CollectionConfig>) -> Result<(), C
             }
         }
     }
-    // Cascades follow one level of children; a cycle would make them ambiguous.
+    // A cycle of parents, of any length, would make a cascade loop (or stop at an arbitrary
+    // point): walk each collection's chain; it must end within as many steps as there are
+    // collections, without coming back.
     for (name, c) in collections {
-        if let Some(p) = &c.parent {
-            if collections.get(p).and_then(|pc| pc.parent.as_ref()) == Some(name) {
+        let mut chain = vec![name.as_str()];
+        let mut next = c.parent.as_deref();
+        while let Some(p) = next {
+            chain.push(p);
+            if p == name {
                 return Err(ConfigError::invalid(
                     format!("collections.{name}.parent"),
-                    format!("`{name}` and `{p}` are each other's parent"),
+                    format!("parents form a cycle: {}", chain.join(" → ")),
                 ));
             }
+            if chain.len() > collections.len() {
+                break; // a cycle further up, reported from one of its members
+            }
+            next = collections.get(p).and_then(|pc| pc.parent.as_deref());
         }
     }
     Ok(())
@@ -333,6 +357,73 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`chunk.max_items`"), "{err}");
+    }
+
+    fn collections_error(toml: &str) -> String {
+        from_toml_str(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn collection_identifiers_follow_the_grammar() {
+        let err = collections_error(
+            "[collections.words]\nkey='text'\n[collections.definitions]\nkey='id'\nparent='words'\nparent_field=\"word')); DROP TABLE doc_words; --\"\n",
+        );
+        assert!(
+            err.contains("`collections.definitions.parent_field`"),
+            "{err}"
+        );
+        assert!(err.contains("[A-Za-z_]"), "{err}");
+        for (toml, field) in [
+            ("[collections.words]\nkey='a.b'\n", "collections.words.key"),
+            ("[collections.words]\nkey='$k'\n", "collections.words.key"),
+            ("[collections.words]\nkey=''\n", "collections.words.key"),
+            ("[collections.words]\nkey='_id'\n", "collections.words.key"),
+            ("[collections.words]\nkey='te xt'\n", "collections.words.key"),
+            ("[collections.'a.b']\nkey='k'\n", "collections.a.b"),
+            ("[collections.'$w']\nkey='k'\n", "collections.$w"),
+            ("[collections.'1w']\nkey='k'\n", "collections.1w"),
+            (
+                "[collections.w]\nkey='k'\n[collections.d]\nkey='id'\nparent='w'\nparent_field='a.b'\n",
+                "collections.d.parent_field",
+            ),
+            (
+                "[collections.w]\nkey='k'\n[collections.d]\nkey='id'\nparent='w'\nparent_field='_id'\n",
+                "collections.d.parent_field",
+            ),
+            (
+                "[collections.w]\nkey='k'\n[collections.d]\nkey='id'\nparent='w;x'\nparent_field='w'\n",
+                "collections.d.parent",
+            ),
+        ] {
+            let err = collections_error(toml);
+            assert!(err.contains(&format!("`{field}`")), "{toml}: {err}");
+        }
+        let empty = collections_error("[collections.'']\nkey='k'\n");
+        assert!(empty.contains("`collections.`"), "{empty}");
+        from_toml_str("[collections._w0]\nkey='_k'\n").unwrap();
+    }
+
+    #[test]
+    fn parent_cycles_of_any_length_are_refused() {
+        let two = collections_error(
+            "[collections.a]\nkey='k'\nparent='b'\nparent_field='p'\n[collections.b]\nkey='k'\nparent='a'\nparent_field='p'\n",
+        );
+        assert!(two.contains("`collections.a.parent`"), "{two}");
+        assert!(two.contains("a → b → a"), "{two}");
+        let three = collections_error(
+            "[collections.a]\nkey='k'\nparent='b'\nparent_field='p'\n[collections.b]\nkey='k'\nparent='c'\nparent_field='p'\n[collections.c]\nkey='k'\nparent='a'\nparent_field='p'\n",
+        );
+        assert!(three.contains("a → b → c → a"), "{three}");
+        // A chain leading into a cycle is reported from the cycle's first member.
+        let tail = collections_error(
+            "[collections.a]\nkey='k'\nparent='b'\nparent_field='p'\n[collections.b]\nkey='k'\nparent='c'\nparent_field='p'\n[collections.c]\nkey='k'\nparent='b'\nparent_field='p'\n",
+        );
+        assert!(tail.contains("`collections.b.parent`"), "{tail}");
+        // A long chain without a cycle is fine.
+        from_toml_str(
+            "[collections.a]\nkey='k'\n[collections.b]\nkey='k'\nparent='a'\nparent_field='p'\n[collections.c]\nkey='k'\nparent='b'\nparent_field='p'\n[collections.d]\nkey='k'\nparent='c'\nparent_field='p'\n",
+        )
+        .unwrap();
     }
 
     #[test]
