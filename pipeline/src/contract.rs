@@ -166,7 +166,7 @@ pub struct ItemError {
     /// Whether sending the item again (in a new request) may succeed.
     pub retryable: bool,
     /// JSON Pointer (RFC 6901) to the offending part, relative to the request (e.g.
-    /// `/items/3/tags/0`): set when the item breaks the document model or has the wrong shape.
+    /// `/items/3/tags/0`): set when the item breaks the document model (README, "Documents").
     /// At most [`ItemError::PATH_MAX`] bytes (a longer pointer is cut and ends with `…`); left
     /// out of events that had to be shortened to fit one message.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,8 +5,8 @@
 //!   such as `{"$numberLong":"5"}`), contains no `.` (a nested path on MongoDB, a literal name
 //!   on SQLite — so dots are forbidden rather than given either meaning) and no NUL (BSON names
 //!   end at NUL);
-//! - the top-level name `_id` is reserved (the stores' own identity); the key field is
-//!   immutable, so `set`/`unset` cannot name it or `_id`.
+//! - the top-level name `_id` is reserved (the stores' own identity), so neither a document
+//!   nor `set`/`unset` can name it; a field cannot be both set and unset, or unset twice.
 //!
 //! Numbers, strings and repeated member names are checked while parsing (`json::parse`),
 //! everywhere in an item; the rules here only concern names, so they run on parsed values.
@@ -42,21 +42,18 @@ pub(crate) fn check_document(doc: &Map<String, Value>, path: &str) -> Result<(),
     check_members(doc, &mut path)
 }
 
-/// Checks an update's `set` names and values and `unset` names; `path` is the item's.
+/// Checks an update's `set` names and values and `unset` names; `path` is the item's. (That
+/// the key field is immutable is checked with the item's shape, before.)
 pub(crate) fn check_update(
     set: &Map<String, Value>,
     unset: &[String],
-    key_field: &str,
     path: &str,
 ) -> Result<(), Violation> {
     let top = |name: &str, at: &str| -> Result<(), Violation> {
-        if name == key_field || name == "_id" {
+        if name == "_id" {
             return Err(Violation::invalid(
                 at,
-                format!(
-                    "field {} cannot be set or unset (the key and `_id` are immutable)",
-                    show(name)
-                ),
+                "field \"_id\" is reserved at the top level of a document",
             ));
         }
         match field_name_problem(name) {

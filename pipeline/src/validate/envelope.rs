@@ -146,8 +146,7 @@ impl Validate {
                     RejectCode::UnknownField,
                     &format!("/{}", pointer_escape(name)),
                     format!(
-                        "unknown field {} (contract v1 has request_id, collection, op, items, options)",
-                        json::show(name)
+                        "unknown field `{name}` (contract v1 has request_id, collection, op, items, options)"
                     ),
                 );
             }
@@ -171,8 +170,7 @@ impl Validate {
                     RejectCode::UnknownCollection,
                     "/collection",
                     format!(
-                        "collection {} is not declared (declared: {})",
-                        json::show(&c),
+                        "collection `{c}` is not declared (declared: {})",
                         known.join(", ")
                     ),
                 );
@@ -201,10 +199,7 @@ impl Validate {
                     p.add(
                         RejectCode::UnknownOp,
                         "/op",
-                        format!(
-                            "op {} is not one of create, update, upsert, delete, lookup",
-                            json::show(&s)
-                        ),
+                        format!("op `{s}` is not one of create, update, upsert, delete, lookup"),
                     );
                 }
                 op
@@ -340,7 +335,7 @@ impl Validate {
                     p.add(
                         RejectCode::UnknownField,
                         &path,
-                        format!("unknown option {} (atomic, skip_existing, cascade, stop_on_error, dedupe, deadline_ms)", json::show(&k)),
+                        format!("unknown option `{k}` (atomic, skip_existing, cascade, stop_on_error, dedupe, deadline_ms)"),
                     );
                     continue;
                 }

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::document;
-use super::json::{self, pointer_escape, Broken, Violation};
+use super::json::{self, Broken, Violation};
 use super::Validate;
 use crate::codes::ItemErrorCode;
 use crate::contract::{ItemResult, Op};
@@ -31,8 +31,7 @@ impl Validate {
                 index,
                 ItemErrorCode::TooLarge,
                 format!("item is {bytes} bytes; limits.max_item_bytes is {max}"),
-            )
-            .with_path(format!("/items/{index}")))
+            ))
         } else {
             read_item(index, raw, op, key_field)
         };
@@ -47,7 +46,9 @@ impl Validate {
     }
 }
 
-/// The key and body of a valid item, or its decided `failed` result.
+/// The key and body of a valid item, or its decided `failed` result. Document-model
+/// violations carry the JSON Pointer of the offending part; shape errors (wrong type, missing
+/// key, unknown field) are told by their message alone.
 #[allow(clippy::result_large_err)] // the "error" is the item's decided result, built once per bad item
 fn read_item(
     index: usize,
@@ -55,53 +56,34 @@ fn read_item(
     op: Op,
     key_field: &str,
 ) -> Result<(Key, ItemBody), ItemResult> {
-    let base = format!("/items/{index}");
-    let fail = |code, path: &str, message: String| {
-        ItemResult::failed(index, code, message).with_path(path)
-    };
+    let fail = |code, message: String| ItemResult::failed(index, code, message);
     let broken = |v: Violation| {
         let code = match v.kind {
             Broken::DuplicateName => ItemErrorCode::DuplicateName,
             Broken::Invalid => ItemErrorCode::InvalidItem,
         };
-        fail(code, &v.path, v.message)
+        fail(code, v.message).with_path(v.path)
     };
+    let base = format!("/items/{index}");
     let mut path = base.clone();
     let Value::Object(mut obj) = json::parse(raw.get(), &mut path).map_err(broken)? else {
         return Err(fail(
             ItemErrorCode::InvalidItem,
-            &base,
             "item must be a JSON object".into(),
         ));
     };
     let key_of = |obj: &Map<String, Value>, name: &str| -> Result<Key, ItemResult> {
-        let at = format!("{base}/{}", pointer_escape(name));
         match obj.get(name) {
             None => Err(fail(
                 ItemErrorCode::MissingKey,
-                &base,
-                format!("item has no {}", json::show(name)),
+                format!("item has no `{name}`"),
             )),
             Some(v) => Key::from_json(v).ok_or_else(|| {
                 fail(
                     ItemErrorCode::MissingKey,
-                    &at,
-                    format!("{} must be a string or an integer", json::show(name)),
+                    format!("`{name}` must be a string or an integer"),
                 )
             }),
-        }
-    };
-    let only_key = |obj: &Map<String, Value>, shape: &str| -> Result<(), ItemResult> {
-        match obj
-            .keys()
-            .find(|k| !matches!(k.as_str(), "key" | "set" | "unset"))
-        {
-            Some(extra) => Err(fail(
-                ItemErrorCode::InvalidItem,
-                &format!("{base}/{}", pointer_escape(extra)),
-                format!("unknown field {} ({shape})", json::show(extra)),
-            )),
-            None => Ok(()),
         }
     };
     match op {
@@ -113,52 +95,50 @@ fn read_item(
         }
         Op::Update => {
             let key = key_of(&obj, "key")?;
-            only_key(&obj, "an update item has key, set, unset")?;
             let set = match obj.remove("set") {
                 None => Map::new(),
                 Some(Value::Object(m)) => m,
                 Some(_) => {
                     return Err(fail(
                         ItemErrorCode::InvalidItem,
-                        &format!("{base}/set"),
                         "`set` must be an object".into(),
                     ))
                 }
             };
             let unset = match obj.remove("unset") {
                 None => Vec::new(),
-                Some(Value::Array(a)) => {
-                    let mut names = Vec::with_capacity(a.len());
-                    for (i, v) in a.into_iter().enumerate() {
-                        match v {
-                            Value::String(s) => names.push(s),
-                            _ => {
-                                return Err(fail(
-                                    ItemErrorCode::InvalidItem,
-                                    &format!("{base}/unset/{i}"),
-                                    "`unset` must be an array of field names".into(),
-                                ))
-                            }
-                        }
-                    }
-                    names
-                }
+                Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+                    .into_iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
                 Some(_) => {
                     return Err(fail(
                         ItemErrorCode::InvalidItem,
-                        &format!("{base}/unset"),
                         "`unset` must be an array of field names".into(),
                     ))
                 }
             };
+            if let Some(extra) = obj.keys().find(|k| k.as_str() != "key") {
+                return Err(fail(
+                    ItemErrorCode::InvalidItem,
+                    format!("unknown field `{extra}` in an update item (key, set, unset)"),
+                ));
+            }
             if set.is_empty() && unset.is_empty() {
                 return Err(fail(
                     ItemErrorCode::InvalidItem,
-                    &base,
                     "update needs a non-empty `set` or `unset`".into(),
                 ));
             }
-            document::check_update(&set, &unset, key_field, &base).map_err(broken)?;
+            if let Some(name) = set.keys().chain(&unset).find(|n| *n == key_field) {
+                return Err(fail(
+                    ItemErrorCode::InvalidItem,
+                    format!(
+                        "field `{name}` cannot be set or unset (the key and `_id` are immutable)"
+                    ),
+                ));
+            }
+            document::check_update(&set, &unset, &base).map_err(broken)?;
             Ok((key, ItemBody::Update { set, unset }))
         }
         Op::Delete | Op::Lookup => {
@@ -166,10 +146,8 @@ fn read_item(
             if let Some(extra) = obj.keys().find(|k| k.as_str() != "key") {
                 return Err(fail(
                     ItemErrorCode::InvalidItem,
-                    &format!("{base}/{}", pointer_escape(extra)),
                     format!(
-                        "unknown field {} (a {} item is {{\"key\": …}})",
-                        json::show(extra),
+                        "unknown field `{extra}` (a {} item is {{\"key\": …}})",
                         op.as_str()
                     ),
                 ));
