@@ -99,6 +99,18 @@ fn corpus() -> Vec<(Vec<u8>, &'static str)> {
         };
         dead(rec.as_bytes());
     }
+    // A repeated request_id: which request this is cannot be known (serde_json alone would
+    // keep the last one), also when the record is too large to validate.
+    for rec in [
+        r#"{"request_id":"a","request_id":"b","collection":"words","op":"create","items":[{"text":"a"}]}"#.to_string(),
+        r#"{"request_id":"a","request_id":"a"}"#.to_string(),
+        format!(
+            r#"{{"request_id":"a","pad":"{}","request_id":"b"}}"#,
+            "z".repeat(5000)
+        ),
+    ] {
+        dead(rec.as_bytes());
+    }
     let long_id = format!(
         r#"{{"request_id":"{}","collection":"words","op":"create","items":[{{"text":"a"}}]}}"#,
         "x".repeat(129)
@@ -206,6 +218,17 @@ fn corpus() -> Vec<(Vec<u8>, &'static str)> {
             r#""collection":"words","op":"create","items":[{{"text":"a","n":{nest}}}]"#
         ));
     }
+    // Repeated member names in the envelope and options are rejected, not resolved (serde_json
+    // alone keeps the last one: the first of these ran a create).
+    rej(r#""collection":"words","op":"delete","op":"create","items":[{"text":"a"}]"#);
+    rej(r#""collection":"words","collection":"words","op":"create","items":[{"text":"a"}]"#);
+    rej(r#""collection":"words","op":"create","items":[{"text":"a"}],"items":[{"text":"b"}]"#);
+    rej(
+        r#""collection":"words","op":"create","items":[{"text":"a"}],"options":{"dedupe":true,"dedupe":false}"#,
+    );
+    rej(
+        r#""collection":"words","op":"create","items":[{"text":"a"}],"options":{"extra":{"a":1,"a":1}}"#,
+    );
     // Several problems at once are all reported (one event).
     rej(r#""collection":"nope","op":"nope","items":[],"options":{"atomic":2},"zzz":0"#);
     let huge_no_id = format!(r#"{{"collection":"words","pad":"{}"}}"#, "y".repeat(5000));
@@ -277,6 +300,109 @@ fn every_malformed_record_ends_as_one_rejection_or_dead_letter() {
         0,
         "nothing invalid reaches the store"
     );
+}
+
+/// Items that break the document model fail alone, with a code and a JSON Pointer, and never
+/// reach the store; their neighbours are applied.
+#[test]
+fn items_breaking_the_document_model_fail_alone_with_a_path() {
+    type Outcome = Option<(&'static str, &'static str)>;
+    let cases: &[(&str, &str, &[Outcome])] = &[
+        (
+            "create",
+            r#"{"text":"a","m":{"$numberLong":"5"}},{"text":"ok1"}"#,
+            &[Some(("invalid_item", "/items/0/m/$numberLong")), None],
+        ),
+        (
+            "create",
+            r#"{"text":"b","n":18446744073709551615}"#,
+            &[Some(("invalid_item", "/items/0/n"))],
+        ),
+        (
+            "create",
+            r#"{"text":"c","l":[1e400]}"#,
+            &[Some(("invalid_item", "/items/0/l/0"))],
+        ),
+        (
+            "create",
+            r#"{"text":"d","s":"\ud800"}"#,
+            &[Some(("invalid_item", "/items/0/s"))],
+        ),
+        (
+            "create",
+            r#"{"text":"e","a.b":1}"#,
+            &[Some(("invalid_item", "/items/0/a.b"))],
+        ),
+        (
+            "create",
+            r#"{"text":"f","m":{"x":1,"x":2}}"#,
+            &[Some(("duplicate_name", "/items/0/m/x"))],
+        ),
+        (
+            "upsert",
+            r#"{"text":"g","_id":1}"#,
+            &[Some(("invalid_item", "/items/0/_id"))],
+        ),
+        (
+            "update",
+            r#"{"key":"ok1","set":{"m":{"a.b":1}}}"#,
+            &[Some(("invalid_item", "/items/0/set/m/a.b"))],
+        ),
+        (
+            "delete",
+            r#"{"key":"ok1","key":"a"}"#,
+            &[Some(("duplicate_name", "/items/0/key"))],
+        ),
+        ("create", r#"{"text":"h","n":-0,"f":1.0}"#, &[None]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("model.jsonl");
+    {
+        let mut f = std::fs::File::create(&input).unwrap();
+        for (i, (op, items, _)) in cases.iter().enumerate() {
+            writeln!(
+                f,
+                r#"{{"request_id":"m-{i}","collection":"words","op":"{op}","items":[{items}]}}"#
+            )
+            .unwrap();
+        }
+    }
+    let cfg = write_config(dir.path(), CONFIG);
+    let (out, state) = (dir.path().join("out.jsonl"), dir.path().join("s.db"));
+    run_ok(&run_args(&cfg, &input, &out, None, &state));
+    let events = read_lines(&out);
+    for (i, (_, _, expected)) in cases.iter().enumerate() {
+        let id = format!("m-{i}");
+        let progress: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["request_id"] == id.as_str() && e["event"] == "progress")
+            .collect();
+        assert_eq!(progress.len(), 1, "{id}: {events:?}");
+        let got: Vec<Option<(String, String)>> = progress[0]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| match item["status"].as_str().unwrap() {
+                "ok" => None,
+                _ => Some((
+                    item["error"]["code"].as_str().unwrap().to_string(),
+                    item["error"]["path"].as_str().unwrap().to_string(),
+                )),
+            })
+            .collect();
+        let expected: Vec<Option<(String, String)>> = expected
+            .iter()
+            .map(|o| o.map(|(code, path)| (code.to_string(), path.to_string())))
+            .collect();
+        assert_eq!(got, expected, "{id}: {}", progress[0]);
+        assert!(
+            events
+                .iter()
+                .any(|e| e["request_id"] == id.as_str() && e["event"] == "completed"),
+            "{id} completes"
+        );
+    }
+    assert_eq!(count_docs(&state, "words"), 2, "only the valid documents");
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
