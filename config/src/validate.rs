@@ -53,10 +53,11 @@ fn limits(l: &Limits) -> Result<(), ConfigError> {
             ),
         ));
     }
-    if l.max_depth < 3 || l.max_depth > 128 {
+    // MongoDB refuses documents nested more than 100 levels.
+    if l.max_depth < 3 || l.max_depth > 100 {
         return Err(ConfigError::invalid(
             "limits.max_depth",
-            "must be between 3 (request → items → item) and 128",
+            "must be between 3 (request → items → item) and 100 (MongoDB's nesting limit)",
         ));
     }
     Ok(())

@@ -1,6 +1,8 @@
-//! Stage 3, stateful per request: cut a request into chunks that fit one transaction
+//! Stage 2, per request: cut a request into chunks that fit one transaction
 //! (`chunk.max_items` items and `chunk.max_bytes` bytes). An `atomic` request is one chunk
-//! (validate already rejected atomic requests too large for one).
+//! (validate already rejected atomic requests too large for one). The plan is stored with the
+//! request's claim (dedupe, next): a re-read record reuses the stored plan, whatever the
+//! chunk config is by then.
 
 use std::ops::Range;
 

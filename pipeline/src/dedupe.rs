@@ -1,9 +1,12 @@
-//! Stage 2, stateful: collapse duplicate keys inside a request (later ones become `duplicate`
-//! of the first) and recognise request_ids already seen from another record, through the
-//! store's request ledger fronted by a bounded in-memory cache.
+//! Stage 3, stateful: claim each request's id in the store's request ledger (fronted by a
+//! bounded in-memory cache) — recognising request_ids already seen from another record, and
+//! recording, with the first claim, the chunk plan and the claim time that every replay of the
+//! request reuses — and collapse duplicate keys inside a request (later ones become
+//! `duplicate` of the first).
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,13 +19,14 @@ use crate::record::SourceRef;
 use crate::request::{Key, Request};
 use crate::retry::RetryPolicy;
 use crate::stage::{Outbox, Stage, StageError};
-use crate::store::{Claim, Store};
+use crate::store::{Claim, Claimed, Store};
 use crate::work::Work;
 
 /// The dedupe stage.
 pub struct Dedupe {
     store: Arc<dyn Store>,
-    cache: LruCache<String, (SourceRef, Instant)>,
+    /// request_id → the record that claimed it, its claim when it is ours, and when cached.
+    cache: LruCache<String, (SourceRef, Option<Claimed>, Instant)>,
     window: Duration,
     retry: RetryPolicy,
     abort: CancellationToken,
@@ -42,14 +46,19 @@ impl Dedupe {
         }
     }
 
-    async fn claim(&mut self, request_id: &str, source: &SourceRef) -> Result<Claim, StageError> {
-        if let Some((owner, at)) = self.cache.get(request_id) {
+    async fn claim(
+        &mut self,
+        request_id: &str,
+        source: &SourceRef,
+        plan: &[Range<usize>],
+    ) -> Result<Claim, StageError> {
+        if let Some((owner, claimed, at)) = self.cache.get(request_id) {
             if at.elapsed() < self.window {
-                return Ok(if owner == source {
-                    Claim::Owned
-                } else {
-                    Claim::DuplicateOf(owner.clone())
-                });
+                match claimed {
+                    Some(c) if owner == source => return Ok(Claim::Owned(c.clone())),
+                    _ if owner != source => return Ok(Claim::DuplicateOf(owner.clone())),
+                    _ => {}
+                }
             }
         }
         let expires_at = unix_now() + self.window.as_secs() as i64;
@@ -57,16 +66,15 @@ impl Dedupe {
         let claim = self
             .retry
             .run("claim", &self.abort, || {
-                store.claim(request_id, source, expires_at)
+                store.claim(request_id, source, expires_at, plan)
             })
             .await
             .map_err(|e| StageError::Fatal(format!("cannot read the request ledger: {e}")))?;
-        let owner = match &claim {
-            Claim::Owned => source.clone(),
-            Claim::DuplicateOf(o) => o.clone(),
+        let cached = match &claim {
+            Claim::Owned(c) => (source.clone(), Some(c.clone()), Instant::now()),
+            Claim::DuplicateOf(o) => (o.clone(), None, Instant::now()),
         };
-        self.cache
-            .put(request_id.to_string(), (owner, Instant::now()));
+        self.cache.put(request_id.to_string(), cached);
         Ok(claim)
     }
 }
@@ -95,6 +103,14 @@ pub fn mark_duplicate_items(request: &mut Request) {
     }
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -117,13 +133,16 @@ impl Stage for Dedupe {
         else {
             return out.send(input).await;
         };
-        match self.claim(&request.request_id, &meta.source).await? {
-            Claim::Owned => {
+        match self
+            .claim(&request.request_id, &meta.source, &chunks)
+            .await?
+        {
+            Claim::Owned(claim) => {
                 mark_duplicate_items(&mut request);
-                out.send(Work::Execute {
+                out.send(Work::Claimed {
                     meta,
                     request,
-                    chunks,
+                    claim,
                 })
                 .await
             }
@@ -208,5 +227,34 @@ mod tests {
         let mut r = request(&[Some("a"), Some("a")], false);
         mark_duplicate_items(&mut r);
         assert_eq!(statuses(&r), vec![None, None]);
+    }
+
+    #[tokio::test]
+    async fn a_reread_record_gets_its_first_claim_back_and_another_record_is_a_duplicate() {
+        let config = crate::testkit::config("");
+        let store: Arc<dyn Store> = Arc::new(crate::testkit::MemStore::default());
+        let mut d = Dedupe::new(&config, store.clone(), CancellationToken::new());
+        let src = |offset| SourceRef {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+        };
+        let Claim::Owned(first) = d.claim("r", &src(1), &[0..2, 2..3]).await.unwrap() else {
+            panic!("first claim")
+        };
+        // The same record read again after the chunk config changed: the stored plan wins,
+        // through the cache and through the store alike.
+        let again = d.claim("r", &src(1), &[0..3]).await.unwrap();
+        assert_eq!(again, Claim::Owned(first.clone()));
+        let mut fresh = Dedupe::new(&config, store, CancellationToken::new());
+        assert_eq!(
+            fresh.claim("r", &src(1), &[0..3]).await.unwrap(),
+            Claim::Owned(first.clone())
+        );
+        assert_eq!(first.plan, vec![0..2, 2..3]);
+        assert_eq!(
+            fresh.claim("r", &src(9), &[0..3]).await.unwrap(),
+            Claim::DuplicateOf(src(1))
+        );
     }
 }

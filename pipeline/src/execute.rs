@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use metrics::{counter, histogram};
@@ -26,13 +26,13 @@ use crate::codes::{ItemErrorCode, StoreError, StoreErrorKind};
 use crate::contract::{
     CompletedEvent, Counts, ItemResult, ItemStatus, Op, ProgressEvent, ResultEvent,
 };
-use crate::dedupe::unix_now;
-use crate::metrics::{CHUNKS, CHUNK_DURATION};
+use crate::dedupe::{unix_now, unix_now_ms};
+use crate::metrics::{CHUNKS, CHUNK_DURATION, PIPELINE_ERRORS};
 use crate::record::SourceRef;
 use crate::request::SharedRequest;
 use crate::retry::RetryPolicy;
 use crate::stage::{Outbox, Stage, StageError};
-use crate::store::{Store, Target, WriteChunk};
+use crate::store::{Found, Store, Target, WriteChunk};
 use crate::work::{Pending, PendingBody, Work};
 
 /// Events buffered per executing request before its task waits for the commit stage.
@@ -69,19 +69,8 @@ impl Execute {
     ) -> Self {
         let targets = config
             .collections
-            .iter()
-            .map(|(name, c)| {
-                let children = config
-                    .children_of(name)
-                    .map(|(child, field)| (child.to_string(), field.to_string()))
-                    .collect();
-                let target = Target {
-                    collection: name.clone(),
-                    key_field: c.key.clone(),
-                    children,
-                };
-                (name.clone(), Arc::new(target))
-            })
+            .keys()
+            .map(|name| (name.clone(), Arc::new(Target::from_config(&config, name))))
             .collect();
         let shared = Shared {
             writes: Semaphore::new(config.execute.write_concurrency),
@@ -143,10 +132,16 @@ impl Stage for Execute {
                 op: None,
                 body: PendingBody::DeadLetter(raw, letter),
             },
-            Work::Execute {
+            Work::Execute { meta, .. } => {
+                return Err(StageError::Fatal(format!(
+                    "record at offset {} reached execute unclaimed (a pipeline wiring bug)",
+                    meta.source.offset
+                )))
+            }
+            Work::Claimed {
                 meta,
                 request,
-                chunks,
+                claim,
             } => {
                 let key = self.ordering_key(meta.key.as_deref(), &request.request_id);
                 let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -163,7 +158,8 @@ impl Stage for Execute {
                 let job = Job {
                     shared: self.shared.clone(),
                     request: Arc::new(request),
-                    chunks,
+                    chunks: claim.plan,
+                    claimed_at_ms: claim.claimed_at_ms,
                     source: meta.source.clone(),
                     received: meta.received,
                     events: tx,
@@ -195,19 +191,23 @@ struct Job {
     shared: Arc<Shared>,
     request: SharedRequest,
     chunks: Vec<Range<usize>>,
+    /// When the request was first claimed (unix ms): its deadline counts from here on every
+    /// attempt, and it is the claim's generation in the ledger keys.
+    claimed_at_ms: i64,
     source: SourceRef,
     received: Instant,
     events: mpsc::Sender<ResultEvent>,
 }
 
 impl Job {
-    fn deadline(&self) -> Option<Instant> {
+    /// The request's deadline (unix ms), from its first claim: the same on every replay.
+    fn deadline_ms(&self) -> Option<i64> {
         let ms = self.request.options.deadline_ms.or(self
             .shared
             .config
             .execute
             .default_deadline_ms)?;
-        Some(self.received + Duration::from_millis(ms))
+        Some(self.claimed_at_ms.saturating_add(ms as i64))
     }
 
     /// Runs every chunk and sends the events. Returns early (without a terminal event) when
@@ -271,6 +271,7 @@ impl Job {
             source: self.source.clone(),
             target: self.shared.targets[&self.request.collection].clone(),
             expires_at: unix_now() + self.shared.config.dedupe.window_secs as i64,
+            generation: self.claimed_at_ms,
         }
     }
 
@@ -299,7 +300,7 @@ impl Job {
     }
 
     fn past_deadline(&self) -> bool {
-        self.deadline().is_some_and(|d| Instant::now() >= d)
+        self.deadline_ms().is_some_and(|d| unix_now_ms() >= d)
     }
 
     async fn write_chunk(&self, index: usize, stopped: bool) -> Option<ProgressEvent> {
@@ -308,20 +309,22 @@ impl Job {
             return None;
         }
         if self.past_deadline() {
-            return Some(self.unattempted(
+            let event = self.unattempted(
                 &chunk,
                 ItemErrorCode::DeadlineExceeded,
                 "the request's deadline passed",
                 true,
-            ));
+            );
+            return self.settle(chunk, event).await;
         }
         if stopped {
-            return Some(self.unattempted(
+            let event = self.unattempted(
                 &chunk,
                 ItemErrorCode::Stopped,
                 "an earlier item failed and stop_on_error is set",
                 true,
-            ));
+            );
+            return self.settle(chunk, event).await;
         }
         let op = self.request.op.as_str();
         let _permit = self.shared.writes.acquire().await.ok()?;
@@ -346,7 +349,36 @@ impl Job {
                 Some(commit.event)
             }
             Err(_) if self.shared.abort.is_cancelled() => None,
-            Err(e) => Some(self.store_failure(&chunk, e)),
+            Err(e) => {
+                let event = self.store_failure(&chunk, e);
+                self.settle(chunk, event).await
+            }
+        }
+    }
+
+    /// Records a chunk outcome decided without the store's writes (deadline, stop, store
+    /// failure) in the ledger, and returns what the ledger holds: an earlier attempt's
+    /// outcome wins, so a replay publishes what the first attempt did (an unknown commit
+    /// result that in fact committed is found here too). `None` when aborted meanwhile.
+    async fn settle(&self, chunk: Arc<WriteChunk>, event: ProgressEvent) -> Option<ProgressEvent> {
+        let store = &self.shared.store;
+        let settled = self
+            .shared
+            .retry
+            .run("settle", &self.shared.abort, || {
+                store.settle(chunk.clone(), event.clone())
+            })
+            .await;
+        match settled {
+            Ok(commit) => Some(commit.event),
+            Err(_) if self.shared.abort.is_cancelled() => None,
+            Err(e) => {
+                // Nothing was applied and nothing could be recorded: the outcome stands, but a
+                // replay may decide the chunk again.
+                counter!(PIPELINE_ERRORS, "component" => "settle").increment(1);
+                tracing::error!(chunk = chunk.index, error = %e, "could not record a chunk's outcome in the ledger");
+                Some(event)
+            }
         }
     }
 
@@ -387,10 +419,15 @@ impl Job {
         let started = Instant::now();
         let store = &self.shared.store;
         let target = &chunk.target;
+        // The documents of a chunk go into one event: their total is bounded by it, which
+        // also bounds what concurrent lookups hold in memory.
+        let budget = self.shared.config.limits.max_event_bytes;
         let result = self
             .shared
             .retry
-            .run("lookup", &self.shared.abort, || store.lookup(target, &keys))
+            .run("lookup", &self.shared.abort, || {
+                store.lookup(target, &keys, budget)
+            })
             .await;
         histogram!(CHUNK_DURATION, "op" => "lookup").record(started.elapsed().as_secs_f64());
         let docs = match result {
@@ -404,15 +441,29 @@ impl Job {
             .iter()
             .map(|item| match &item.decided {
                 Some(d) => d.clone(),
-                None => match docs.next().flatten() {
-                    Some(doc) => ItemResult {
+                None => match docs.next().unwrap_or(Found::Missing) {
+                    Found::Doc(doc) => ItemResult {
                         doc: Some(doc),
                         ..ItemResult::status(item.index, ItemStatus::Ok)
                     },
-                    None => ItemResult::status(item.index, ItemStatus::NotFound),
+                    Found::Missing => ItemResult::status(item.index, ItemStatus::NotFound),
+                    Found::TooLarge(bytes) => ItemResult::error(
+                        item.index,
+                        ItemStatus::Failed,
+                        ItemErrorCode::TooLarge,
+                        format!(
+                            "the document ({bytes} bytes) does not fit in one result event with \
+                             the others of its chunk (limits.max_event_bytes = {budget}); look \
+                             it up in a smaller request"
+                        ),
+                        true,
+                    ),
                 },
             })
             .collect();
         Some(chunk.event(results))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -54,7 +54,8 @@ fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
 /// too large: without documents, its size is bounded by its item count.
 pub fn fit_progress(event: &mut ProgressEvent, max: usize) {
     let has_docs = event.items.iter().any(|i| i.doc.is_some());
-    let bound = event.items.len() * (MESSAGE_MAX + 160) + 1024;
+    // A message's JSON can be up to 6 times its bytes (control characters as \uXXXX).
+    let bound = event.items.len() * (6 * MESSAGE_MAX + 160) + 1024;
     if !has_docs && bound <= max {
         return;
     }
@@ -95,6 +96,14 @@ pub fn fit_progress(event: &mut ProgressEvent, max: usize) {
                 // A shortened result must fit `ITEM_RESULT_MAX_BYTES` (config), which leaves
                 // no room for a path; the message still names the offending part.
                 *path = None;
+            }
+        }
+        // Messages of control characters can still be too long escaped: the codes remain.
+        if json_len(event) > max {
+            for item in &mut event.items {
+                if let Some(e) = &mut item.error {
+                    e.message.clear();
+                }
             }
         }
     }

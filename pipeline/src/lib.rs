@@ -1,9 +1,9 @@
 //! The sluice dataflow core. Nothing here knows which broker or database is on the other side.
 //!
 //! ```text
-//! Source ─▶ validate ─▶ dedupe ─▶ chunk ─▶ execute ─▶ commit ─▶ Sink
-//!                          │                  │
-//!                          └────── Store ─────┘   (request ledger, chunk ledger, documents)
+//! Source ─▶ validate ─▶ chunk ─▶ dedupe ─▶ execute ─▶ commit ─▶ Sink
+//!                                  │          │
+//!                                  └─ Store ──┘   (request ledger, chunk ledger, documents)
 //! ```
 //!
 //! Parts:
@@ -11,14 +11,15 @@
 //!   [`codes`]: the closed sets of error codes and the store error classification.
 //! - [`record`], [`request`], [`work`]: what flows between the stages.
 //! - [`stage`]: the [`Stage`] trait, bounded measured channels, and the stage driver.
-//! - One file per stage: [`validate`], [`dedupe`], [`chunk`], [`execute`], [`commit`].
-//! - [`source`], [`sink`], [`store`]: the traits connectors implement; [`store::apply_items`]
-//!   holds the item rules every store shares.
+//! - One file per stage: [`validate`], [`chunk`], [`dedupe`], [`execute`], [`commit`].
+//! - [`source`], [`sink`], [`store`]: the traits connectors implement; [`apply`] holds the
+//!   item rules every store shares.
 //! - [`retry`]: backoff with jitter by error kind; [`metrics`]: every metric name;
 //!   [`report`]: live counters for progress bars and benchmarks; [`run`]: wiring and shutdown.
 //! - [`budget`]: the in-flight budget (records and bytes); [`health`]: readiness;
 //!   [`fit`]: result events that fit one message.
 
+pub mod apply;
 pub mod budget;
 pub mod chunk;
 pub mod codes;

@@ -1,4 +1,4 @@
-//! Assembles source → validate → dedupe → chunk → execute → commit → sink and runs it until
+//! Assembles source → validate → chunk → dedupe → execute → commit → sink and runs it until
 //! the source ends or `shutdown` fires.
 //!
 //! Shutdown starts at the source: it stops reading, which closes validate's input; each stage
@@ -83,8 +83,8 @@ where
     let tasks = TaskTracker::new();
 
     let (validate_tx, validate_rx) = channel("validate", cap);
-    let (dedupe_tx, dedupe_rx) = channel("dedupe", cap);
     let (chunk_tx, chunk_rx) = channel("chunk", cap);
+    let (dedupe_tx, dedupe_rx) = channel("dedupe", cap);
     let (execute_tx, execute_rx) = channel("execute", cap);
     let (commit_tx, commit_rx) = channel("commit", cap);
     let (done_tx, _done_rx) = channel::<()>("done", 1);
@@ -96,13 +96,15 @@ where
         set: tokio::task::JoinSet::new(),
         failed: [stop.clone(), abort.clone()],
     };
-    stages.spawn(Validate::new(config.clone()), validate_rx, dedupe_tx);
+    // The plan is made before the claim: dedupe stores it with the claim (or, for a re-read
+    // record, replaces it with the stored one).
+    stages.spawn(Validate::new(config.clone()), validate_rx, chunk_tx);
+    stages.spawn(Chunk::new(config.chunk.clone()), chunk_rx, dedupe_tx);
     stages.spawn(
         Dedupe::new(&config, store.clone(), abort.clone()),
         dedupe_rx,
-        chunk_tx,
+        execute_tx,
     );
-    stages.spawn(Chunk::new(config.chunk.clone()), chunk_rx, execute_tx);
     stages.spawn(
         Execute::new(config.clone(), store.clone(), abort.clone(), tasks.clone()),
         execute_rx,

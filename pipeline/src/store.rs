@@ -1,18 +1,26 @@
-//! The `Store` trait: what the execute and dedupe stages need from a database, plus the
-//! store-independent rules for applying a chunk's items ([`apply_items`]) so that every store
-//! reports statuses the same way.
+//! The `Store` trait: what the execute and dedupe stages need from a database. The
+//! store-independent rules for applying a chunk's items are in [`crate::apply`], so that every
+//! store reports statuses the same way.
+//!
+//! Exact replay rests on three things every store keeps: the request's claim (its owner, when
+//! it was first claimed, and its chunk plan — [`Claimed`]), the chunk ledger keyed by
+//! (request_id, claim generation, chunk), and an outcome in that ledger for every chunk,
+//! whether it was applied or decided without the store (deadline, stop, store failure:
+//! [`Store::settle`]). A replay reuses the plan and the claim time, and publishes what the
+//! ledger holds.
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::codes::{ItemErrorCode, StoreError};
-use crate::contract::{ItemResult, ItemStatus, Op, ProgressEvent};
+use crate::codes::StoreError;
+use crate::contract::{ItemResult, ProgressEvent};
 use crate::record::SourceRef;
-use crate::request::{Item, ItemBody, Key, SharedRequest};
+use crate::request::{Item, Key, SharedRequest};
+
+pub use crate::apply::{apply_items, apply_items_with, Applied, ApplyError, Inserted, ItemWriter};
 
 /// The collection a chunk writes to, resolved from config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,21 +29,105 @@ pub struct Target {
     pub collection: String,
     /// Its unique key field.
     pub key_field: String,
-    /// Child collections and the field holding this collection's key: cascade targets.
-    pub children: Vec<(String, String)>,
+    /// Collections whose documents name this collection's key: cascade targets, recursively.
+    pub children: Vec<Child>,
+}
+
+/// A child collection for cascading deletes (config: `parent` + `parent_field`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    /// The child collection.
+    pub collection: String,
+    /// The child's field holding its parent's key (`parent_field`).
+    pub field: String,
+    /// The child's own key field (its children name it).
+    pub key_field: String,
+    /// The child's own children.
+    pub children: Vec<Child>,
+}
+
+impl Target {
+    /// The target `collection` of `config`, with its children to every declared depth
+    /// (config refuses parent cycles; `depth` bounds the walk regardless).
+    pub fn from_config(config: &sluice_config::Config, collection: &str) -> Target {
+        fn children(config: &sluice_config::Config, parent: &str, depth: usize) -> Vec<Child> {
+            if depth == 0 {
+                return Vec::new();
+            }
+            config
+                .children_of(parent)
+                .map(|(child, field)| Child {
+                    collection: child.to_string(),
+                    field: field.to_string(),
+                    key_field: config.collections[child].key.clone(),
+                    children: children(config, child, depth - 1),
+                })
+                .collect()
+        }
+        Target {
+            collection: collection.to_string(),
+            key_field: config.collections[collection].key.clone(),
+            children: children(config, collection, config.collections.len()),
+        }
+    }
+}
+
+/// What the first claim of a request recorded; every replay of the request reuses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// When the request was first claimed (unix milliseconds). Deadlines count from here on
+    /// every attempt; it is also the claim's generation, part of every ledger key, so that a
+    /// request_id used again after its claim expired never replays the old request's chunks.
+    pub claimed_at_ms: i64,
+    /// The chunk plan (item ranges) made when the request was first claimed: a replay under a
+    /// different `chunk` config still cuts the request the same way.
+    pub plan: Vec<Range<usize>>,
 }
 
 /// Whether a request_id is this record's to execute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// First seen from this record (or this record is being re-read after a restart).
-    Owned,
+    Owned(Claimed),
     /// Already seen from another record, within the dedupe window.
     DuplicateOf(SourceRef),
 }
 
+/// A chunk plan as stored: the first item of each chunk, then the item count.
+pub fn plan_bounds(plan: &[Range<usize>]) -> Vec<i64> {
+    let mut bounds: Vec<i64> = plan.iter().map(|r| r.start as i64).collect();
+    bounds.push(plan.last().map_or(0, |r| r.end as i64));
+    bounds
+}
+
+/// The plan [`plan_bounds`] stored; `None` unless it is a well-formed cover of `0..n`.
+pub fn plan_from_bounds(bounds: &[i64], n: usize) -> Option<Vec<Range<usize>>> {
+    let b: Vec<usize> = bounds
+        .iter()
+        .map(|&x| usize::try_from(x).ok())
+        .collect::<Option<_>>()?;
+    let ok = b.len() >= 2
+        && b[0] == 0
+        && *b.last()? == n
+        && b.windows(2)
+            .all(|w| w[0] < w[1] || (n == 0 && w[0] == w[1]));
+    ok.then(|| b.windows(2).map(|w| w[0]..w[1]).collect())
+}
+
+/// One document read by [`Store::lookup`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    /// The document.
+    Doc(Value),
+    /// No document has the key.
+    Missing,
+    /// The document exists, but with it the chunk's documents would exceed the byte budget
+    /// (its JSON size is given): it is not returned.
+    TooLarge(usize),
+}
+
 /// One write chunk: a slice of a request that runs as one transaction with its ledger entry,
-/// whose `_id` is (request_id, chunk index).
+/// keyed (request_id, generation, chunk index).
 #[derive(Debug, Clone)]
 pub struct WriteChunk {
     /// The whole request (shared, not copied).
@@ -52,6 +144,8 @@ pub struct WriteChunk {
     pub target: Arc<Target>,
     /// When the ledger entry may be forgotten (unix seconds; the dedupe window).
     pub expires_at: i64,
+    /// The request's claim generation ([`Claimed::claimed_at_ms`]), part of the ledger key.
+    pub generation: i64,
 }
 
 impl WriteChunk {
@@ -90,188 +184,41 @@ pub trait Store: Send + Sync + 'static {
     /// Checks the store answers (start-up and readiness).
     async fn health(&self) -> Result<(), StoreError>;
 
-    /// Records that `request_id` belongs to the record at `source`, unless another record
-    /// claimed it first (within the dedupe window). Idempotent for the same `source`.
+    /// Records that `request_id` belongs to the record at `source`, with `plan` and the time
+    /// of this first claim, unless another record claimed it first (within the dedupe window).
+    /// Idempotent for the same `source`: a re-read gets the first claim's [`Claimed`] back
+    /// (its plan, not `plan`). A claim past its window is replaced (a new generation).
     async fn claim(
         &self,
         request_id: &str,
         source: &SourceRef,
         expires_at: i64,
+        plan: &[Range<usize>],
     ) -> Result<Claim, StoreError>;
 
-    /// In one transaction: if the ledger holds (request_id, chunk) return its event unchanged;
-    /// otherwise apply the chunk's items with [`apply_items`] and insert the ledger entry holding
-    /// the resulting event. Two callers racing on one chunk: exactly one applies it, the other
-    /// gets the stored event.
+    /// In one transaction: if the ledger holds the chunk (request_id, generation, chunk), return
+    /// its event unchanged; otherwise apply the chunk's items with [`apply_items`] and insert the
+    /// ledger entry holding the resulting event. Two callers racing on one chunk: exactly one
+    /// applies it, the other gets the stored event. An item the store refuses on its own fails
+    /// alone (`store_error`); the rest of the chunk commits.
     async fn write_chunk(&self, chunk: Arc<WriteChunk>) -> Result<ChunkCommit, StoreError>;
 
-    /// Reads the documents with these keys (in order; `None` = not found).
-    async fn lookup(&self, target: &Target, keys: &[Key])
-        -> Result<Vec<Option<Value>>, StoreError>;
-}
+    /// Records `event` — an outcome decided without applying anything (deadline passed,
+    /// stopped, store failure) — as the chunk's ledger entry, unless the ledger already holds
+    /// one (an earlier attempt applied or decided the chunk): that one is returned instead
+    /// (`replayed`). So a replay publishes what the first attempt did.
+    async fn settle(
+        &self,
+        chunk: Arc<WriteChunk>,
+        event: ProgressEvent,
+    ) -> Result<ChunkCommit, StoreError>;
 
-/// Result of [`ItemWriter::insert`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inserted {
-    /// The document was inserted.
-    Inserted,
-    /// A document with the key exists; nothing was written.
-    Exists,
-}
-
-/// The primitive writes of a store, inside its open transaction. An `Err` aborts the whole
-/// chunk (the caller rolls back and retries by the error's kind).
-#[async_trait]
-pub trait ItemWriter: Send {
-    /// Inserts `doc` unless `key` exists.
-    async fn insert(
-        &mut self,
-        t: &Target,
-        key: &Key,
-        doc: &RawValue,
-    ) -> Result<Inserted, StoreError>;
-    /// Inserts or replaces the document with `key`.
-    async fn upsert(&mut self, t: &Target, key: &Key, doc: &RawValue) -> Result<(), StoreError>;
-    /// Sets and unsets top-level fields; `false` when `key` does not exist.
-    async fn update(
-        &mut self,
-        t: &Target,
-        key: &Key,
-        set: &Map<String, Value>,
-        unset: &[String],
-    ) -> Result<bool, StoreError>;
-    /// Deletes `key` (and, with `cascade`, the children in `t.children`); `false` when absent.
-    async fn delete(&mut self, t: &Target, key: &Key, cascade: bool) -> Result<bool, StoreError>;
-
-    /// Writes anything buffered (a store may batch the inserts of a chunk); called once after
-    /// the last item, still inside the transaction. Default: nothing buffered.
-    async fn flush(&mut self) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
-/// A chunk's outcome before the store commits it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Applied {
-    /// The event to store in the ledger and publish.
-    pub event: ProgressEvent,
-    /// True when the item writes must be rolled back (a failed `atomic` chunk); the ledger
-    /// entry is still written so that a re-read reports the same outcome.
-    pub rollback: bool,
-}
-
-/// Applies a chunk's items through `w`, with the contract's rules: decided items are reported
-/// as decided; `skip_existing` turns `exists` into `skipped`; after a failure, `stop_on_error`
-/// makes later items `not_attempted` (`stopped`); in an `atomic` chunk any failure aborts the
-/// chunk: failed items stay `failed`, all others become `not_attempted` (`aborted`).
-pub async fn apply_items<W: ItemWriter + ?Sized>(
-    chunk: &WriteChunk,
-    w: &mut W,
-) -> Result<Applied, StoreError> {
-    apply_items_after(chunk, w, false).await
-}
-
-/// [`apply_items`] for a part of a chunk that a store had to split (e.g. a MongoDB transaction
-/// too large for the cache): `failed_before` says whether an item of an earlier part failed,
-/// so that `stop_on_error` stops the later parts exactly as it would have stopped the whole.
-pub async fn apply_items_after<W: ItemWriter + ?Sized>(
-    chunk: &WriteChunk,
-    w: &mut W,
-    failed_before: bool,
-) -> Result<Applied, StoreError> {
-    let req = &chunk.request;
-    let opts = &req.options;
-    let mut results = Vec::with_capacity(chunk.range.len());
-    let mut failed = failed_before;
-    for item in chunk.items() {
-        if let Some(decided) = &item.decided {
-            failed |= decided.status == ItemStatus::Failed;
-            results.push(decided.clone());
-            continue;
-        }
-        if failed && (opts.stop_on_error || opts.atomic) {
-            let (code, msg) = if opts.atomic {
-                (
-                    ItemErrorCode::Aborted,
-                    "an earlier item of this atomic request failed",
-                )
-            } else {
-                (
-                    ItemErrorCode::Stopped,
-                    "an earlier item failed and stop_on_error is set",
-                )
-            };
-            results.push(ItemResult::error(
-                item.index,
-                ItemStatus::NotAttempted,
-                code,
-                msg,
-                true,
-            ));
-            continue;
-        }
-        let key = item.key.as_ref().ok_or_else(|| {
-            // Validate gives every undecided item a key; reaching here is a bug, not bad input.
-            StoreError::permanent("internal", format!("item {} has no key", item.index))
-        })?;
-        let t = &chunk.target;
-        let result = match (req.op, &item.body) {
-            (Op::Create, ItemBody::Doc(doc)) => match w.insert(t, key, doc).await? {
-                Inserted::Inserted => ItemResult::status(item.index, ItemStatus::Ok),
-                Inserted::Exists if opts.skip_existing => {
-                    ItemResult::status(item.index, ItemStatus::Skipped)
-                }
-                Inserted::Exists => ItemResult::failed(
-                    item.index,
-                    ItemErrorCode::Exists,
-                    format!("{} {key} already exists in {}", t.key_field, t.collection),
-                ),
-            },
-            (Op::Upsert, ItemBody::Doc(doc)) => {
-                w.upsert(t, key, doc).await?;
-                ItemResult::status(item.index, ItemStatus::Ok)
-            }
-            (Op::Update, ItemBody::Update { set, unset }) => {
-                if w.update(t, key, set, unset).await? {
-                    ItemResult::status(item.index, ItemStatus::Ok)
-                } else {
-                    ItemResult::status(item.index, ItemStatus::NotFound)
-                }
-            }
-            (Op::Delete, ItemBody::Key) => {
-                if w.delete(t, key, opts.cascade).await? {
-                    ItemResult::status(item.index, ItemStatus::Ok)
-                } else {
-                    ItemResult::status(item.index, ItemStatus::NotFound)
-                }
-            }
-            (op, body) => {
-                return Err(StoreError::permanent(
-                    "internal",
-                    format!("item {} of op {op:?} has body {body:?}", item.index),
-                ))
-            }
-        };
-        failed |= result.status == ItemStatus::Failed;
-        results.push(result);
-    }
-    w.flush().await?;
-    let rollback = opts.atomic && failed;
-    if rollback {
-        for r in &mut results {
-            if r.status != ItemStatus::Failed {
-                *r = ItemResult::error(
-                    r.index,
-                    ItemStatus::NotAttempted,
-                    ItemErrorCode::Aborted,
-                    "another item of this atomic request failed; nothing was applied",
-                    true,
-                );
-            }
-        }
-    }
-    Ok(Applied {
-        event: chunk.event(results),
-        rollback,
-    })
+    /// Reads the documents with these keys, in order, returning at most `max_bytes` of
+    /// documents (JSON size) in all: documents past the budget are [`Found::TooLarge`].
+    async fn lookup(
+        &self,
+        target: &Target,
+        keys: &[Key],
+        max_bytes: usize,
+    ) -> Result<Vec<Found>, StoreError>;
 }

@@ -2,6 +2,7 @@
 //! given records, and a sink that logs what it was asked to do and what committed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -10,7 +11,6 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sluice_config::Config;
-use tokio::sync::Semaphore;
 
 use crate::codes::{SinkError, SourceError, StoreError};
 use crate::contract::{DeadLetter, ProgressEvent, ResultEvent};
@@ -19,7 +19,8 @@ use crate::request::Key;
 use crate::sink::Sink;
 use crate::source::Source;
 use crate::store::{
-    apply_items, ChunkCommit, Claim, Inserted, ItemWriter, Store, Target, WriteChunk,
+    apply_items, ApplyError, ChunkCommit, Claim, Claimed, Found, Inserted, ItemWriter, Store,
+    Target, WriteChunk,
 };
 
 /// A config with the dictionary collections and fast commits.
@@ -173,18 +174,17 @@ impl Sink for LogSink {
     }
 }
 
-/// Documents and ledger in memory. Each chunk write first takes a permit of `gate` when one
-/// is set, so a test decides how far requests get.
+/// Documents, claims and ledger in memory.
 #[derive(Default)]
 pub struct MemStore {
     data: Mutex<MemData>,
-    pub gate: Option<Arc<Semaphore>>,
 }
 
 #[derive(Default)]
 struct MemData {
     docs: HashMap<String, BTreeMap<Key, Value>>,
-    ledger: HashMap<(String, usize), ProgressEvent>,
+    claims: HashMap<String, (SourceRef, Claimed)>,
+    ledger: HashMap<(String, i64, usize), ProgressEvent>,
 }
 
 struct MemWriter<'a>(&'a mut MemData);
@@ -233,16 +233,6 @@ impl ItemWriter for MemWriter<'_> {
 }
 
 impl MemStore {
-    /// A store whose chunk writes each wait for a permit of the returned semaphore.
-    pub fn gated() -> (Arc<Self>, Arc<Semaphore>) {
-        let gate = Arc::new(Semaphore::new(0));
-        let store = MemStore {
-            gate: Some(gate.clone()),
-            ..MemStore::default()
-        };
-        (Arc::new(store), gate)
-    }
-
     /// Documents in `collection`.
     pub fn count(&self, collection: &str) -> usize {
         self.data
@@ -262,15 +252,37 @@ impl Store for MemStore {
     async fn health(&self) -> Result<(), StoreError> {
         Ok(())
     }
-    async fn claim(&self, _: &str, _: &SourceRef, _: i64) -> Result<Claim, StoreError> {
-        Ok(Claim::Owned)
+    async fn claim(
+        &self,
+        request_id: &str,
+        source: &SourceRef,
+        _expires_at: i64,
+        plan: &[Range<usize>],
+    ) -> Result<Claim, StoreError> {
+        let mut data = self.data.lock().unwrap();
+        let (owner, claimed) = data
+            .claims
+            .entry(request_id.to_string())
+            .or_insert_with(|| {
+                let claimed = Claimed {
+                    claimed_at_ms: crate::dedupe::unix_now_ms(),
+                    plan: plan.to_vec(),
+                };
+                (source.clone(), claimed)
+            });
+        Ok(if owner == source {
+            Claim::Owned(claimed.clone())
+        } else {
+            Claim::DuplicateOf(owner.clone())
+        })
     }
     async fn write_chunk(&self, chunk: Arc<WriteChunk>) -> Result<ChunkCommit, StoreError> {
-        if let Some(gate) = &self.gate {
-            gate.acquire().await.expect("never closed").forget();
-        }
         let mut data = self.data.lock().unwrap();
-        let id = (chunk.request.request_id.clone(), chunk.index);
+        let id = (
+            chunk.request.request_id.clone(),
+            chunk.generation,
+            chunk.index,
+        );
         if let Some(event) = data.ledger.get(&id) {
             return Ok(ChunkCommit {
                 event: event.clone(),
@@ -278,19 +290,43 @@ impl Store for MemStore {
             });
         }
         // No await inside: the writer's futures complete at once.
-        let applied = futures::executor::block_on(apply_items(&chunk, &mut MemWriter(&mut data)))?;
+        let applied = futures::executor::block_on(apply_items(&chunk, &mut MemWriter(&mut data)))
+            .map_err(ApplyError::into_store_error)?;
         data.ledger.insert(id, applied.event.clone());
         Ok(ChunkCommit {
             event: applied.event,
             replayed: false,
         })
     }
-    async fn lookup(&self, t: &Target, keys: &[Key]) -> Result<Vec<Option<Value>>, StoreError> {
+    async fn settle(
+        &self,
+        chunk: Arc<WriteChunk>,
+        event: ProgressEvent,
+    ) -> Result<ChunkCommit, StoreError> {
+        let mut data = self.data.lock().unwrap();
+        let id = (
+            chunk.request.request_id.clone(),
+            chunk.generation,
+            chunk.index,
+        );
+        let replayed = data.ledger.contains_key(&id);
+        let event = data.ledger.entry(id).or_insert(event).clone();
+        Ok(ChunkCommit { event, replayed })
+    }
+    async fn lookup(
+        &self,
+        t: &Target,
+        keys: &[Key],
+        _max_bytes: usize,
+    ) -> Result<Vec<Found>, StoreError> {
         let data = self.data.lock().unwrap();
         let coll = data.docs.get(&t.collection);
         Ok(keys
             .iter()
-            .map(|k| coll.and_then(|c| c.get(k)).cloned())
+            .map(|k| match coll.and_then(|c| c.get(k)) {
+                Some(d) => Found::Doc(d.clone()),
+                None => Found::Missing,
+            })
             .collect())
     }
 }

@@ -8,11 +8,12 @@ use tokio::sync::mpsc;
 use crate::contract::{DeadLetter, Op, ResultEvent};
 use crate::record::Meta;
 use crate::request::Request;
+use crate::store::Claimed;
 
 /// A record on its way from validate to execute.
 #[derive(Debug)]
 pub enum Work {
-    /// A valid request to execute. `chunks` is filled by the chunk stage.
+    /// A valid request, not yet claimed. `chunks` is filled by the chunk stage.
     Execute {
         /// Record metadata.
         meta: Meta,
@@ -20,6 +21,16 @@ pub enum Work {
         request: Request,
         /// Item ranges, one per chunk (empty until the chunk stage).
         chunks: Vec<Range<usize>>,
+    },
+    /// A request this record owns, ready to execute (the dedupe stage's output): its chunks
+    /// are the plan stored with its claim, so a re-read record is cut as it was the first time.
+    Claimed {
+        /// Record metadata.
+        meta: Meta,
+        /// The request.
+        request: Request,
+        /// The request's claim: its plan and first-claim time.
+        claim: Claimed,
     },
     /// A record whose terminal event is already known (`rejected`, `duplicate`).
     Finished {
@@ -46,6 +57,7 @@ impl Work {
     pub fn meta(&self) -> &Meta {
         match self {
             Work::Execute { meta, .. }
+            | Work::Claimed { meta, .. }
             | Work::Finished { meta, .. }
             | Work::DeadLetter { meta, .. } => meta,
         }

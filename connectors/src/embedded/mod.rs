@@ -68,8 +68,22 @@ pub fn identity(path: Option<&Path>) -> String {
     }
 }
 
+/// The input's name in result events (`source.topic`): `stdin`, or the file's name.
+pub fn input_name(path: Option<&Path>) -> String {
+    match path {
+        None => "stdin".to_string(),
+        Some(p) => p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| p.display().to_string()),
+    }
+}
+
 /// Opens the source and the sink at the last committed position, cutting outputs back to
-/// their committed lengths.
+/// their committed lengths. A file input resumes where the last run committed; stdin cannot
+/// be repositioned (nor told apart from another stream), so it is never resumed: each run
+/// reads its whole stream and appends to the outputs (the ledger still keeps every chunk from
+/// applying twice, and a request_id seen before reports `duplicate` or replays its events).
 /// `state` is the store's writer connection to the state database.
 pub async fn open(
     io: &EmbeddedIo,
@@ -77,13 +91,20 @@ pub async fn open(
 ) -> Result<(LineSource, FileSink, Position), OpenError> {
     let output_id = identity(io.output.as_deref());
     let mut sink = FileSink::open(io, &output_id)?;
-    let input_id = identity(io.input.as_deref());
-    let checkpoint = Checkpoint::open(state, &input_id, &output_id)?;
-    let position = checkpoint.load()?;
-    sink.restore(&position, checkpoint)?;
+    let name = input_name(io.input.as_deref());
+    let position = if io.input.is_some() {
+        let checkpoint = Checkpoint::open(state, &identity(io.input.as_deref()), &output_id)?;
+        let position = checkpoint.load()?;
+        sink.restore(&position, Some(checkpoint))?;
+        position
+    } else {
+        let position = sink.append_position()?;
+        sink.restore(&position, None)?;
+        position
+    };
     let source = LineSource::open(
         io.input.as_deref(),
-        &input_id,
+        &name,
         &position,
         io.max_line_bytes,
         io.follow,

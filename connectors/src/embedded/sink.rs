@@ -82,6 +82,34 @@ impl Output {
         Ok(())
     }
 
+    /// The length of the file up to its last newline (0 for a stream).
+    fn whole_lines(&mut self) -> Result<u64, OpenError> {
+        use std::io::Read;
+        let Output::File { path, writer } = self else {
+            return Ok(0);
+        };
+        let io = |source| OpenError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = writer.get_mut();
+        let len = file.metadata().map_err(io)?.len();
+        // Back from the end in blocks until a newline (or the start) is found.
+        let mut end = len;
+        let mut buf = vec![0u8; 4096];
+        while end > 0 {
+            let start = end.saturating_sub(buf.len() as u64);
+            let n = (end - start) as usize;
+            file.seek(SeekFrom::Start(start)).map_err(io)?;
+            file.read_exact(&mut buf[..n]).map_err(io)?;
+            if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
+                return Ok(start + i as u64 + 1);
+            }
+            end = start;
+        }
+        Ok(0)
+    }
+
     fn flush(&mut self, fsync: bool) -> std::io::Result<()> {
         match self {
             Output::File { writer, .. } => {
@@ -132,11 +160,22 @@ impl FileSink {
         })
     }
 
-    /// Cuts the outputs back to `position` and attaches the checkpoint.
+    /// Where an input that cannot resume (stdin) starts: after what the outputs already hold,
+    /// a half-written last line (a crash of the previous run) cut off.
+    pub fn append_position(&mut self) -> Result<Position, OpenError> {
+        Ok(Position {
+            output_len: self.output.whole_lines()?,
+            dead_letter_len: self.dead_letters.whole_lines()?,
+            ..Position::default()
+        })
+    }
+
+    /// Cuts the outputs back to `position` and attaches the checkpoint (`None`: positions are
+    /// not recorded, for an input that cannot resume).
     pub fn restore(
         &mut self,
         position: &Position,
-        checkpoint: Checkpoint,
+        checkpoint: Option<Checkpoint>,
     ) -> Result<(), OpenError> {
         self.output.cut(position.output_len, "output")?;
         self.dead_letters
@@ -144,7 +183,7 @@ impl FileSink {
         self.written = position.output_len;
         self.dead_letter_written = position.dead_letter_len;
         self.done = *position;
-        self.checkpoint = Some(checkpoint);
+        self.checkpoint = checkpoint;
         Ok(())
     }
 

@@ -63,14 +63,6 @@ impl LineSource {
                 cap,
             ),
         };
-        if path.is_none() {
-            // stdin cannot seek: skip the lines already committed.
-            while source.line < position.line {
-                if source.read_line().await.map_err(io_err)?.is_none() {
-                    break;
-                }
-            }
-        }
         source.line = position.line;
         source.byte = position.byte;
         if position.published > 0 {

@@ -1,20 +1,24 @@
 //! The MongoDB `ItemWriter`: primitive writes inside the chunk's transaction. Existing keys of
 //! a `create` chunk are read once with `$in` before any write, because a failed write aborts a
-//! MongoDB transaction: a duplicate must be detected, not provoked.
+//! MongoDB transaction: a duplicate must be detected, not provoked. Cascades match a child's
+//! parent field by the key's type and value, as lookups compare keys (`{"$eq": k}` alone would
+//! also match `1.0` for `1` and arrays holding `k`).
 
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::error::ErrorKind;
 use mongodb::{ClientSession, Collection, Database};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use sluice_pipeline::apply::refuses_item;
 use sluice_pipeline::contract::Op;
 use sluice_pipeline::request::Key;
-use sluice_pipeline::store::{Inserted, ItemWriter, Target, WriteChunk};
+use sluice_pipeline::store::{ApplyError, Child, Inserted, ItemWriter, Target, WriteChunk};
 use sluice_pipeline::StoreError;
 
-use super::classify;
+use super::{classify, convert};
 
 /// A key as a BSON value.
 pub fn key_bson(key: &Key) -> Bson {
@@ -31,14 +35,14 @@ pub struct MongoWriter<'a> {
     keys: &'a HashMap<String, String>,
     /// Keys of the chunk's collection that exist (read at start, updated as items apply).
     existing: HashSet<Key>,
+    /// The chunk's items by key (the first with each key), to name a refused insert's item.
+    items: HashMap<Key, usize>,
     /// Inserts of the chunk, written with one `insertMany` at `flush` (a create chunk only
-    /// inserts, and the existence check above already decided each item's status).
+    /// inserts, and the existence check above already decided each item's status), with the
+    /// index of the item each came from.
     pending: Vec<Document>,
+    pending_items: Vec<usize>,
     pending_collection: Option<String>,
-}
-
-fn encode_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::permanent("encode", e.to_string())
 }
 
 impl<'a> MongoWriter<'a> {
@@ -50,6 +54,12 @@ impl<'a> MongoWriter<'a> {
         chunk: &WriteChunk,
     ) -> Result<Self, StoreError> {
         let mut existing = HashSet::new();
+        let mut items = HashMap::new();
+        for item in chunk.items().iter().filter(|i| i.decided.is_none()) {
+            if let Some(k) = &item.key {
+                items.entry(k.clone()).or_insert(item.index);
+            }
+        }
         if chunk.request.op == Op::Create {
             let t = &chunk.target;
             let wanted: Vec<Bson> = chunk
@@ -83,7 +93,9 @@ impl<'a> MongoWriter<'a> {
             session,
             keys,
             existing,
+            items,
             pending: Vec::new(),
+            pending_items: Vec::new(),
             pending_collection: None,
         })
     }
@@ -100,7 +112,17 @@ impl<'a> MongoWriter<'a> {
 }
 
 fn to_document(doc: &RawValue) -> Result<Document, StoreError> {
-    serde_json::from_str::<Document>(doc.get()).map_err(encode_err)
+    convert::document(doc.get())
+}
+
+/// The filter matching documents whose `field` holds `key` with its type: a string, or a
+/// 64-bit integer (JSON integers are stored as such), never an array holding it.
+pub fn key_match(field: &str, key: &Key) -> Document {
+    let ty = match key {
+        Key::Str(_) => "string",
+        Key::Int(_) => "long",
+    };
+    doc! {field: {"$eq": key_bson(key), "$type": ty, "$not": {"$type": "array"}}}
 }
 
 #[async_trait]
@@ -116,21 +138,33 @@ impl ItemWriter for MongoWriter<'_> {
         }
         self.coll(&t.collection)?;
         self.pending.push(to_document(doc)?);
+        self.pending_items
+            .push(self.items.get(key).copied().unwrap_or(usize::MAX));
         self.pending_collection = Some(t.collection.clone());
         self.existing.insert(key.clone());
         Ok(Inserted::Inserted)
     }
 
-    async fn flush(&mut self) -> Result<(), StoreError> {
+    async fn flush(&mut self) -> Result<(), ApplyError> {
         if let (Some(name), false) = (&self.pending_collection, self.pending.is_empty()) {
             let coll = self.coll(name)?;
             let docs = std::mem::take(&mut self.pending);
+            let items = std::mem::take(&mut self.pending_items);
             // A duplicate here means another transaction inserted a key since our read: the
             // transaction is aborted and the chunk reruns (transient), seeing the key this time.
-            coll.insert_many(docs)
-                .session(&mut *self.session)
-                .await
-                .map_err(|e| classify(&e))?;
+            if let Err(e) = coll.insert_many(docs).session(&mut *self.session).await {
+                let classified = classify(&e);
+                // A document the server refuses on its own fails alone.
+                if let ErrorKind::InsertMany(m) = e.kind.as_ref() {
+                    let refused = m.write_errors.iter().flatten().find(|w| w.code != 11000);
+                    if let (Some(w), true) = (refused, refuses_item(&classified)) {
+                        if let Some(&item) = items.get(w.index).filter(|i| **i != usize::MAX) {
+                            return Err(ApplyError::Item(item, classified));
+                        }
+                    }
+                }
+                return Err(classified.into());
+            }
         }
         Ok(())
     }
@@ -156,7 +190,11 @@ impl ItemWriter for MongoWriter<'_> {
         let coll = self.coll(&t.collection)?;
         let mut update = Document::new();
         if !set.is_empty() {
-            update.insert("$set", mongodb::bson::to_document(set).map_err(encode_err)?);
+            let mut fields = Document::new();
+            for (k, v) in set {
+                fields.insert(k.clone(), convert::bson(v)?);
+            }
+            update.insert("$set", fields);
         }
         if !unset.is_empty() {
             let fields: Document = unset
@@ -185,14 +223,51 @@ impl ItemWriter for MongoWriter<'_> {
         }
         self.existing.remove(key);
         if cascade {
-            for (child, field) in &t.children {
-                let c = self.coll(child)?;
-                c.delete_many(doc! {field: key_bson(key)})
+            self.delete_children(&t.children, key).await?;
+        }
+        Ok(true)
+    }
+}
+
+impl MongoWriter<'_> {
+    /// Deletes the documents of `children` whose parent field holds `key` (same type and
+    /// value), and theirs, to every declared depth, in the chunk's transaction.
+    fn delete_children<'s>(
+        &'s mut self,
+        children: &'s [Child],
+        key: &'s Key,
+    ) -> futures::future::BoxFuture<'s, Result<(), StoreError>> {
+        Box::pin(async move {
+            for child in children {
+                let coll = self.coll(&child.collection)?;
+                let filter = key_match(&child.field, key);
+                let mut grandchildren = Vec::new();
+                if !child.children.is_empty() {
+                    let mut cursor = coll
+                        .find(filter.clone())
+                        .projection(doc! {&child.key_field: 1, "_id": 0})
+                        .session(&mut *self.session)
+                        .await
+                        .map_err(|e| classify(&e))?;
+                    while let Some(d) = cursor.next(&mut *self.session).await {
+                        let d = d.map_err(|e| classify(&e))?;
+                        if let Some(k) = d
+                            .get(&child.key_field)
+                            .and_then(|b| Key::from_json(&b.clone().into_relaxed_extjson()))
+                        {
+                            grandchildren.push(k);
+                        }
+                    }
+                }
+                coll.delete_many(filter)
                     .session(&mut *self.session)
                     .await
                     .map_err(|e| classify(&e))?;
+                for k in &grandchildren {
+                    self.delete_children(&child.children, k).await?;
+                }
             }
-        }
-        Ok(true)
+            Ok(())
+        })
     }
 }

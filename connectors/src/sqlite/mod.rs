@@ -1,6 +1,7 @@
 //! The SQLite store: one database file holds the documents (a table per collection), the
-//! request ledger (`requests`), the chunk ledger (`ledger`) and, for the embedded sink, the
-//! input/output checkpoints.
+//! request ledger (`requests`: owner, first-claim time and chunk plan of each request_id), the
+//! chunk ledger (`chunk_ledger`, keyed by request_id, claim generation and chunk) and, for the
+//! embedded sink, the input/output checkpoints.
 //!
 //! One writer connection executes chunks one transaction at a time (SQLite has one writer);
 //! lookups use a small pool of reader connections, which WAL mode lets run concurrently with
@@ -8,7 +9,8 @@
 
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,15 +18,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
-use serde_json::Value;
 use sluice_config::Config;
 use sluice_pipeline::contract::ProgressEvent;
-use sluice_pipeline::dedupe::unix_now;
+use sluice_pipeline::dedupe::{unix_now, unix_now_ms};
 use sluice_pipeline::request::Key;
-use sluice_pipeline::store::{apply_items, ChunkCommit, Claim, Target, WriteChunk};
+use sluice_pipeline::store::{
+    apply_items_with, plan_bounds, plan_from_bounds, ApplyError, ChunkCommit, Claim, Claimed,
+    Found, Target, WriteChunk,
+};
 use sluice_pipeline::{SourceRef, Store, StoreError};
 
-pub use writer::{key_text, table, TableSql};
+pub use writer::{json_path, key_text, quote_ident, table, TableSql};
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -33,7 +37,12 @@ pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
+    /// Claims made, to purge expired rows every [`PURGE_EVERY`] of them.
+    claims: AtomicUsize,
 }
+
+/// Claims between two purges of expired ledger rows and claims (and the batch size).
+const PURGE_EVERY: usize = 1000;
 
 /// Opens a connection with the settings every sluice connection uses; `busy` is how long a
 /// statement waits for another process's lock.
@@ -69,18 +78,7 @@ impl SqliteStore {
     pub fn open(path: &Path, config: &Config) -> Result<Self, StoreError> {
         let busy = Duration::from_millis(config.embedded.busy_timeout_ms);
         let writer = connect(path, busy).map_err(classify)?;
-        writer
-            .execute_batch(
-                "CREATE TABLE IF NOT EXISTS requests (
-                    request_id TEXT PRIMARY KEY, topic TEXT NOT NULL, partition INTEGER NOT NULL,
-                    \"offset\" INTEGER NOT NULL, expires_at INTEGER NOT NULL);
-                 CREATE TABLE IF NOT EXISTS ledger (
-                    request_id TEXT NOT NULL, chunk INTEGER NOT NULL, event TEXT NOT NULL,
-                    expires_at INTEGER NOT NULL, PRIMARY KEY (request_id, chunk));
-                 CREATE INDEX IF NOT EXISTS ledger_expiry ON ledger(expires_at);
-                 CREATE INDEX IF NOT EXISTS requests_expiry ON requests(expires_at);",
-            )
-            .map_err(classify)?;
+        migrate(&writer).map_err(classify)?;
         for (name, c) in &config.collections {
             writer
                 .execute_batch(&format!(
@@ -92,16 +90,17 @@ impl SqliteStore {
                 // Cascades find children by the parent's key: index that JSON field.
                 writer
                     .execute_batch(&format!(
-                        "CREATE INDEX IF NOT EXISTS {idx} ON {t} (json_extract(doc, '$.\"{field}\"'));",
+                        "CREATE INDEX IF NOT EXISTS {idx} ON {t} (json_extract(doc, {path}));",
                         idx = table(&format!("{name}_by_{field}")),
                         t = table(name),
+                        path = json_path(field),
                     ))
                     .map_err(classify)?;
             }
         }
         let now = unix_now();
         writer
-            .execute("DELETE FROM ledger WHERE expires_at < ?1", [now])
+            .execute("DELETE FROM chunk_ledger WHERE expires_at < ?1", [now])
             .and_then(|_| writer.execute("DELETE FROM requests WHERE expires_at < ?1", [now]))
             .map_err(classify)?;
         let readers = (0..config.execute.lookup_concurrency.clamp(1, 4))
@@ -119,6 +118,7 @@ impl SqliteStore {
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
+            claims: AtomicUsize::new(1),
         })
     }
 
@@ -170,57 +170,128 @@ impl Store for SqliteStore {
         request_id: &str,
         source: &SourceRef,
         expires_at: i64,
+        plan: &[Range<usize>],
     ) -> Result<Claim, StoreError> {
         let (id, src) = (request_id.to_string(), source.clone());
+        let bounds = serde_json::to_string(&plan_bounds(plan))
+            .map_err(|e| StoreError::permanent("encode", e.to_string()))?;
+        let items = plan.last().map_or(0, |r| r.end);
+        let purge = self
+            .claims
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PURGE_EVERY);
         self.with_writer(move |c| {
             let now = unix_now();
-            // A claim older than the dedupe window is replaced, as if it had been purged.
+            if purge {
+                // Expired rows go a batch at a time (also at open): the file does not grow with
+                // the length of a run.
+                c.execute(
+                    "DELETE FROM chunk_ledger WHERE rowid IN
+                       (SELECT rowid FROM chunk_ledger WHERE expires_at < ?1 LIMIT ?2)",
+                    params![now, PURGE_EVERY as i64],
+                )
+                .and_then(|_| {
+                    c.execute(
+                        "DELETE FROM requests WHERE rowid IN
+                           (SELECT rowid FROM requests WHERE expires_at < ?1 LIMIT ?2)",
+                        params![now, PURGE_EVERY as i64],
+                    )
+                })
+                .map_err(classify)?;
+            }
+            // A claim older than the dedupe window is replaced, as if it had been purged: a new
+            // generation, whose ledger keys the old request's chunks cannot match.
             c.execute(
-                "INSERT INTO requests (request_id, topic, partition, \"offset\", expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO requests
+                   (request_id, topic, partition, \"offset\", expires_at, claimed_at, plan)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (request_id) DO UPDATE SET topic = excluded.topic,
                    partition = excluded.partition, \"offset\" = excluded.\"offset\",
-                   expires_at = excluded.expires_at
-                 WHERE requests.expires_at < ?6",
-                params![id, src.topic, src.partition, src.offset, expires_at, now],
+                   expires_at = excluded.expires_at, claimed_at = excluded.claimed_at,
+                   plan = excluded.plan
+                 WHERE requests.expires_at < ?8",
+                params![
+                    id,
+                    src.topic,
+                    src.partition,
+                    src.offset,
+                    expires_at,
+                    unix_now_ms(),
+                    bounds,
+                    now
+                ],
             )
             .map_err(classify)?;
-            let owner = c
+            let (owner, claimed_at, stored): (SourceRef, i64, Option<String>) = c
                 .query_row(
-                    "SELECT topic, partition, \"offset\" FROM requests WHERE request_id = ?1",
+                    "SELECT topic, partition, \"offset\", claimed_at, plan FROM requests
+                     WHERE request_id = ?1",
                     [&id],
                     |r| {
-                        Ok(SourceRef {
+                        let owner = SourceRef {
                             topic: r.get(0)?,
                             partition: r.get(1)?,
                             offset: r.get(2)?,
-                        })
+                        };
+                        Ok((owner, r.get(3)?, r.get(4)?))
                     },
                 )
                 .map_err(classify)?;
-            Ok(if owner == src {
-                Claim::Owned
-            } else {
-                Claim::DuplicateOf(owner)
-            })
+            if owner != src {
+                return Ok(Claim::DuplicateOf(owner));
+            }
+            let stored = stored
+                .and_then(|p| serde_json::from_str::<Vec<i64>>(&p).ok())
+                .and_then(|b| plan_from_bounds(&b, items));
+            let plan = match stored {
+                Some(plan) => plan,
+                None => {
+                    // A claim made before plans were stored: this plan becomes the claim's.
+                    c.execute(
+                        "UPDATE requests SET plan = ?2 WHERE request_id = ?1",
+                        params![id, bounds],
+                    )
+                    .map_err(classify)?;
+                    plan_from_bounds(
+                        &serde_json::from_str::<Vec<i64>>(&bounds).unwrap_or_default(),
+                        items,
+                    )
+                    .unwrap_or_default()
+                }
+            };
+            Ok(Claim::Owned(Claimed {
+                claimed_at_ms: claimed_at,
+                plan,
+            }))
         })
         .await
     }
 
     async fn write_chunk(&self, chunk: Arc<WriteChunk>) -> Result<ChunkCommit, StoreError> {
         let sql = self.sql.clone();
+        self.with_writer(move |c| transaction(c, |c| write_in_transaction(c, &sql, &chunk)))
+            .await
+    }
+
+    async fn settle(
+        &self,
+        chunk: Arc<WriteChunk>,
+        event: ProgressEvent,
+    ) -> Result<ChunkCommit, StoreError> {
         self.with_writer(move |c| {
-            c.execute_batch("BEGIN IMMEDIATE").map_err(classify)?;
-            let result = write_in_transaction(c, &sql, &chunk);
-            let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            match (result, c.execute_batch(end).map_err(classify)) {
-                (Ok(commit), Ok(())) => Ok(commit),
-                (Err(e), _) => Err(e),
-                (Ok(_), Err(e)) => {
-                    let _ = c.execute_batch("ROLLBACK");
-                    Err(e)
+            transaction(c, |c| {
+                if let Some(event) = stored_event(c, &chunk)? {
+                    return Ok(ChunkCommit {
+                        event,
+                        replayed: true,
+                    });
                 }
-            }
+                insert_event(c, &chunk, &event)?;
+                Ok(ChunkCommit {
+                    event,
+                    replayed: false,
+                })
+            })
         })
         .await
     }
@@ -229,7 +300,8 @@ impl Store for SqliteStore {
         &self,
         target: &Target,
         keys: &[Key],
-    ) -> Result<Vec<Option<Value>>, StoreError> {
+        max_bytes: usize,
+    ) -> Result<Vec<Found>, StoreError> {
         let readers = self.readers.clone();
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
         let sql = format!(
@@ -242,17 +314,23 @@ impl Store for SqliteStore {
                 .lock()
                 .map_err(|_| StoreError::permanent("poisoned", "reader lock poisoned"))?;
             let mut stmt = conn.prepare_cached(&sql).map_err(classify)?;
+            let mut used = 0usize;
             keys.iter()
                 .map(|k| {
                     let doc: Option<String> = stmt
                         .query_row([k], |r| r.get(0))
                         .optional()
                         .map_err(classify)?;
-                    doc.map(|d| {
-                        serde_json::from_str(&d)
-                            .map_err(|e| StoreError::permanent("corrupt", e.to_string()))
-                    })
-                    .transpose()
+                    let Some(doc) = doc else {
+                        return Ok(Found::Missing);
+                    };
+                    if used + doc.len() > max_bytes {
+                        return Ok(Found::TooLarge(doc.len()));
+                    }
+                    used += doc.len();
+                    serde_json::from_str(&doc)
+                        .map(Found::Doc)
+                        .map_err(|e| StoreError::permanent("corrupt", e.to_string()))
                 })
                 .collect()
         })
@@ -261,44 +339,156 @@ impl Store for SqliteStore {
     }
 }
 
-/// The body of a chunk transaction: ledger look-up, item writes, ledger entry.
+/// Creates the tables, or brings an older database to the current shape: claims gain their
+/// time and plan; the chunk ledger gains the claim generation in its key (rows from before
+/// it belong to generation 0, the generation of claims made before it).
+fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS requests (
+            request_id TEXT PRIMARY KEY, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+            \"offset\" INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+            claimed_at INTEGER NOT NULL DEFAULT 0, plan TEXT);
+         CREATE TABLE IF NOT EXISTS chunk_ledger (
+            request_id TEXT NOT NULL, generation INTEGER NOT NULL, chunk INTEGER NOT NULL,
+            event TEXT NOT NULL, expires_at INTEGER NOT NULL,
+            PRIMARY KEY (request_id, generation, chunk));
+         CREATE INDEX IF NOT EXISTS chunk_ledger_expiry ON chunk_ledger(expires_at);
+         CREATE INDEX IF NOT EXISTS requests_expiry ON requests(expires_at);",
+    )?;
+    let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        c.prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
+        ))?
+        .exists([])
+    };
+    if !has("requests", "claimed_at")? {
+        c.execute_batch(
+            "ALTER TABLE requests ADD COLUMN claimed_at INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE requests ADD COLUMN plan TEXT;",
+        )?;
+    }
+    let old_ledger: bool = c
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger'")?
+        .exists([])?;
+    if old_ledger {
+        c.execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT OR IGNORE INTO chunk_ledger (request_id, generation, chunk, event, expires_at)
+               SELECT request_id, 0, chunk, event, expires_at FROM ledger;
+             DROP TABLE ledger;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs `body` in one `BEGIN IMMEDIATE … COMMIT` (rolled back when it fails).
+fn transaction<T>(
+    c: &mut Connection,
+    body: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    c.execute_batch("BEGIN IMMEDIATE").map_err(classify)?;
+    let result = body(c);
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    match (result, c.execute_batch(end).map_err(classify)) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// The chunk's ledger entry, if any.
+fn stored_event(c: &Connection, chunk: &WriteChunk) -> Result<Option<ProgressEvent>, StoreError> {
+    let stored: Option<String> = c
+        .prepare_cached(
+            "SELECT event FROM chunk_ledger WHERE request_id = ?1 AND generation = ?2 AND chunk = ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![chunk.request.request_id, chunk.generation, chunk.index as i64],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .map_err(classify)?;
+    stored
+        .map(|e| {
+            serde_json::from_str(&e).map_err(|e| StoreError::permanent("corrupt", e.to_string()))
+        })
+        .transpose()
+}
+
+/// Inserts the chunk's ledger entry.
+fn insert_event(
+    c: &Connection,
+    chunk: &WriteChunk,
+    event: &ProgressEvent,
+) -> Result<(), StoreError> {
+    let text =
+        serde_json::to_string(event).map_err(|e| StoreError::permanent("encode", e.to_string()))?;
+    c.prepare_cached(
+        "INSERT INTO chunk_ledger (request_id, generation, chunk, event, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            chunk.request.request_id,
+            chunk.generation,
+            chunk.index as i64,
+            text,
+            chunk.expires_at
+        ])
+    })
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// The body of a chunk transaction: ledger look-up, item writes, ledger entry. An item the
+/// database refuses on its own is rolled back and the chunk applied again with it failed
+/// (at most once per item).
 fn write_in_transaction(
     c: &mut Connection,
     sql: &HashMap<String, TableSql>,
     chunk: &WriteChunk,
 ) -> Result<ChunkCommit, StoreError> {
-    let id = &chunk.request.request_id;
-    let stored: Option<String> = c
-        .prepare_cached("SELECT event FROM ledger WHERE request_id = ?1 AND chunk = ?2")
-        .and_then(|mut s| {
-            s.query_row(params![id, chunk.index as i64], |r| r.get(0))
-                .optional()
-        })
-        .map_err(classify)?;
-    if let Some(event) = stored {
-        let event: ProgressEvent = serde_json::from_str(&event)
-            .map_err(|e| StoreError::permanent("corrupt", e.to_string()))?;
+    if let Some(event) = stored_event(c, chunk)? {
         return Ok(ChunkCommit {
             event,
             replayed: true,
         });
     }
-    c.execute_batch("SAVEPOINT items").map_err(classify)?;
-    let applied = {
-        let mut w = writer::SqlWriter { conn: c, sql };
-        futures::executor::block_on(apply_items(chunk, &mut w))?
+    let mut refused = BTreeMap::new();
+    let applied = loop {
+        c.execute_batch("SAVEPOINT items").map_err(classify)?;
+        let result = {
+            let mut w = writer::SqlWriter { conn: c, sql };
+            futures::executor::block_on(apply_items_with(chunk, &mut w, false, &refused))
+        };
+        match result {
+            Ok(applied) => {
+                if applied.rollback {
+                    c.execute_batch("ROLLBACK TO items").map_err(classify)?;
+                }
+                c.execute_batch("RELEASE items").map_err(classify)?;
+                break applied;
+            }
+            Err(e) => {
+                c.execute_batch("ROLLBACK TO items; RELEASE items")
+                    .map_err(classify)?;
+                match e {
+                    ApplyError::Item(index, e) if !refused.contains_key(&index) => {
+                        tracing::warn!(item = index, error = %e, "the database refused one item; it fails alone");
+                        refused.insert(index, e);
+                    }
+                    other => return Err(other.into_store_error()),
+                }
+            }
+        }
     };
-    if applied.rollback {
-        c.execute_batch("ROLLBACK TO items").map_err(classify)?;
-    }
-    c.execute_batch("RELEASE items").map_err(classify)?;
-    let text = serde_json::to_string(&applied.event)
-        .map_err(|e| StoreError::permanent("encode", e.to_string()))?;
-    c.prepare_cached(
-        "INSERT INTO ledger (request_id, chunk, event, expires_at) VALUES (?1, ?2, ?3, ?4)",
-    )
-    .and_then(|mut s| s.execute(params![id, chunk.index as i64, text, chunk.expires_at]))
-    .map_err(classify)?;
+    insert_event(c, chunk, &applied.event)?;
     Ok(ChunkCommit {
         event: applied.event,
         replayed: false,

@@ -8,19 +8,50 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sluice_pipeline::request::Key;
-use sluice_pipeline::store::{Inserted, ItemWriter, Target};
+use sluice_pipeline::store::{Child, Inserted, ItemWriter, Target};
 use sluice_pipeline::StoreError;
 
 use super::classify;
 
-/// The quoted table name of a collection (names are validated by config to `[A-Za-z0-9_]`).
+/// A quoted SQL identifier (config validates names to `[A-Za-z_][A-Za-z0-9_]*`; the quoting
+/// holds whatever they are).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The quoted table name of a collection.
 pub fn table(collection: &str) -> String {
-    format!("\"doc_{collection}\"")
+    quote_ident(&format!("doc_{collection}"))
+}
+
+/// A SQL string literal holding the JSON path of a top-level field.
+pub fn json_path(field: &str) -> String {
+    let path = format!("$.\"{}\"", field.replace('\\', "\\\\").replace('"', "\\\""));
+    format!("'{}'", path.replace('\'', "''"))
 }
 
 /// A key as stored in the `key` column.
 pub fn key_text(key: &Key) -> String {
     key.to_json().to_string()
+}
+
+/// The JSON type a field must have to match `key` (`json_type`): a key matches its own type
+/// only, as lookups compare keys — `"1"` never matches `1`, `1.0` never matches `1`, and an
+/// object or array never matches.
+fn key_type(key: &Key) -> &'static str {
+    match key {
+        Key::Str(_) => "text",
+        Key::Int(_) => "integer",
+    }
+}
+
+/// The statements that find a parent's children in one table by its parent field.
+#[derive(Debug, Clone)]
+pub struct ChildSql {
+    /// `SELECT key …` of the rows whose field holds the parent key (?1) with its type (?2).
+    select_keys: String,
+    /// `DELETE …` of the same rows.
+    delete: String,
 }
 
 /// The SQL of one collection's table, built once at start-up.
@@ -31,14 +62,28 @@ pub struct TableSql {
     select: String,
     update: String,
     delete: String,
-    /// Deletes this table's rows whose `field` holds a parent key: (field, SQL).
-    delete_children: Vec<(String, String)>,
+    /// By parent field: the statements cascades use on this table.
+    children: HashMap<String, ChildSql>,
 }
 
 impl TableSql {
-    /// The statements for `collection`; `parent_fields` are the fields cascades match on.
+    /// The statements for `collection`; `parent_field` is the field cascades match on.
     pub fn new(collection: &str, parent_field: Option<&str>) -> Self {
         let t = table(collection);
+        let children = parent_field
+            .map(|f| {
+                let m = format!(
+                    "json_type(doc, {p}) = ?2 AND json_extract(doc, {p}) = ?1",
+                    p = json_path(f)
+                );
+                let sql = ChildSql {
+                    select_keys: format!("SELECT key FROM {t} WHERE {m}"),
+                    delete: format!("DELETE FROM {t} WHERE {m}"),
+                };
+                (f.to_string(), sql)
+            })
+            .into_iter()
+            .collect();
         TableSql {
             insert: format!("INSERT INTO {t} (key, doc) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING"),
             upsert: format!(
@@ -47,10 +92,7 @@ impl TableSql {
             select: format!("SELECT doc FROM {t} WHERE key = ?1"),
             update: format!("UPDATE {t} SET doc = ?2 WHERE key = ?1"),
             delete: format!("DELETE FROM {t} WHERE key = ?1"),
-            delete_children: parent_field
-                .map(|f| (f.to_string(), format!("DELETE FROM {t} WHERE json_extract(doc, '$.\"{f}\"') = ?1")))
-                .into_iter()
-                .collect(),
+            children,
         }
     }
 
@@ -155,23 +197,58 @@ impl ItemWriter for SqlWriter<'_> {
             return Ok(false);
         }
         if cascade {
-            for (child, field) in &t.children {
-                let child_sql = self.sql(child)?;
-                let Some((_, sql)) = child_sql.delete_children.iter().find(|(f, _)| f == field)
-                else {
-                    return Err(StoreError::permanent(
-                        "schema",
-                        format!("{child}.{field} is not a parent field"),
-                    ));
-                };
-                let mut stmt = self.conn.prepare_cached(sql).map_err(classify)?;
-                match key {
-                    Key::Str(s) => stmt.execute([s]),
-                    Key::Int(i) => stmt.execute([i]),
-                }
-                .map_err(classify)?;
-            }
+            self.delete_children(&t.children, key)?;
         }
         Ok(true)
+    }
+}
+
+impl SqlWriter<'_> {
+    /// Deletes the documents of `children` whose parent field holds `key` (same type and
+    /// value), and theirs, to every declared depth.
+    fn delete_children(&mut self, children: &[Child], key: &Key) -> Result<(), StoreError> {
+        for child in children {
+            let sql = self
+                .sql(&child.collection)?
+                .children
+                .get(&child.field)
+                .ok_or_else(|| {
+                    StoreError::permanent(
+                        "schema",
+                        format!("{}.{} is not a parent field", child.collection, child.field),
+                    )
+                })?
+                .clone();
+            let value = match key {
+                Key::Str(s) => rusqlite::types::Value::Text(s.clone()),
+                Key::Int(i) => rusqlite::types::Value::Integer(*i),
+            };
+            let grandchildren: Vec<Key> = if child.children.is_empty() {
+                Vec::new()
+            } else {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(&sql.select_keys)
+                    .map_err(classify)?;
+                let texts = stmt
+                    .query_map(params![value, key_type(key)], |r| r.get::<_, String>(0))
+                    .map_err(classify)?
+                    .collect::<Result<Vec<String>, _>>()
+                    .map_err(classify)?;
+                texts
+                    .iter()
+                    .filter_map(|t| serde_json::from_str::<Value>(t).ok())
+                    .filter_map(|v| Key::from_json(&v))
+                    .collect()
+            };
+            self.conn
+                .prepare_cached(&sql.delete)
+                .and_then(|mut s| s.execute(params![value, key_type(key)]))
+                .map_err(classify)?;
+            for k in &grandchildren {
+                self.delete_children(&child.children, k)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,95 @@
+//! Request claims on MongoDB (`sluice_requests`, `_id` = request_id): the record that owns a
+//! request_id, when it first claimed it (the claim's generation, and where deadlines count
+//! from) and the chunk plan made then. A re-read of the same record gets them back; a claim
+//! past its window (`expires_at`) is replaced by a new one; the TTL index removes old claims
+//! eventually, but expiry is decided by `expires_at` here, not by the TTL monitor.
+
+use std::ops::Range;
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::Collection;
+use sluice_pipeline::dedupe::unix_now_ms;
+use sluice_pipeline::store::{plan_bounds, plan_from_bounds, Claim, Claimed};
+use sluice_pipeline::{SourceRef, StoreError};
+
+use super::{classify, expires, is_duplicate_key, MongoStore};
+
+pub(super) const REQUESTS: &str = "sluice_requests";
+
+impl MongoStore {
+    pub(super) async fn claim_request(
+        &self,
+        request_id: &str,
+        source: &SourceRef,
+        expires_at: i64,
+        plan: &[Range<usize>],
+    ) -> Result<Claim, StoreError> {
+        let coll: Collection<Document> = self.database().collection(REQUESTS);
+        let bounds: Vec<Bson> = plan_bounds(plan).into_iter().map(Bson::Int64).collect();
+        let items = plan.last().map_or(0, |r| r.end);
+        let claimed_at = unix_now_ms();
+        let mine = doc! {
+            "_id": request_id,
+            "topic": &source.topic,
+            "partition": source.partition,
+            "offset": source.offset,
+            "expires_at": expires(expires_at),
+            "claimed_at": claimed_at,
+            "plan": bounds.clone(),
+        };
+        let fresh = Claim::Owned(Claimed {
+            claimed_at_ms: claimed_at,
+            plan: plan.to_vec(),
+        });
+        match coll.insert_one(mine.clone()).await {
+            Ok(_) => return Ok(fresh),
+            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) => return Err(classify(&e)),
+        }
+        // Taken: by this record (a re-read), by another within the window, or expired (then
+        // replaced: a new generation, whose ledger keys the old request's chunks cannot match).
+        let replaced = coll
+            .find_one_and_replace(
+                doc! {"_id": request_id, "expires_at": {"$lt": DateTime::now()}},
+                mine,
+            )
+            .await
+            .map_err(|e| classify(&e))?;
+        if replaced.is_some() {
+            return Ok(fresh);
+        }
+        let stored = coll
+            .find_one(doc! {"_id": request_id})
+            .await
+            .map_err(|e| classify(&e))?
+            .ok_or_else(|| StoreError::transient("claim_race", "claim vanished; retrying"))?;
+        let owner = SourceRef {
+            topic: stored.get_str("topic").unwrap_or_default().to_string(),
+            partition: stored.get_i32("partition").unwrap_or_default(),
+            offset: stored.get_i64("offset").unwrap_or_default(),
+        };
+        if &owner != source {
+            return Ok(Claim::DuplicateOf(owner));
+        }
+        let stored_plan = stored
+            .get_array("plan")
+            .ok()
+            .map(|a| a.iter().filter_map(Bson::as_i64).collect::<Vec<i64>>())
+            .and_then(|b| plan_from_bounds(&b, items));
+        // A claim made before claims held their time and plan: generation 0, and this plan.
+        let claimed_at_ms = stored.get_i64("claimed_at").unwrap_or(0);
+        let plan = match stored_plan {
+            Some(plan) => plan,
+            None => {
+                coll.update_one(doc! {"_id": request_id}, doc! {"$set": {"plan": bounds}})
+                    .await
+                    .map_err(|e| classify(&e))?;
+                plan.to_vec()
+            }
+        };
+        Ok(Claim::Owned(Claimed {
+            claimed_at_ms,
+            plan,
+        }))
+    }
+}
