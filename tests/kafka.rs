@@ -259,3 +259,51 @@ fn events_too_large_for_one_message_become_outcomes_not_a_crash_loop() {
         env.log_text("a")
     );
 }
+
+/// A request of 5000 chunks: its progress events become visible (committed, read_committed)
+/// while it runs — no transaction waits for the whole request — and after a `kill -9` in the
+/// middle of it, the restart publishes the rest and nothing twice (the committed offset's
+/// metadata says how many of its events are out).
+#[test]
+fn a_long_request_commits_as_it_goes_and_resumes_after_kill_9() {
+    let Some(env) = setup("long", 1, "") else {
+        return;
+    };
+    let items: Vec<String> = (0..10_000).map(|i| format!("long-{i}")).collect();
+    env.produce(&[(Some("k".into()), create("long", items))]);
+    let vars = [
+        ("SLUICE__CHUNK__MAX_ITEMS", "2".to_string()),
+        ("SLUICE__LIMITS__MAX_RECORD_BYTES", "2000000".to_string()),
+    ];
+    let mut svc = env.service_with("a", &vars);
+    // Wait until progress of the unfinished request is committed, then kill.
+    let reader = env.consumer(&env.results);
+    let mut seen = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while seen < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress committed mid-request"
+        );
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            let v: Value = serde_json::from_slice(rdkafka::Message::payload(&m).unwrap()).unwrap();
+            assert_eq!(
+                v["event"], "progress",
+                "the request finished before the kill"
+            );
+            seen += 1;
+        }
+    }
+    svc.kill().unwrap();
+    svc.wait().unwrap();
+    let svc = env.service_with("a", &vars);
+    let events = env.results(1, Duration::from_secs(300));
+    stop(svc);
+    let terminal = check_once(&events);
+    assert_eq!(terminal.values().next().unwrap()["counts"]["ok"], 10_000);
+    assert_eq!(
+        events.len(),
+        5001,
+        "5000 progress events and the terminal one, each once"
+    );
+}
