@@ -4,147 +4,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use common::http::*;
 use common::*;
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
-}
-
-/// GET → (status, body); `None` while nothing listens yet.
-fn get(url: &str, query: &[(&str, &str)]) -> Option<(u16, String)> {
-    let mut req = agent().get(url);
-    for (k, v) in query {
-        req = req.query(*k, *v);
-    }
-    let mut resp = req.call().ok()?;
-    let status = resp.status().as_u16();
-    Some((status, resp.body_mut().read_to_string().ok()?))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A running `sluice run --follow` on an input file the test appends to.
-struct Sluice {
-    child: Child,
-    input: std::fs::File,
-    port: u16,
-}
-
-impl Sluice {
-    fn start(dir: &Path, extra_config: &str) -> Sluice {
-        let port = free_port();
-        let cfg = write_config(
-            dir,
-            &format!(
-                "[observability]\nlisten = \"127.0.0.1:{port}\"\nhealth_interval_ms = 300\nhealth_timeout_ms = 250\n\
-                 [embedded]\nbusy_timeout_ms = 100\n[collections.words]\nkey = \"text\"\n\
-                 [collections.definitions]\nkey = \"id\"\nparent = \"words\"\nparent_field = \"word\"\n{extra_config}"
-            ),
-        );
-        let input = dir.join("in.jsonl");
-        let file = std::fs::File::create(&input).unwrap();
-        let child = sluice()
-            .args(["run", "--follow"])
-            .args(run_args(
-                &cfg,
-                &input,
-                &dir.join("out.jsonl"),
-                None,
-                &dir.join("s.db"),
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = Sluice {
-            child,
-            input: file,
-            port,
-        };
-        wait_for("/healthz", Duration::from_secs(30), || {
-            s.get("/healthz").is_some_and(|(c, _)| c == 200)
-        });
-        s
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        get(&format!("http://127.0.0.1:{}{path}", self.port), &[])
-    }
-
-    fn send(&mut self, line: &str) {
-        self.input
-            .write_all(format!("{line}\n").as_bytes())
-            .unwrap();
-        self.input.flush().unwrap();
-    }
-
-    fn send_creates(&mut self, prefix: &str, n: usize) {
-        for i in 0..n {
-            let items: Vec<_> = (0..5)
-                .map(|j| serde_json::json!({"text": format!("{prefix}{i}-{j}")}))
-                .collect();
-            let r = serde_json::json!({"request_id": format!("{prefix}{i}"), "collection": "words", "op": "create", "items": items});
-            self.send(&r.to_string());
-        }
-    }
-
-    /// SIGTERM, and a clean exit.
-    fn finish(mut self) {
-        // SAFETY: kill(2) on the child we spawned, with a valid signal; no memory effects.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) },
-            0
-        );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "sluice exited with {status} after SIGTERM"
-                );
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sluice did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn ready(s: &Sluice) -> Option<bool> {
     s.get("/readyz").map(|(code, body)| {
@@ -206,29 +71,25 @@ fn health_readiness_and_metrics_endpoints() {
     s.finish();
 }
 
-fn tool(name: &str) -> Option<String> {
+/// The path of an installed tool; the tests that use one are `#[ignore]`d and run by
+/// scripts/test-all.sh (which installs Prometheus), so a missing tool is an error there.
+fn tool(name: &str) -> String {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
         .output()
-        .ok()?;
+        .unwrap();
     let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
-    if path.is_empty() {
-        // CI installs Prometheus (.ci/run); elsewhere say what is missing instead of passing.
-        assert!(
-            std::env::var("CI").is_err(),
-            "{name} is required in CI (apt-get install prometheus)"
-        );
-        eprintln!("skipping: {name} not installed (apt-get install prometheus)");
-        return None;
-    }
-    Some(path)
+    assert!(
+        !path.is_empty(),
+        "this test needs {name}: apt-get install prometheus, or run scripts/test-all.sh"
+    );
+    path
 }
 
 #[test]
+#[ignore = "needs promtool (apt-get install prometheus): run scripts/test-all.sh"]
 fn alert_rules_pass_their_unit_tests() {
-    let Some(promtool) = tool("promtool") else {
-        return;
-    };
+    let promtool = tool("promtool");
     let rules = root().join("grafana/prometheus");
     for args in [
         vec!["check", "rules", "alerts.yml"],
@@ -271,10 +132,9 @@ fn metric_names(expr: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs prometheus (apt-get install prometheus): run scripts/test-all.sh"]
 fn dashboard_and_alerts_match_live_metrics_in_prometheus() {
-    let Some(prometheus) = tool("prometheus") else {
-        return;
-    };
+    let prometheus = tool("prometheus");
     let dir = tempfile::tempdir().unwrap();
     let mut s = Sluice::start(dir.path(), "[pipeline]\ncommit_interval_ms = 50\n");
     // Traffic with every kind of outcome: the examples (rejections, duplicates, dead letters).

@@ -15,18 +15,14 @@ use serde_json::{json, Value};
 
 use super::*;
 
-pub fn broker() -> Option<String> {
-    match std::env::var("SLUICE_TEST_KAFKA") {
-        Ok(b) => Some(b),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI must start Kafka and set SLUICE_TEST_KAFKA (see .ci/run)"
-            );
-            eprintln!("skipping: set SLUICE_TEST_KAFKA=127.0.0.1:19092 after `scripts/kafka.sh start 19092`");
-            None
-        }
-    }
+/// The broker of the tests (`SLUICE_TEST_KAFKA`). Tests that need it are `#[ignore]`d, so
+/// `cargo test` lists them as ignored; `scripts/test-all.sh` starts a broker and runs them
+/// with `--include-ignored`, and then a missing broker is an error, never a pass.
+pub fn broker() -> String {
+    std::env::var("SLUICE_TEST_KAFKA").expect(
+        "this test needs a broker: run scripts/test-all.sh, or set \
+         SLUICE_TEST_KAFKA=127.0.0.1:19092 after `scripts/kafka.sh start 19092`",
+    )
 }
 
 pub struct Env {
@@ -46,12 +42,12 @@ pub struct Env {
     produced: AtomicUsize,
 }
 
-pub fn setup(name: &str, partitions: i32, extra: &str) -> Option<Env> {
-    setup_with(broker()?, name, partitions, extra)
+pub fn setup(name: &str, partitions: i32, extra: &str) -> Env {
+    setup_with(broker(), name, partitions, extra)
 }
 
 /// Like [`setup`], against `brokers`.
-pub fn setup_with(brokers: String, name: &str, partitions: i32, extra: &str) -> Option<Env> {
+pub fn setup_with(brokers: String, name: &str, partitions: i32, extra: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("{name}-{:08x}", rand::random::<u32>());
     let state = dir.path().join("state.db");
@@ -97,7 +93,7 @@ parent_field = "word"
         "topics create: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(Env {
+    Env {
         _dir: dir,
         cfg,
         state,
@@ -109,7 +105,7 @@ parent_field = "word"
         group: format!("g-{tag}"),
         observer: std::sync::OnceLock::new(),
         produced: AtomicUsize::new(0),
-    })
+    }
 }
 
 impl Env {

@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// A `sluice run --follow` with its HTTP listener, and HTTP helpers.
+pub mod http;
 /// Kafka helpers (only the Kafka test binaries use them).
 pub mod kafka;
 /// Services a test runs for itself (broker, SecantusDB) and the MongoDB test settings.

@@ -8,19 +8,15 @@ use std::process::Command;
 use super::root;
 
 /// The MongoDB-wire server of the tests: `SLUICE_TEST_MONGODB_URI` (a real replica set) or
-/// `SLUICE_TEST_MONGO` (SecantusDB, which CI starts). `None` (and a note) without either.
-pub fn mongo() -> Option<String> {
-    match std::env::var("SLUICE_TEST_MONGODB_URI").or_else(|_| std::env::var("SLUICE_TEST_MONGO")) {
-        Ok(u) => Some(u),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI must start SecantusDB and set SLUICE_TEST_MONGO"
-            );
-            eprintln!("skipping: set SLUICE_TEST_MONGO (scripts/secantus.sh start)");
-            None
-        }
-    }
+/// `SLUICE_TEST_MONGO` (SecantusDB, which `scripts/test-all.sh` starts). Tests that need it
+/// are `#[ignore]`d; run with `--include-ignored`, a missing server is an error.
+pub fn mongo() -> String {
+    std::env::var("SLUICE_TEST_MONGODB_URI")
+        .or_else(|_| std::env::var("SLUICE_TEST_MONGO"))
+        .expect(
+            "this test needs a MongoDB-wire server: run scripts/test-all.sh, or set \
+             SLUICE_TEST_MONGO (scripts/secantus.sh start; scripts/secantus.sh uri)",
+        )
 }
 
 /// A `[mongo]` section with a database of its own.
@@ -134,5 +130,26 @@ impl Drop for OwnSecantus {
             .arg(root().join("scripts/secantus.sh"))
             .args(["stop", &self.port])
             .output();
+    }
+}
+
+impl OwnBroker {
+    /// [`OwnBroker::start`] with `env` for `scripts/kafka.sh` (e.g. the `KAFKA_SSL_*` listener
+    /// settings). `resume` does not pass them again.
+    pub fn start_with_env(env: &[(&str, String)]) -> OwnBroker {
+        let port = free_port_pair().to_string();
+        let out = Command::new("bash")
+            .arg(root().join("scripts/kafka.sh"))
+            .args(["start", &port])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kafka.sh start {port} with {:?}: {}",
+            env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        OwnBroker { port }
     }
 }
