@@ -7,12 +7,14 @@
 //! - `bench` and `bench_kafka`: the benchmarks, driving `embedded` and `kafka`;
 //! - `embedded` and `kafka`: the two `sluice run` services (plus the Kafka CLI tools);
 //! - `rss` (peak memory, for both benchmarks), `service` (store selection and shutdown signal,
-//!   for both services), `observability` (metrics and health endpoints) and `logging`.
+//!   for both services), `observability` (metrics and health endpoints, served by
+//!   `listener`) and `logging`.
 
 mod bench;
 mod bench_kafka;
 mod embedded;
 mod kafka;
+mod listener;
 mod logging;
 mod observability;
 mod rss;
@@ -147,6 +149,7 @@ pub struct BenchArgs {
 }
 
 fn main() -> ExitCode {
+    install_panic_hook();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
@@ -177,10 +180,25 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Whatever component wrote the message, no secret of the config gets out.
+            eprintln!("error: {}", sluice_config::scrub(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Panic messages go through the same scrubbing as errors and logs: a panic that formats a
+/// value holding a secret must not print it.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("<unnamed>");
+        let message = sluice_config::scrub(&info.to_string()).into_owned();
+        eprintln!("thread '{name}' {message}");
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        }
+    }));
 }
 
 /// Loads the config for `run`, applying command-line overrides.

@@ -1,6 +1,6 @@
 //! The Kafka section (`[kafka]`): connection, topics, the [`Delivery`] guarantee and
-//! pass-through librdkafka properties, plus [`is_secret`], which decides which of those
-//! properties are masked when printed.
+//! pass-through librdkafka properties (those [`crate::is_secret`] marks are masked when
+//! printed).
 
 use std::collections::BTreeMap;
 
@@ -122,21 +122,6 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
         }
     }
-}
-
-/// Whether a librdkafka property (or similar key) holds a secret.
-pub fn is_secret(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "key.pem",
-        "ssl.key",
-        "token",
-        "sasl.oauthbearer.config",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
 }
 
 #[cfg(test)]

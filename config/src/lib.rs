@@ -11,8 +11,10 @@
 //!   (`SLUICE__LIMITS__MAX_RECORD_BYTES=2048`, sections split by a double underscore).
 //! - [`Config::validate`] (module `validate`): rejects contradictions at start-up with a
 //!   message naming the field.
-//! - [`Config::masked`]: the printable form, with secrets replaced by `***` ([`mask_uri`],
-//!   [`is_secret`]).
+//! - [`Config::masked`]: the printable form, with secrets replaced by `***`; module
+//!   `secrets` holds the one rule for secrets ([`is_secret`], [`mask_uri`], and [`scrub`],
+//!   which removes every secret of the loaded config from any text), module `parse` the
+//!   error messages that never quote a secret.
 //!
 //! Unknown fields are rejected everywhere (`deny_unknown_fields`), so a typo fails at start-up
 //! instead of being silently ignored.
@@ -23,7 +25,9 @@ mod kafka;
 mod limits;
 mod mongo;
 mod observability;
+mod parse;
 mod pipeline;
+mod secrets;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -35,11 +39,12 @@ use serde::{Deserialize, Serialize};
 
 pub use collections::{valid_name, CollectionConfig};
 pub use embedded::EmbeddedConfig;
-pub use kafka::{is_secret, Delivery, KafkaConfig, KafkaTopics};
+pub use kafka::{Delivery, KafkaConfig, KafkaTopics};
 pub use limits::{ChunkConfig, Limits, OpLimits};
-pub use mongo::{mask_uri, MongoConfig};
+pub use mongo::MongoConfig;
 pub use observability::{LogFormat, ObservabilityConfig};
 pub use pipeline::{DedupeConfig, ExecuteConfig, PipelineConfig};
+pub use secrets::{is_secret, mask_uri, register as register_secrets, scrub, MASK};
 pub use validate::ITEM_RESULT_MAX_BYTES;
 
 /// A configuration problem, naming the field it is about.
@@ -112,26 +117,41 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
                 path.display()
             )));
         }
-        figment = figment.merge(Toml::file_exact(path));
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::Parse(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        parse::check_syntax(&text, &format!("config file {}", path.display()))?;
+        figment = figment.merge(Toml::string(&text));
     }
     figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
-    from_figment(figment)
+    parse::extract(figment)
 }
 
 /// Parses and validates a TOML document (no environment), e.g. for tests and `config check`.
 pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-    from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
-}
-
-fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-    let config: Config = figment
-        .extract()
-        .map_err(|e| ConfigError::Parse(e.to_string()))?;
-    config.validate()?;
-    Ok(config)
+    parse::check_syntax(text, "the config")?;
+    parse::extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
 }
 
 impl Config {
+    /// Every secret value the config holds (connection-string credentials and sensitive
+    /// options, secret Kafka properties), for [`scrub`].
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut values = Vec::new();
+        if let Some(m) = &self.mongo {
+            values.extend(secrets::uri_secrets(&m.uri));
+        }
+        if let Some(k) = &self.kafka {
+            values.extend(
+                k.properties
+                    .iter()
+                    .filter(|(key, _)| is_secret(key))
+                    .map(|(_, value)| value.clone()),
+            );
+        }
+        values
+    }
+
     /// The config as TOML with secrets masked, for `sluice config check` and start-up logs.
     pub fn masked(&self) -> String {
         let mut c = self.clone();
@@ -141,7 +161,7 @@ impl Config {
         if let Some(k) = c.kafka.as_mut() {
             for (key, value) in k.properties.iter_mut() {
                 if is_secret(key) {
-                    *value = "***".into();
+                    *value = MASK.into();
                 }
             }
         }
