@@ -43,11 +43,7 @@ pub async fn run_pipeline(
         config.observability.stall_after_ms,
     )));
     health.set_store(Ok(()));
-    if let Some(listen) = &config.observability.listen {
-        let handle = crate::observability::install_recorder()?;
-        crate::observability::serve(listen, handle, health.clone()).await?;
-        crate::observability::spawn_checks(store.clone(), health.clone(), &config.observability);
-    }
+    crate::observability::start(&config.observability, &store, &health).await?;
     let (source, sink, position) = embedded::open(&io, writer).await?;
     let end = sluice_pipeline::run(config, source, sink, store, stats, health, shutdown).await?;
     Ok((end, position))
@@ -61,7 +57,7 @@ pub async fn run(args: RunArgs, config: Arc<Config>) -> anyhow::Result<()> {
         output: path_arg(&args.output),
         dead_letters: args.dead_letters.clone(),
         state: config.embedded.state.clone(),
-        max_line_bytes: config.limits.max_record_bytes.saturating_mul(4),
+        max_line_bytes: config.limits.read_cap(),
         fsync: false,
         follow: args.follow,
     };

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sluice_config::ObservabilityConfig;
 use sluice_pipeline::health::Health;
-use sluice_pipeline::metrics::{buckets, register, HEALTH_FAILURES, PIPELINE_ERRORS, UPTIME};
+use sluice_pipeline::metrics::{buckets, register, HEALTH_FAILURES, UPTIME};
 use sluice_pipeline::Store;
 
 /// How often histogram samples are folded into their buckets. The recorder keeps raw samples
@@ -49,9 +49,27 @@ struct AppState {
     process: Arc<metrics_process::Collector>,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until the process exits.
-pub async fn serve(
+/// With `observability.listen` set: installs the recorder, serves the endpoints and starts
+/// the store health checks that drive readiness.
+pub async fn start(
+    config: &ObservabilityConfig,
+    store: &Arc<dyn Store>,
+    health: &Arc<Health>,
+) -> anyhow::Result<()> {
+    let Some(listen) = &config.listen else {
+        return Ok(());
+    };
+    let handle = install_recorder()?;
+    serve(listen, config, handle, health.clone()).await?;
+    spawn_checks(store.clone(), health.clone(), config);
+    Ok(())
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until the process exits, within
+/// the limits of [`crate::listener`].
+async fn serve(
     listen: &str,
+    config: &ObservabilityConfig,
     handle: PrometheusHandle,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
@@ -71,12 +89,11 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding the observability listener on {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            metrics::counter!(PIPELINE_ERRORS, "component" => "observability").increment(1);
-            tracing::error!(error = %e, "observability listener stopped");
-        }
-    });
+    tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        crate::listener::Limits::from_config(config),
+    ));
     Ok(())
 }
 
@@ -93,7 +110,10 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let r = s.health.readiness();
+    let mut r = s.health.readiness();
+    for reason in r.reasons.iter_mut() {
+        *reason = sluice_config::scrub(reason).into_owned();
+    }
     let code = if r.ready {
         StatusCode::OK
     } else {
@@ -104,7 +124,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 
 /// Checks the store every `health_interval_ms` (each check bounded by `health_timeout_ms`)
 /// and updates readiness; also keeps `sluice_uptime_seconds` current.
-pub fn spawn_checks(store: Arc<dyn Store>, health: Arc<Health>, config: &ObservabilityConfig) {
+fn spawn_checks(store: Arc<dyn Store>, health: Arc<Health>, config: &ObservabilityConfig) {
     let interval = Duration::from_millis(config.health_interval_ms);
     let timeout = Duration::from_millis(config.health_timeout_ms);
     let started = Instant::now();
@@ -115,26 +135,31 @@ pub fn spawn_checks(store: Arc<dyn Store>, health: Arc<Health>, config: &Observa
         loop {
             tick.tick().await;
             metrics::gauge!(UPTIME).set(started.elapsed().as_secs_f64());
+            // The full error goes to the log; `/readyz`, which may be reachable from a wider
+            // network, says only what kind of failure it is.
             let result = match tokio::time::timeout(timeout, store.health()).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!(
-                    "health check timed out after {} ms",
-                    timeout.as_millis()
+                Ok(Err(e)) => Err((
+                    format!("{} ({}); details in the log", e.kind.as_str(), e.code),
+                    e.to_string(),
                 )),
+                Err(_) => {
+                    let e = format!("health check timed out after {} ms", timeout.as_millis());
+                    Err((e.clone(), e))
+                }
             };
             let ok = result.is_ok();
             if ok != was_ok {
                 match &result {
                     Ok(()) => tracing::info!(store = store.kind(), "store healthy again"),
-                    Err(e) => {
+                    Err((_, e)) => {
                         metrics::counter!(HEALTH_FAILURES, "component" => "store").increment(1);
                         tracing::warn!(store = store.kind(), error = %e, "store health check failing")
                     }
                 }
             }
             was_ok = ok;
-            health.set_store(result);
+            health.set_store(result.map_err(|(reason, _)| reason));
         }
     });
 }

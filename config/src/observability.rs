@@ -19,9 +19,20 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilityConfig {
     /// Address of the HTTP listener serving `/metrics`, `/healthz` and `/readyz`
-    /// (e.g. `127.0.0.1:9464`); absent = no listener.
+    /// (e.g. `127.0.0.1:9464`); absent = no listener. The endpoints need no credentials:
+    /// `127.0.0.1` keeps them on the machine; `0.0.0.0` (what a container needs for its probes
+    /// and scrapes) exposes them to every network the host is on — metric values and readiness
+    /// reasons, never a secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// The listener closes a connection that has not sent its request headers within this
+    /// many milliseconds (slow and idle clients).
+    pub http_header_timeout_ms: u64,
+    /// The listener closes any connection after this many milliseconds.
+    pub http_connection_timeout_ms: u64,
+    /// At most this many connections to the listener at once; beyond it, the oldest
+    /// connection is closed if it had 100 ms to send its request, else the new one gets 503.
+    pub http_max_connections: usize,
     /// Log format on stderr.
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `SLUICE_LOG` overrides it.
@@ -41,6 +52,9 @@ impl Default for ObservabilityConfig {
     fn default() -> Self {
         ObservabilityConfig {
             listen: None,
+            http_header_timeout_ms: 5_000,
+            http_connection_timeout_ms: 30_000,
+            http_max_connections: 64,
             log_format: LogFormat::Text,
             log_filter: "info".into(),
             health_interval_ms: 2_000,

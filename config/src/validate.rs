@@ -158,6 +158,18 @@ fn observability(o: &ObservabilityConfig) -> Result<(), ConfigError> {
             "must not exceed observability.health_interval_ms",
         ));
     }
+    if o.http_max_connections == 0 || o.http_header_timeout_ms == 0 {
+        return Err(ConfigError::invalid(
+            "observability.http_max_connections",
+            "the listener needs at least 1 connection and a header timeout of at least 1 ms",
+        ));
+    }
+    if o.http_header_timeout_ms > o.http_connection_timeout_ms {
+        return Err(ConfigError::invalid(
+            "observability.http_header_timeout_ms",
+            "must not exceed observability.http_connection_timeout_ms",
+        ));
+    }
     Ok(())
 }
 

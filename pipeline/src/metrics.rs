@@ -83,6 +83,9 @@ pub const PIPELINE_ERRORS: &str = "sluice_pipeline_errors_total";
 pub const KAFKA_CLIENT_ERRORS: &str = "sluice_kafka_client_errors_total";
 /// Health checks that started failing (transitions from healthy). Labels: `component`.
 pub const HEALTH_FAILURES: &str = "sluice_health_check_failures_total";
+/// Connections the HTTP listener closed or refused to protect itself. Labels: `reason`
+/// (`refused`, `evicted`, `timed_out`, `accept_failed`).
+pub const HTTP_SHED: &str = "sluice_http_connections_shed_total";
 /// Warnings and errors not logged because of the log rate limit. Labels: none.
 pub const LOGS_SUPPRESSED: &str = "sluice_logs_suppressed_total";
 /// Always 1; carries the version. Labels: `version`.
@@ -157,6 +160,9 @@ pub fn register() {
     }
     counter!(LOGS_SUPPRESSED).absolute(0);
     counter!(HEALTH_FAILURES, "component" => "store").absolute(0);
+    for reason in ["refused", "evicted", "timed_out", "accept_failed"] {
+        counter!(HTTP_SHED, "reason" => reason).absolute(0);
+    }
     gauge!(IN_FLIGHT).set(0.0);
     gauge!(IN_FLIGHT_BYTES).set(0.0);
     gauge!(SOURCE_PAUSED).set(0.0);
@@ -242,6 +248,10 @@ pub fn describe() {
     describe_counter!(
         HEALTH_FAILURES,
         "Health checks that went from passing to failing."
+    );
+    describe_counter!(
+        HTTP_SHED,
+        "Connections the metrics and health listener closed or refused to protect itself."
     );
     describe_counter!(
         LOGS_SUPPRESSED,

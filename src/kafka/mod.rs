@@ -70,11 +70,7 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     health.set_store(Ok(()));
     health.set_source(false);
     let current = Current::default();
-    if let Some(listen) = &config.observability.listen {
-        let handle = crate::observability::install_recorder()?;
-        crate::observability::serve(listen, handle, health.clone()).await?;
-        crate::observability::spawn_checks(store.clone(), health.clone(), &config.observability);
-    }
+    crate::observability::start(&config.observability, &store, &health).await?;
     checks::spawn(k.clone(), current.clone(), health.clone(), &config);
 
     let shutdown = CancellationToken::new();
