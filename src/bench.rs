@@ -62,7 +62,7 @@ pub async fn run(args: BenchArgs, mut config: Config) -> anyhow::Result<()> {
         output: Some(dir.path().join("results.jsonl")),
         dead_letters: None,
         state: dir.path().join("pipeline.db"),
-        max_line_bytes: config.limits.max_record_bytes.saturating_mul(4),
+        max_line_bytes: config.limits.read_cap(),
         fsync: false,
         follow: false,
     };

@@ -54,6 +54,15 @@ pub struct Limits {
     pub max_event_bytes: usize,
 }
 
+impl Limits {
+    /// How many bytes of one line the embedded source reads: 4 × `max_record_bytes`, so that
+    /// a record a little over the limit is still read whole and gets a rejection naming its
+    /// `request_id`; a longer line is cut there and dead-lettered as `record_too_large`.
+    pub fn read_cap(&self) -> usize {
+        self.max_record_bytes.saturating_mul(4)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

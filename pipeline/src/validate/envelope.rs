@@ -44,8 +44,11 @@ impl Validate {
             return Err(Invalid::Dead(
                 DeadLetterCode::RecordTooLarge,
                 format!(
-                    "record exceeds the source's read cap (limits.max_record_bytes = {})",
-                    limits.max_record_bytes
+                    "record is longer than the source reads ({} bytes: 4 × limits.max_record_bytes \
+                     = {}); only its first {} bytes were read",
+                    limits.read_cap(),
+                    limits.max_record_bytes,
+                    raw.len()
                 ),
             ));
         }

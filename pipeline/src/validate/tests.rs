@@ -128,7 +128,19 @@ fn records_without_a_usable_request_id_are_dead_letters() {
     );
     let mut cut = record(br#"{"request_id":"r""#);
     cut.truncated = true;
-    assert_eq!(dead_code(v.check(cut)), DeadLetterCode::RecordTooLarge);
+    match v.check(cut) {
+        Work::DeadLetter { letter, .. } => {
+            assert_eq!(letter.error.code, DeadLetterCode::RecordTooLarge);
+            // The cap the reader applied, not the record limit (issue 12).
+            let cap = config().limits.read_cap().to_string();
+            assert!(
+                letter.error.message.contains(&cap),
+                "{}",
+                letter.error.message
+            );
+        }
+        other => panic!("expected a dead letter, got {other:?}"),
+    }
 }
 
 #[test]
