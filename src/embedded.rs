@@ -33,7 +33,7 @@ pub async fn run_pipeline(
     let sqlite = SqliteStore::open(&io.state, &config)
         .with_context(|| format!("opening state database {}", io.state.display()))?;
     let writer = sqlite.writer();
-    let store = crate::service::open_store(&config, sqlite).await?;
+    let store = crate::service::open_store(&config, || Ok(sqlite)).await?;
     let timeout = Duration::from_millis(config.observability.health_timeout_ms.max(10_000));
     tokio::time::timeout(timeout, store.health())
         .await

@@ -10,8 +10,12 @@ use sluice_config::Config;
 use sluice_connectors::sqlite::SqliteStore;
 use sluice_pipeline::Store;
 
-/// The configured store: MongoDB when `[mongo]` is set, else the SQLite store `sqlite`.
-pub async fn open_store(config: &Config, sqlite: SqliteStore) -> anyhow::Result<Arc<dyn Store>> {
+/// The configured store: MongoDB when `[mongo]` is set, else the SQLite store `sqlite` opens
+/// (only then: with MongoDB the Kafka service creates no SQLite file at all).
+pub async fn open_store(
+    config: &Config,
+    sqlite: impl FnOnce() -> anyhow::Result<SqliteStore>,
+) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &config.mongo {
         Some(m) => {
             let uri = sluice_config::mask_uri(&m.uri);
@@ -21,7 +25,7 @@ pub async fn open_store(config: &Config, sqlite: SqliteStore) -> anyhow::Result<
             tracing::info!(uri = %uri, database = %m.database, "using the MongoDB store");
             Arc::new(store)
         }
-        None => Arc::new(sqlite),
+        None => Arc::new(sqlite()?),
     })
 }
 

@@ -24,6 +24,12 @@ fn kill_9_ten_times_with_the_mongodb_store() {
         Duration::from_secs(25),
         Duration::from_secs(400),
     );
+    // With MongoDB holding the store, the Kafka service needs no SQLite state file.
+    assert!(
+        !env.state.exists(),
+        "{} was created though [mongo] holds the store",
+        env.state.display()
+    );
 }
 
 /// The server stops answering (SIGSTOP) for a while: chunks wait as "unavailable" (however

@@ -57,9 +57,11 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("Kafka's message size limits")?;
 
-    let sqlite = SqliteStore::open(&config.embedded.state, &config)
-        .with_context(|| format!("opening state database {}", config.embedded.state.display()))?;
-    let store = crate::service::open_store(&config, sqlite).await?;
+    let store = crate::service::open_store(&config, || {
+        SqliteStore::open(&config.embedded.state, &config)
+            .with_context(|| format!("opening state database {}", config.embedded.state.display()))
+    })
+    .await?;
     store
         .health()
         .await
