@@ -108,14 +108,17 @@ macro_rules! conformance_suite {
             model::an_update_leaves_other_numbers_unchanged,
         );
     };
-    (@tests [$($attrs:tt)*] $($module:ident :: $name:ident),+ $(,)?) => {$(
+    (@tests $attrs:tt $($module:ident :: $name:ident),+ $(,)?) => {$(
+        conformance_suite!(@test $attrs $module $name);
+    )+};
+    (@test [$($attr:tt)*] $module:ident $name:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        $($attrs)*
+        $($attr)*
         async fn $name() {
             let (_guard, s) = store().await;
             crate::$module::$name(s).await;
         }
-    )+};
+    };
 }
 
 mod sqlite {
