@@ -191,12 +191,20 @@ fn main() -> ExitCode {
 /// value holding a secret must not print it.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
+        use std::io::Write;
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("<unnamed>");
         let message = sluice_config::scrub(&info.to_string()).into_owned();
-        eprintln!("thread '{name}' {message}");
+        // Never panic in the hook (a closed stderr): the write's result is ignored.
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "thread '{name}' {message}");
         if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
-            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+            let _ = writeln!(err, "{}", std::backtrace::Backtrace::force_capture());
+        } else {
+            let _ = writeln!(
+                err,
+                "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace"
+            );
         }
     }));
 }

@@ -61,17 +61,24 @@ struct UriParts<'a> {
 
 fn split_uri(uri: &str) -> Option<UriParts<'_>> {
     let scheme_end = uri.find("://")? + 3;
-    let (head, query) = match uri[scheme_end..].find('?') {
-        Some(q) => (&uri[..scheme_end + q], Some(&uri[scheme_end + q + 1..])),
-        None => (uri, None),
+    let after = &uri[scheme_end..];
+    // Credentials end at the last `@` before the authority ends. A password may hold `@`, `:`
+    // and (unencoded, against the spec) `?` or `/`, and an option may hold `@`: the authority
+    // ends at the later of the first `/` and the first `?`, or with the string when there is
+    // no `/` (then an `@` in the options masks more than needed, never less).
+    let (slash, question) = (after.find('/'), after.find('?'));
+    let bound = match (slash, question) {
+        (Some(s), Some(q)) => s.max(q),
+        (Some(s), None) => s,
+        (None, _) => after.len(),
     };
-    // Credentials end at the last `@` before the query (a password may hold `@` and `:`).
-    let (userinfo, rest) = match head[scheme_end..].rfind('@') {
-        Some(at) => (
-            Some(&head[scheme_end..scheme_end + at]),
-            &head[scheme_end + at + 1..],
-        ),
-        None => (None, &head[scheme_end..]),
+    let (userinfo, hosts_and_rest) = match after[..bound].rfind('@') {
+        Some(at) => (Some(&after[..at]), &after[at + 1..]),
+        None => (None, after),
+    };
+    let (rest, query) = match hosts_and_rest.find('?') {
+        Some(q) => (&hosts_and_rest[..q], Some(&hosts_and_rest[q + 1..])),
+        None => (hosts_and_rest, None),
     };
     Some(UriParts {
         scheme: &uri[..scheme_end],
@@ -124,9 +131,13 @@ pub fn uri_secrets(uri: &str) -> Vec<String> {
         if let Some((name, value)) = option.split_once('=') {
             if is_secret(name) {
                 found.push(value.to_string());
+                // `AWS_SESSION_TOKEN:…,SERVICE_NAME:mongodb`: the secret parts alone too
+                // (scrubbing `mongodb` or `true` everywhere would garble every log line).
                 for pair in value.split(',') {
-                    if let Some((_, v)) = pair.split_once(':') {
-                        found.push(v.to_string());
+                    if let Some((n, v)) = pair.split_once(':') {
+                        if is_secret(n) {
+                            found.push(v.to_string());
+                        }
                     }
                 }
             }
@@ -144,12 +155,32 @@ pub fn uri_secrets(uri: &str) -> Vec<String> {
 /// another is replaced whole).
 static REGISTRY: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
+/// The forms a secret takes in text: as is, escaped in a JSON string (JSON logs) and in a
+/// Rust `Debug` string (`?` fields), and the values of its `key=value` parts
+/// (`sasl.oauthbearer.config`, `…extensions`), which a message may quote alone.
+fn forms(v: String) -> Vec<String> {
+    let mut out = Vec::new();
+    let json = serde_json::to_string(&v).unwrap_or_default();
+    out.push(json.trim_matches('"').to_string());
+    let debug = format!("{v:?}");
+    out.push(debug.trim_matches('"').to_string());
+    if v.contains('=') {
+        for part in v.split([',', ' ', '\t', '\n']) {
+            if let Some((_, value)) = part.split_once('=') {
+                out.push(value.to_string());
+            }
+        }
+    }
+    out.push(v);
+    out
+}
+
 /// Adds secret values to the set [`scrub`] removes from any text.
 pub fn register<I: IntoIterator<Item = String>>(values: I) {
     let Ok(mut registry) = REGISTRY.write() else {
         return;
     };
-    for v in values {
+    for v in values.into_iter().flat_map(forms) {
         if v.len() >= MIN_SCRUBBED_LEN && v != MASK && !registry.contains(&v) {
             registry.push(v);
         }
@@ -226,12 +257,20 @@ mod tests {
             mask_uri("mongodb://h/?authMechanismProperties=A:b@c"),
             "mongodb://h/?authMechanismProperties=***"
         );
+        // Unencoded `?` and `/` in a password (invalid, but then quoted by the driver).
+        assert_eq!(mask_uri("mongodb://u:pa?ss@h/"), "mongodb://u:***@h/");
+        assert_eq!(mask_uri("mongodb://u:p/w@h/?x=1"), "mongodb://u:***@h/?x=1");
+        assert!(uri_secrets("mongodb://u:pa?ss@h/").contains(&"pa?ss".to_string()));
         let found = uri_secrets(
             "mongodb://u:p%40ss@h/?authMechanismProperties=AWS_SESSION_TOKEN:tok3n,X:y&tlsCertificateKeyFilePassword=kp",
         );
         for s in ["p%40ss", "p@ss", "tok3n", "kp"] {
             assert!(found.contains(&s.to_string()), "{s} in {found:?}");
         }
+        assert!(
+            !found.contains(&"y".to_string()),
+            "X is no secret: {found:?}"
+        );
     }
 
     #[test]
@@ -241,6 +280,12 @@ mod tests {
             scrub("error: auth failed for s3cr3t-value at ab"),
             "error: auth failed for *** at ab"
         );
+        register([
+            "q\"uo\\te".to_string(),
+            "principal=app scope=Sc0pe-s3cret".into(),
+        ]);
+        assert_eq!(scrub(r#"{"v":"q\"uo\\te"}"#), r#"{"v":"***"}"#);
+        assert_eq!(scrub("bad scope Sc0pe-s3cret"), "bad scope ***");
         assert!(matches!(scrub("nothing here"), Cow::Borrowed(_)));
     }
 }

@@ -21,7 +21,11 @@ pub async fn create_topics(k: &KafkaConfig) -> Result<Vec<(String, bool)>, Kafka
         .iter()
         .map(|n| NewTopic::new(n, k.partitions, TopicReplication::Fixed(k.replication)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(super::op_timeout(k)));
+    // The broker's timeout and the client's: an unreachable broker fails within
+    // `operation_timeout_ms`, not librdkafka's default minute.
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(super::op_timeout(k)))
+        .request_timeout(Some(super::op_timeout(k)));
     let results = admin.create_topics(&topics, &opts).await?;
     let mut out = Vec::new();
     for r in results {
