@@ -8,14 +8,16 @@
 //!   read by any endpoint (other methods get 405).
 //! - At most `http_max_connections` at once. A connection beyond the cap takes the slot of the
 //!   oldest connection that has not sent its request yet — which is closed: a client holding a
-//!   slot without asking anything. When every slot is answering a request, the new connection
-//!   gets an immediate 503. So file descriptors stay bounded, a connection whose request has
-//!   arrived (a probe, a scrape) is always answered, and an idle or slow flood cannot lock out
-//!   the next probe. Both are counted in `sluice_http_connections_shed_total`.
+//!   slot without asking anything — or else of the oldest connection that has been answered
+//!   for more than [`ANSWER_GRACE`] (a client that does not read its response). Only when
+//!   every slot holds a request being answered right now does the new connection get an
+//!   immediate 503. So file descriptors stay bounded, a probe or a scrape whose request has
+//!   arrived is answered, and no flood of idle, slow or non-reading clients locks out the next
+//!   probe. All of it is counted in `sluice_http_connections_shed_total{reason}`.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper::service::service_fn;
@@ -30,6 +32,9 @@ use tower::ServiceExt;
 
 /// Largest request head read (hyper's buffer; larger heads get 431).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long a response may take to be written before its connection may be evicted (ours
+/// are a few KiB; a client that has not read them by then is not a probe).
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// How long a new connection waits for the connection it evicted to close.
 const EVICT_WAIT: Duration = Duration::from_secs(1);
 /// Pause after a failed `accept` (e.g. the process is out of file descriptors).
@@ -53,11 +58,13 @@ impl Limits {
     }
 }
 
-/// The connections still waiting for their request, oldest first.
+/// The open connections that may be evicted: those still waiting for their request, and
+/// those being answered (since when), each oldest first.
 #[derive(Default)]
 struct Waiting {
     next_id: u64,
     queue: VecDeque<(u64, CancellationToken)>,
+    answering: VecDeque<(u64, Instant, CancellationToken)>,
 }
 
 impl Waiting {
@@ -70,18 +77,40 @@ impl Waiting {
         (id, token)
     }
 
-    /// Connection `id`'s request has arrived (or it closed): it is no longer evictable.
-    fn remove(&mut self, id: u64) {
-        self.queue.retain(|(c, _)| *c != id);
+    /// Connection `id`'s request has arrived: it is being answered.
+    fn answering(&mut self, id: u64) {
+        if let Some(at) = self.queue.iter().position(|(c, _)| *c == id) {
+            if let Some((_, token)) = self.queue.remove(at) {
+                self.answering.push_back((id, Instant::now(), token));
+            }
+        }
     }
 
-    /// Closes the oldest connection still waiting for its request; false if there is none.
+    /// Connection `id` closed.
+    fn remove(&mut self, id: u64) {
+        self.queue.retain(|(c, _)| *c != id);
+        self.answering.retain(|(c, _, _)| *c != id);
+    }
+
+    /// Closes the oldest connection still waiting for its request, else the oldest one
+    /// answered for longer than [`ANSWER_GRACE`]; false if there is none.
     fn evict_oldest(&mut self) -> bool {
-        let Some((_, oldest)) = self.queue.pop_front() else {
+        let (token, reason) = if let Some((_, t)) = self.queue.pop_front() {
+            (t, "evicted")
+        } else if self
+            .answering
+            .front()
+            .is_some_and(|(_, since, _)| since.elapsed() >= ANSWER_GRACE)
+        {
+            match self.answering.pop_front() {
+                Some((_, _, t)) => (t, "evicted_unread"),
+                None => return false,
+            }
+        } else {
             return false;
         };
-        oldest.cancel();
-        metrics::counter!(HTTP_SHED, "reason" => "evicted").increment(1);
+        token.cancel();
+        metrics::counter!(HTTP_SHED, "reason" => reason).increment(1);
         true
     }
 }
@@ -133,7 +162,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits) {
         tokio::spawn(async move {
             let seen = waiting.clone();
             let service = service_fn(move |request| {
-                lock(&seen).remove(id);
+                lock(&seen).answering(id);
                 app.clone().oneshot(request)
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -143,7 +172,11 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits) {
                 .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
-                _ = conn => {}
+                result = conn => {
+                    if result.is_err_and(|e| e.is_timeout()) {
+                        metrics::counter!(HTTP_SHED, "reason" => "header_timeout").increment(1);
+                    }
+                }
                 _ = tokio::time::sleep(limits.connection_timeout) => {
                     metrics::counter!(HTTP_SHED, "reason" => "timed_out").increment(1);
                 }
@@ -174,8 +207,8 @@ mod tests {
         let (probe, probe_token) = lock(&waiting).add();
         let idle_slot = slot(&slots, &waiting).await.unwrap();
         let (_, idle_token) = lock(&waiting).add();
-        lock(&waiting).remove(probe); // its request arrived
-                                      // The idle connection's task ends when its token fires, giving back its slot.
+        lock(&waiting).answering(probe); // its request arrived
+                                         // The idle connection's task ends when its token fires, giving back its slot.
         tokio::spawn(async move {
             idle_token.cancelled().await;
             drop(idle_slot);
@@ -187,13 +220,23 @@ mod tests {
             !probe_token.is_cancelled(),
             "a connection being answered stays"
         );
-        let (third, _) = lock(&waiting).add();
-        lock(&waiting).remove(third);
+        let (third, third_token) = lock(&waiting).add();
+        lock(&waiting).answering(third);
         assert!(
             slot(&slots, &waiting).await.is_none(),
             "every slot answering: refused"
         );
-        drop((probe_slot, third_slot));
-        assert!(slot(&slots, &waiting).await.is_some());
+        // A response not read for ANSWER_GRACE: that connection may be evicted.
+        tokio::time::sleep(ANSWER_GRACE).await;
+        tokio::spawn(async move {
+            probe_token.cancelled().await;
+            drop(probe_slot);
+        });
+        assert!(
+            slot(&slots, &waiting).await.is_some(),
+            "the oldest unread answer makes room"
+        );
+        assert!(!third_token.is_cancelled());
+        drop(third_slot);
     }
 }

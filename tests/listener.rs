@@ -17,6 +17,8 @@ const LIMITS: &str =
 /// How long any probe may take, and how long after the header timeout a connection may stay.
 const PROBE_BOUND: Duration = Duration::from_secs(3);
 const CLOSED_BOUND: Duration = Duration::from_secs(8);
+/// The header timeout (1 s) and some scheduling slack.
+const HEADER_TIMEOUT_BOUND: Duration = Duration::from_millis(2500);
 
 fn connect(port: u16) -> Option<TcpStream> {
     let s = TcpStream::connect_timeout(
@@ -67,6 +69,24 @@ fn slow_and_idle_clients_cannot_silence_the_health_probe() {
     let port = s.port;
     let baseline_fds = open_fds(s.child.id());
 
+    // Below the cap, the header timeout alone cuts slow and idle clients off.
+    let mut few: Vec<TcpStream> = (0..10).map(|_| connect(port).unwrap()).collect();
+    for c in few.iter_mut().take(5) {
+        c.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    }
+    let started = Instant::now();
+    while !few.is_empty() {
+        assert!(
+            started.elapsed() < HEADER_TIMEOUT_BOUND,
+            "{} connections outlived the 1 s header timeout",
+            few.len()
+        );
+        few.retain_mut(|c| {
+            let _ = c.write_all(b"X-Slow: 1\r\n");
+            !closed(c)
+        });
+    }
+
     // 300 slowloris clients (a header line every 200 ms, never the end of the head) and 2000
     // idle connections that send nothing.
     let mut slow: Vec<TcpStream> = (0..300).filter_map(|_| connect(port)).collect();
@@ -74,6 +94,11 @@ fn slow_and_idle_clients_cannot_silence_the_health_probe() {
         let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
     }
     let mut idle: Vec<TcpStream> = (0..2000).filter_map(|_| connect(port)).collect();
+    assert_eq!(
+        (slow.len(), idle.len()),
+        (300, 2000),
+        "every flooding client connected"
+    );
     let opened = Instant::now();
 
     // Meanwhile the probe answers, every time, within its bound, and the listener holds at

@@ -30,8 +30,9 @@ pub struct ObservabilityConfig {
     pub http_header_timeout_ms: u64,
     /// The listener closes any connection after this many milliseconds.
     pub http_connection_timeout_ms: u64,
-    /// At most this many connections to the listener at once; beyond it, the oldest
-    /// connection is closed if it had 100 ms to send its request, else the new one gets 503.
+    /// At most this many connections to the listener at once; beyond it, the oldest connection
+    /// still waiting for its request (else the oldest whose response has gone unread for 1 s)
+    /// is closed to make room, and when there is none the new one gets an immediate 503.
     pub http_max_connections: usize,
     /// Log format on stderr.
     pub log_format: LogFormat,
