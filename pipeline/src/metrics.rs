@@ -28,6 +28,9 @@ pub const CHUNKS: &str = "sluice_chunks_total";
 pub const CHUNK_DURATION: &str = "sluice_chunk_duration_seconds";
 /// Chunk retries. Labels: `reason` = transient | unavailable.
 pub const CHUNK_RETRIES: &str = "sluice_chunk_retries_total";
+/// `create` chunks on MongoDB whose optimistic insert met an existing key and ran again,
+/// reading their keys first. Labels: none.
+pub const CREATE_FALLBACKS: &str = "sluice_create_existing_key_reruns_total";
 /// Store errors. Labels: `kind`, `error_code`.
 pub const STORE_ERRORS: &str = "sluice_store_errors_total";
 /// Records waiting in the channel in front of a stage. Labels: `stage`.
@@ -84,7 +87,7 @@ pub const KAFKA_CLIENT_ERRORS: &str = "sluice_kafka_client_errors_total";
 /// Health checks that started failing (transitions from healthy). Labels: `component`.
 pub const HEALTH_FAILURES: &str = "sluice_health_check_failures_total";
 /// Connections the HTTP listener closed or refused to protect itself. Labels: `reason`
-/// (`refused`, `evicted`, `timed_out`, `accept_failed`).
+/// (`refused`, `evicted`, `evicted_unread`, `header_timeout`, `timed_out`, `accept_failed`).
 pub const HTTP_SHED: &str = "sluice_http_connections_shed_total";
 /// Warnings and errors not logged because of the log rate limit. Labels: none.
 pub const LOGS_SUPPRESSED: &str = "sluice_logs_suppressed_total";
@@ -146,6 +149,7 @@ pub fn register() {
     for reason in ["transient", "unavailable"] {
         counter!(CHUNK_RETRIES, "reason" => reason).absolute(0);
     }
+    counter!(CREATE_FALLBACKS).absolute(0);
     for outcome in ["ok", "retried", "error"] {
         counter!(COMMITS, "outcome" => outcome).absolute(0);
     }
@@ -160,7 +164,14 @@ pub fn register() {
     }
     counter!(LOGS_SUPPRESSED).absolute(0);
     counter!(HEALTH_FAILURES, "component" => "store").absolute(0);
-    for reason in ["refused", "evicted", "timed_out", "accept_failed"] {
+    for reason in [
+        "refused",
+        "evicted",
+        "evicted_unread",
+        "header_timeout",
+        "timed_out",
+        "accept_failed",
+    ] {
         counter!(HTTP_SHED, "reason" => reason).absolute(0);
     }
     gauge!(IN_FLIGHT).set(0.0);
@@ -194,6 +205,10 @@ pub fn describe() {
         "Chunk execution time, retries included."
     );
     describe_counter!(CHUNK_RETRIES, "Chunk retries by reason.");
+    describe_counter!(
+        CREATE_FALLBACKS,
+        "Create chunks whose optimistic insert met an existing key and ran again (MongoDB)."
+    );
     describe_counter!(STORE_ERRORS, "Store errors by kind and code.");
     describe_gauge!(QUEUE_DEPTH, "Records waiting in front of a stage.");
     describe_histogram!(

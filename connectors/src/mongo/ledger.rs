@@ -16,6 +16,7 @@ use mongodb::options::WriteConcern;
 use mongodb::{ClientSession, Collection};
 use sluice_pipeline::codes::ItemErrorCode;
 use sluice_pipeline::contract::{ItemResult, ItemStatus, ProgressEvent};
+use sluice_pipeline::metrics::CREATE_FALLBACKS;
 use sluice_pipeline::store::{apply_items_with, ApplyError, ChunkCommit, WriteChunk};
 use sluice_pipeline::StoreError;
 
@@ -188,6 +189,8 @@ impl MongoStore {
         failed_before: bool,
     ) -> Result<Attempt, StoreError> {
         let mut refused = BTreeMap::new();
+        // A create chunk first tries without reading its keys (see `writer`).
+        let mut optimistic = true;
         loop {
             let mut session = self
                 .client
@@ -197,7 +200,7 @@ impl MongoStore {
             self.sessions.note(&session).await?;
             begin(&mut session).await?;
             match self
-                .transact(&mut session, chunk, id, failed_before, &refused)
+                .transact(&mut session, chunk, id, failed_before, &refused, optimistic)
                 .await
             {
                 Ok(Attempt::Refused(index, e)) if !refused.contains_key(&index) => {
@@ -210,6 +213,12 @@ impl MongoStore {
                     return Err(e);
                 }
                 Ok(attempt) => return Ok(attempt),
+                Err(e) if e.code == writer::EXISTING_KEYS && optimistic => {
+                    let _ = session.abort_transaction().await;
+                    // Not a retry of a failure (no retry alert should count it): its own figure.
+                    metrics::counter!(CREATE_FALLBACKS).increment(1);
+                    optimistic = false;
+                }
                 Err(e) => {
                     let _ = session.abort_transaction().await;
                     if e.code == TOO_LARGE && !chunk.request.options.atomic {
@@ -229,6 +238,7 @@ impl MongoStore {
         id: &Bson,
         failed_before: bool,
         refused: &BTreeMap<usize, StoreError>,
+        optimistic: bool,
     ) -> Result<Attempt, StoreError> {
         match self.slot(id, Some(&mut *session)).await? {
             Slot::Empty => {}
@@ -245,7 +255,8 @@ impl MongoStore {
             }
         }
         let applied = {
-            let mut w = writer::MongoWriter::new(&self.db, session, &self.keys, chunk).await?;
+            let mut w =
+                writer::MongoWriter::new(&self.db, session, &self.keys, chunk, optimistic).await?;
             match apply_items_with(chunk, &mut w, failed_before, refused).await {
                 Ok(applied) => applied,
                 Err(ApplyError::Item(index, e)) => return Ok(Attempt::Refused(index, e)),

@@ -106,10 +106,12 @@ pub fn classify(e: &MongoError) -> StoreError {
     }
 }
 
+/// Whether `e` reports a duplicate key, whichever form the server gives it.
 fn is_duplicate_key(e: &MongoError) -> bool {
     match e.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
         ErrorKind::Command(c) => c.code == 11000,
+        ErrorKind::InsertMany(m) => m.write_errors.iter().flatten().any(|w| w.code == 11000),
         _ => false,
     }
 }

@@ -1,6 +1,9 @@
-//! The MongoDB `ItemWriter`: primitive writes inside the chunk's transaction. Existing keys of
-//! a `create` chunk are read once with `$in` before any write, because a failed write aborts a
-//! MongoDB transaction: a duplicate must be detected, not provoked. Cascades match a child's
+//! The MongoDB `ItemWriter`: primitive writes inside the chunk's transaction. A `create`
+//! chunk is first tried optimistically: one `insertMany`, no read — the common case, a chunk
+//! of new keys, costs the store no look-up of its keys. A duplicate aborts the transaction
+//! (a failed write aborts a MongoDB transaction), so the chunk then runs again pessimistically
+//! ([`EXISTING_KEYS`]): the existing keys are read once with `$in` before any write, and those
+//! items get `exists`. Cascades match a child's
 //! parent field by the key's type and value, as lookups compare keys (`{"$eq": k}` alone would
 //! also match `1.0` for `1` and arrays holding `k`).
 
@@ -18,7 +21,11 @@ use sluice_pipeline::request::Key;
 use sluice_pipeline::store::{ApplyError, Child, Inserted, ItemWriter, Target, WriteChunk};
 use sluice_pipeline::StoreError;
 
-use super::{classify, convert};
+use super::{classify, convert, is_duplicate_key};
+
+/// The code of the error that ends an optimistic `create` transaction which met an existing
+/// key: the chunk runs again at once, reading its existing keys first.
+pub const EXISTING_KEYS: &str = "existing_keys";
 
 /// A key as a BSON value.
 pub fn key_bson(key: &Key) -> Bson {
@@ -43,15 +50,18 @@ pub struct MongoWriter<'a> {
     pending: Vec<Document>,
     pending_items: Vec<usize>,
     pending_collection: Option<String>,
+    /// Existing keys were not read: a duplicate on insert is [`EXISTING_KEYS`].
+    optimistic: bool,
 }
 
 impl<'a> MongoWriter<'a> {
-    /// Reads, for a `create` chunk, which of its keys exist already.
+    /// Reads, for a `create` chunk that is not `optimistic`, which of its keys exist already.
     pub async fn new(
         db: &'a Database,
         session: &'a mut ClientSession,
         keys: &'a HashMap<String, String>,
         chunk: &WriteChunk,
+        optimistic: bool,
     ) -> Result<Self, StoreError> {
         let mut existing = HashSet::new();
         let mut items = HashMap::new();
@@ -60,7 +70,10 @@ impl<'a> MongoWriter<'a> {
                 items.entry(k.clone()).or_insert(item.index);
             }
         }
-        if chunk.request.op == Op::Create {
+        // `skip_existing` says the producer expects existing keys: read them first.
+        let optimistic =
+            optimistic && chunk.request.op == Op::Create && !chunk.request.options.skip_existing;
+        if chunk.request.op == Op::Create && !optimistic {
             let t = &chunk.target;
             let wanted: Vec<Bson> = chunk
                 .items()
@@ -97,6 +110,7 @@ impl<'a> MongoWriter<'a> {
             pending: Vec::new(),
             pending_items: Vec::new(),
             pending_collection: None,
+            optimistic,
         })
     }
 
@@ -150,12 +164,21 @@ impl ItemWriter for MongoWriter<'_> {
             let coll = self.coll(name)?;
             let docs = std::mem::take(&mut self.pending);
             let items = std::mem::take(&mut self.pending_items);
-            // A duplicate here means another transaction inserted a key since our read: the
-            // transaction is aborted and the chunk reruns (transient), seeing the key this time.
             if let Err(e) = coll.insert_many(docs).session(&mut *self.session).await {
+                if is_duplicate_key(&e) {
+                    // Optimistic: a key exists; pessimistic: another transaction inserted one
+                    // since our read. Either way the transaction is aborted and the chunk runs
+                    // again, reading (again) which keys exist.
+                    let code = if self.optimistic {
+                        EXISTING_KEYS
+                    } else {
+                        "duplicate_key"
+                    };
+                    return Err(StoreError::transient(code, e.to_string()).into());
+                }
                 let classified = classify(&e);
-                // A document the server refuses on its own fails alone.
                 if let ErrorKind::InsertMany(m) = e.kind.as_ref() {
+                    // A document the server refuses on its own fails alone.
                     let refused = m.write_errors.iter().flatten().find(|w| w.code != 11000);
                     if let (Some(w), true) = (refused, refuses_item(&classified)) {
                         if let Some(&item) = items.get(w.index).filter(|i| **i != usize::MAX) {
