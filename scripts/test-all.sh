@@ -17,15 +17,31 @@ cd "$(dirname "$0")/.."
 
 log() { echo "test-all.sh: $*" >&2; }
 
+# What the scripts below cannot install themselves: say so now, not after the build.
+missing=()
+for tool in java mvn python3 openssl keytool; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    log "missing: ${missing[*]} (Kafka needs java 17+ and mvn, SecantusDB python3 with venv,"
+    log "tests/tls.rs openssl and keytool; e.g. apt-get install openjdk-17-jdk-headless maven"
+    log "python3-venv openssl)"
+    exit 1
+fi
+
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     sudo=""
-    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || { log "installing Prometheus needs root or sudo"; exit 1; }
+        sudo="sudo -n"
+    fi
     export DEBIAN_FRONTEND=noninteractive
     for attempt in 1 2 3; do
         $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null && break
         log "apt-get failed (attempt $attempt); retrying"
         sleep $((attempt * 10))
     done
+    command -v promtool >/dev/null || { log "could not install Prometheus (apt-get install prometheus)"; exit 1; }
 fi
 log "$(promtool --version 2>&1 | head -1)"
 

@@ -244,16 +244,18 @@ mod tests {
         };
         // The same record read again after the chunk config changed: the stored plan wins,
         // through the cache and through the store alike.
-        let again = d.claim("r", &src(1), &[0..3]).await.unwrap();
+        // One chunk of items 0..3 (a one-element plan).
+        let whole: Vec<std::ops::Range<usize>> = std::iter::once(0..3).collect();
+        let again = d.claim("r", &src(1), &whole).await.unwrap();
         assert_eq!(again, Claim::Owned(first.clone()));
         let mut fresh = Dedupe::new(&config, store, CancellationToken::new());
         assert_eq!(
-            fresh.claim("r", &src(1), &[0..3]).await.unwrap(),
+            fresh.claim("r", &src(1), &whole).await.unwrap(),
             Claim::Owned(first.clone())
         );
         assert_eq!(first.plan, vec![0..2, 2..3]);
         assert_eq!(
-            fresh.claim("r", &src(9), &[0..3]).await.unwrap(),
+            fresh.claim("r", &src(9), &whole).await.unwrap(),
             Claim::DuplicateOf(src(1))
         );
     }

@@ -224,7 +224,9 @@ pub async fn get(store: &dyn Store, t: &Target, key: &str) -> Option<Value> {
 
 /// The document with `key`, if any (no byte budget).
 pub async fn get_key(store: &dyn Store, t: &Target, key: Key) -> Option<Value> {
-    let found = store.lookup(t, &[key.clone()], usize::MAX).await;
+    let found = store
+        .lookup(t, std::slice::from_ref(&key), usize::MAX)
+        .await;
     match found
         .unwrap_or_else(|e| panic!("lookup of {key} in {}: {e}", t.collection))
         .pop()

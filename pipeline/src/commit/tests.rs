@@ -167,9 +167,9 @@ async fn a_long_request_commits_its_progress_on_time_with_a_partial_position() {
     events.send(progress("long", 2)).await.unwrap();
     events.send(completed("long")).await.unwrap();
     until(&sink, "done", |l| l.committed.contains(&done(0, 7))).await;
-    let log = sink.log.lock().unwrap();
+    let events = sink.log.lock().unwrap().events();
     assert_eq!(
-        log.events(),
+        events,
         vec![
             progress("long", 0),
             progress("long", 1),
@@ -178,7 +178,6 @@ async fn a_long_request_commits_its_progress_on_time_with_a_partial_position() {
         ],
         "every event once, in order"
     );
-    drop(log);
     drop(tx);
     stage.await.unwrap().unwrap();
 }
