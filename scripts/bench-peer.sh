@@ -98,25 +98,9 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ------------------------------------------------------------- install ---
 
-# Like scripts/kafka.sh: the stamp names the pom's hash, the jars are fetched into a scratch
-# dir and swapped in, so an interrupted fetch never looks installed.
+# The jars, fetched by scripts/kafka.sh (stamp named by the pom's hash, swapped in whole).
 install_connect() {
-    local stamp tmp
-    stamp="$LIBS/.installed-$(sha256sum "$POM" | cut -c1-16)"
-    [[ -f "$stamp" ]] && return 0
-    command -v mvn >/dev/null || die "mvn not found (needed once to fetch Kafka Connect)"
-    log "fetching Kafka Connect and the MongoDB sink connector into ${LIBS#"$REPO_ROOT"/} ..."
-    mkdir -p "$CONNECT_CACHE"
-    tmp="$(mktemp -d "$CONNECT_CACHE/libs.tmp.XXXXXX")"
-    if ! mvn -q -B -f "$POM" dependency:copy-dependencies -DoutputDirectory="$tmp" 2>&1 |
-        sed 's/\x1b\[0m//g' >&2; then
-        rm -rf "$tmp"
-        die "mvn failed to fetch the Connect jars"
-    fi
-    touch "$tmp/$(basename "$stamp")"
-    rm -rf "$LIBS"
-    mv "$tmp" "$LIBS"
-    log "installed $(find "$LIBS" -name '*.jar' | wc -l) jars"
+    bash "$SCRIPT_DIR/kafka.sh" fetch-jars "$POM" "$LIBS" || die "cannot fetch Kafka Connect"
 }
 
 # Connect logs through log4j2 like the broker; INFO as the distribution's connect-log4j2

@@ -9,6 +9,7 @@
 #
 # Usage:
 #   scripts/kafka.sh install                          fetch jars into .cache/kafka/libs
+#   scripts/kafka.sh fetch-jars POM DIR               the same for another pom
 #   scripts/kafka.sh start  [PORT]                    fresh broker on 127.0.0.1:PORT
 #   scripts/kafka.sh stop   [PORT]
 #   scripts/kafka.sh restart [PORT]                   stop, then start on the same data
@@ -82,10 +83,10 @@ cmd_install() {
     command -v java >/dev/null || die "java not found (Kafka 4 needs Java 17+)"
     log "fetching Kafka jars from Maven Central into ${LIBS#"$REPO_ROOT"/} ..."
     t0=$SECONDS
-    mkdir -p "$CACHE"
+    mkdir -p "$(dirname "$LIBS")"
     # Download into a scratch dir and swap it in, so an interrupted fetch never
     # leaves a half-filled libs/ that looks installed.
-    tmp="$(mktemp -d "$CACHE/libs.tmp.XXXXXX")"
+    tmp="$(mktemp -d "$LIBS.tmp.XXXXXX")"
     # Debian's Maven 3.8 emits stray ESC[0m resets even with -q -B; strip them
     # (pipefail keeps mvn's exit status).
     if ! mvn -q -B -f "$POM" dependency:copy-dependencies -DoutputDirectory="$tmp" 2>&1 |
@@ -379,6 +380,13 @@ cmd="${1:-}"
 (($# > 0)) && shift
 case "$cmd" in
     install) cmd_install && log "Kafka jars ready in ${LIBS#"$REPO_ROOT"/}" ;;
+    fetch-jars)
+        # The same fetch for another pom (scripts/bench-peer.sh: Kafka Connect).
+        (($# == 2)) || usage
+        POM="$(realpath "$1")"
+        LIBS="$(realpath -m "$2")"
+        cmd_install && log "jars ready in ${LIBS#"$REPO_ROOT"/}"
+        ;;
     start) cmd_start "$@" ;;
     restart) cmd_stop "$@" && KEEP_DATA=1 cmd_start "$@" ;;
     resume) KEEP_DATA=1 cmd_start "$@" ;;
