@@ -103,22 +103,6 @@ install_connect() {
     bash "$SCRIPT_DIR/kafka.sh" fetch-jars "$POM" "$LIBS" || die "cannot fetch Kafka Connect"
 }
 
-# Connect logs through log4j2 like the broker; INFO as the distribution's connect-log4j2
-# does, without the full config dumps.
-write_connect_log4j() {
-    cat >"$CONNECT_CACHE/log4j2-connect.properties" <<'EOF'
-status = warn
-appender.out.type = Console
-appender.out.name = OUT
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.out.ref = OUT
-logger.config.name = org.apache.kafka.common.config.AbstractConfig
-logger.config.level = WARN
-EOF
-}
-
 # --------------------------------------------------------------- trials ---
 
 store_pid() { cat "$REPO_ROOT/.cache/secantus/secantus-$MPORT.pid"; }
@@ -180,12 +164,14 @@ EOF
     log "peer trial $t: Connect standalone, tasks.max=$PARTS, max.batch.size=$BATCH${PEER_WRITE_MODEL:+, $PEER_WRITE_MODEL}"
     s0="$(cpu_s "$(store_pid)")"
     t0="$(date +%s.%N)"
-    # JVM flags of connect-standalone.sh / kafka-run-class.sh; exec'd, so $! is the JVM.
+    # JVM flags of connect-standalone.sh / kafka-run-class.sh; exec'd, so $! is the JVM. It
+    # logs like the broker, with the log4j2 config `kafka.sh start` wrote (INFO, no config
+    # dumps).
     # shellcheck disable=SC2086
     java ${PEER_HEAP_OPTS:--Xms256M -Xmx2G} -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
         -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
         -XX:MaxInlineLevel=15 -Djava.awt.headless=true \
-        -Dlog4j2.configurationFile="$CONNECT_CACHE/log4j2-connect.properties" \
+        -Dlog4j2.configurationFile="$REPO_ROOT/.cache/kafka/log4j2-server.properties" \
         -cp "$LIBS/*" org.apache.kafka.connect.cli.ConnectStandalone \
         "$dir/worker.properties" "$dir/sink.properties" >"$dir/connect.log" 2>&1 </dev/null &
     pid=$!
@@ -262,7 +248,6 @@ mkdir -p "$OUT"
 log "W1: $DOCS documents, $ROUNDS round(s); output in ${OUT#"$REPO_ROOT"/}"
 command -v java >/dev/null || die "java not found (Kafka Connect 4 needs Java 17+)"
 install_connect
-write_connect_log4j
 bash "$SCRIPT_DIR/kafka.sh" install
 bash "$SCRIPT_DIR/secantus.sh" install
 [[ -x "$PY" ]] || die "no python in SecantusDB's venv ($PY)"
