@@ -20,9 +20,17 @@ use sluice_pipeline::Store;
 /// until then (or until a scrape), so this bounds the memory they take when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// The recorder, once installed (`sluice bench` installs it before the pipeline starts, and
+/// the pipeline's listener then serves the same one).
+static RECORDER: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
+
 /// Installs the global Prometheus recorder (explicit buckets for every histogram), registers
-/// every metric, and starts its upkeep thread.
+/// every metric, and starts its upkeep thread; the installed one when called again.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    let mut installed = RECORDER.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
     let mut builder = PrometheusBuilder::new();
     for (name, b) in buckets() {
         builder = builder.set_buckets_for_metric(Matcher::Full(name.to_string()), b)?;
@@ -39,6 +47,7 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
             upkeep.run_upkeep();
         })
         .context("starting the metrics upkeep thread")?;
+    *installed = Some(handle.clone());
     Ok(handle)
 }
 
