@@ -4,7 +4,7 @@
 //! request reuses — and collapse duplicate keys inside a request (later ones become
 //! `duplicate` of the first).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::sync::Arc;
@@ -12,15 +12,46 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
 use sluice_config::Config;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::codes::StoreError;
 use crate::contract::{DuplicateEvent, ItemResult, ItemStatus, ResultEvent};
+use crate::record::Meta;
 use crate::record::SourceRef;
 use crate::request::{Key, Request};
 use crate::retry::RetryPolicy;
 use crate::stage::{Outbox, Stage, StageError};
-use crate::store::{Claim, Claimed, Store};
+use crate::store::{Claim, ClaimInput, Claimed, Store};
 use crate::work::Work;
+
+/// Claims the dedupe stage makes in one store call at most: the records already waiting in
+/// its inbox, up to this many (a bound on one transaction's size, not a wait for more).
+const CLAIM_BATCH: usize = 64;
+
+/// Claim batches the dedupe stage keeps in flight: it sends the next batch to the store while
+/// earlier ones are still being claimed, and passes records on in source order as their
+/// batches complete (the store's writer is never idle waiting for the stage).
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// One claim the store is asked for (owned: it goes to a task of its own).
+struct Wanted {
+    request_id: String,
+    source: SourceRef,
+    plan: Vec<Range<usize>>,
+}
+
+/// A batch of records whose claims are being made.
+struct Batch {
+    inputs: Vec<Work>,
+    /// Per `Execute` input, in order: the claim the cache knew, or `None` (asked of the store).
+    known: Vec<Option<Claim>>,
+    /// The request_ids the store is asked about.
+    asked: HashSet<String>,
+    claims: JoinHandle<Result<Vec<Claim>, StoreError>>,
+    /// The task's outcome once [`Stage::ready`] saw it end.
+    done: Option<Result<Vec<Claim>, StoreError>>,
+}
 
 /// The dedupe stage.
 pub struct Dedupe {
@@ -30,6 +61,8 @@ pub struct Dedupe {
     window: Duration,
     retry: RetryPolicy,
     abort: CancellationToken,
+    /// Batches in flight, oldest first.
+    batches: VecDeque<Batch>,
 }
 
 impl Dedupe {
@@ -43,39 +76,227 @@ impl Dedupe {
             window: Duration::from_secs(config.dedupe.window_secs),
             retry: RetryPolicy::from(&config.execute),
             abort,
+            batches: VecDeque::new(),
         }
     }
 
+    /// The claim the cache still knows for `request_id` read from `source`, if any.
+    fn cached(&mut self, request_id: &str, source: &SourceRef) -> Option<Claim> {
+        let (owner, claimed, at) = self.cache.get(request_id)?;
+        if at.elapsed() >= self.window {
+            return None;
+        }
+        match claimed {
+            Some(c) if owner == source => Some(Claim::Owned(c.clone())),
+            _ if owner != source => Some(Claim::DuplicateOf(owner.clone())),
+            _ => None,
+        }
+    }
+
+    fn remember(&mut self, request_id: &str, source: &SourceRef, claim: &Claim) {
+        let cached = match claim {
+            Claim::Owned(c) => (source.clone(), Some(c.clone()), Instant::now()),
+            Claim::DuplicateOf(o) => (o.clone(), None, Instant::now()),
+        };
+        self.cache.put(request_id.to_string(), cached);
+    }
+
+    /// Asks the store for `wanted` claims, retrying as for any store call.
+    fn ask(&self, wanted: Vec<Wanted>) -> JoinHandle<Result<Vec<Claim>, StoreError>> {
+        let expires_at = unix_now() + self.window.as_secs() as i64;
+        let (store, retry, abort) = (self.store.clone(), self.retry.clone(), self.abort.clone());
+        tokio::spawn(async move {
+            if wanted.is_empty() {
+                return Ok(Vec::new());
+            }
+            let inputs: Vec<ClaimInput<'_>> = wanted
+                .iter()
+                .map(|w| ClaimInput {
+                    request_id: &w.request_id,
+                    source: &w.source,
+                    plan: &w.plan,
+                })
+                .collect();
+            let claims = retry
+                .run("claim", &abort, || store.claim_many(&inputs, expires_at))
+                .await?;
+            if claims.len() != inputs.len() {
+                return Err(StoreError::permanent(
+                    "claims",
+                    format!(
+                        "{} claims answered for {} (a store bug)",
+                        claims.len(),
+                        inputs.len()
+                    ),
+                ));
+            }
+            Ok(claims)
+        })
+    }
+
+    /// The claims of `known` (from the cache) and `asked` (from the store, in order of the
+    /// unknown ones), recorded in the cache.
+    fn merge(
+        &mut self,
+        wanted: &[(&str, &SourceRef)],
+        known: Vec<Option<Claim>>,
+        asked: Result<Vec<Claim>, StoreError>,
+    ) -> Result<Vec<Claim>, StageError> {
+        let asked =
+            asked.map_err(|e| StageError::Fatal(format!("cannot read the request ledger: {e}")))?;
+        let mut asked = asked.into_iter();
+        let claims: Vec<Claim> = known
+            .into_iter()
+            .map(|k| k.or_else(|| asked.next()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                StageError::Fatal("a request without its claim (a dedupe bug)".into())
+            })?;
+        for ((request_id, source), claim) in wanted.iter().zip(&claims) {
+            self.remember(request_id, source, claim);
+        }
+        Ok(claims)
+    }
+
+    /// Starts claiming a batch: what the cache knows now, the rest from the store. A batch
+    /// that names a request_id an earlier batch is still claiming waits for that one first,
+    /// so claims of one request_id are made in source order.
+    async fn submit(&mut self, inputs: Vec<Work>, out: &Outbox<Work>) -> Result<(), StageError> {
+        let ids: Vec<(&str, &SourceRef, &[Range<usize>])> = inputs
+            .iter()
+            .filter_map(|w| match w {
+                Work::Execute {
+                    meta,
+                    request,
+                    chunks,
+                } => Some((request.request_id.as_str(), &meta.source, chunks.as_slice())),
+                _ => None,
+            })
+            .collect();
+        while self.batches.len() >= BATCHES_IN_FLIGHT
+            || self
+                .batches
+                .iter()
+                .any(|b| ids.iter().any(|(id, _, _)| b.asked.contains(*id)))
+        {
+            self.emit_oldest(out).await?;
+        }
+        let mut wanted = Vec::new();
+        let mut known = Vec::with_capacity(ids.len());
+        for &(request_id, source, plan) in &ids {
+            let k = self.cached(request_id, source);
+            if k.is_none() {
+                wanted.push(Wanted {
+                    request_id: request_id.to_string(),
+                    source: source.clone(),
+                    plan: plan.to_vec(),
+                });
+            }
+            known.push(k);
+        }
+        let asked = wanted.iter().map(|w| w.request_id.clone()).collect();
+        let claims = self.ask(wanted);
+        drop(ids);
+        self.batches.push_back(Batch {
+            inputs,
+            known,
+            asked,
+            claims,
+            done: None,
+        });
+        Ok(())
+    }
+
+    /// Waits for the oldest batch's claims and passes its records on, in order.
+    async fn emit_oldest(&mut self, out: &Outbox<Work>) -> Result<(), StageError> {
+        let Some(mut batch) = self.batches.pop_front() else {
+            return Ok(());
+        };
+        let asked = match batch.done.take() {
+            Some(r) => r,
+            None => (&mut batch.claims)
+                .await
+                .map_err(|e| StageError::Fatal(format!("claim task failed: {e}")))?,
+        };
+        let wanted: Vec<(&str, &SourceRef)> = batch
+            .inputs
+            .iter()
+            .filter_map(|w| match w {
+                Work::Execute { meta, request, .. } => {
+                    Some((request.request_id.as_str(), &meta.source))
+                }
+                _ => None,
+            })
+            .collect();
+        let wanted: Vec<(String, SourceRef)> = wanted
+            .into_iter()
+            .map(|(id, s)| (id.to_string(), s.clone()))
+            .collect();
+        let refs: Vec<(&str, &SourceRef)> = wanted.iter().map(|(id, s)| (id.as_str(), s)).collect();
+        let claims = self.merge(&refs, batch.known, asked)?;
+        let mut claims = claims.into_iter();
+        for input in batch.inputs {
+            let next = match input {
+                Work::Execute { meta, request, .. } => {
+                    let claim = claims.next().ok_or_else(|| {
+                        StageError::Fatal("a request without its claim (a dedupe bug)".into())
+                    })?;
+                    after_claim(meta, request, claim)
+                }
+                other => other,
+            };
+            out.send(next).await?;
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
     async fn claim(
         &mut self,
         request_id: &str,
         source: &SourceRef,
         plan: &[Range<usize>],
     ) -> Result<Claim, StageError> {
-        if let Some((owner, claimed, at)) = self.cache.get(request_id) {
-            if at.elapsed() < self.window {
-                match claimed {
-                    Some(c) if owner == source => return Ok(Claim::Owned(c.clone())),
-                    _ if owner != source => return Ok(Claim::DuplicateOf(owner.clone())),
-                    _ => {}
-                }
+        let known = vec![self.cached(request_id, source)];
+        let wanted = match known[0] {
+            Some(_) => Vec::new(),
+            None => vec![Wanted {
+                request_id: request_id.to_string(),
+                source: source.clone(),
+                plan: plan.to_vec(),
+            }],
+        };
+        let asked = self
+            .ask(wanted)
+            .await
+            .map_err(|e| StageError::Fatal(e.to_string()))?;
+        Ok(self.merge(&[(request_id, source)], known, asked)?.remove(0))
+    }
+}
+
+/// Where a claimed request goes next.
+fn after_claim(meta: Meta, mut request: Request, claim: Claim) -> Work {
+    match claim {
+        Claim::Owned(claim) => {
+            mark_duplicate_items(&mut request);
+            Work::Claimed {
+                meta,
+                request,
+                claim,
             }
         }
-        let expires_at = unix_now() + self.window.as_secs() as i64;
-        let store = &self.store;
-        let claim = self
-            .retry
-            .run("claim", &self.abort, || {
-                store.claim(request_id, source, expires_at, plan)
-            })
-            .await
-            .map_err(|e| StageError::Fatal(format!("cannot read the request ledger: {e}")))?;
-        let cached = match &claim {
-            Claim::Owned(c) => (source.clone(), Some(c.clone()), Instant::now()),
-            Claim::DuplicateOf(o) => (o.clone(), None, Instant::now()),
-        };
-        self.cache.put(request_id.to_string(), cached);
-        Ok(claim)
+        Claim::DuplicateOf(original) => {
+            let event = ResultEvent::Duplicate(DuplicateEvent {
+                request_id: request.request_id,
+                original,
+                source: meta.source.clone(),
+            });
+            Work::Finished {
+                meta,
+                event,
+                op: Some(request.op),
+            }
+        }
     }
 }
 
@@ -124,139 +345,50 @@ impl Stage for Dedupe {
     type Out = Work;
     const NAME: &'static str = "dedupe";
 
+    fn batch_limit(&self) -> usize {
+        CLAIM_BATCH
+    }
+
     async fn process(&mut self, input: Work, out: &Outbox<Work>) -> Result<(), StageError> {
-        let Work::Execute {
-            meta,
-            mut request,
-            chunks,
-        } = input
-        else {
-            return out.send(input).await;
-        };
-        match self
-            .claim(&request.request_id, &meta.source, &chunks)
-            .await?
-        {
-            Claim::Owned(claim) => {
-                mark_duplicate_items(&mut request);
-                out.send(Work::Claimed {
-                    meta,
-                    request,
-                    claim,
-                })
-                .await
+        self.submit(vec![input], out).await
+    }
+
+    async fn process_batch(
+        &mut self,
+        inputs: Vec<Work>,
+        out: &Outbox<Work>,
+    ) -> Result<(), StageError> {
+        self.submit(inputs, out).await
+    }
+
+    async fn ready(&mut self) {
+        match self.batches.front_mut() {
+            Some(b) if b.done.is_none() => {
+                b.done = Some(
+                    (&mut b.claims)
+                        .await
+                        .unwrap_or_else(|e| Err(StoreError::permanent("join", e.to_string()))),
+                )
             }
-            Claim::DuplicateOf(original) => {
-                let event = ResultEvent::Duplicate(DuplicateEvent {
-                    request_id: request.request_id,
-                    original,
-                    source: meta.source.clone(),
-                });
-                out.send(Work::Finished {
-                    meta,
-                    event,
-                    op: Some(request.op),
-                })
-                .await
-            }
+            Some(_) => {}
+            None => std::future::pending().await,
         }
+    }
+
+    async fn on_ready(&mut self, out: &Outbox<Work>) -> Result<(), StageError> {
+        while self.batches.front().is_some_and(|b| b.done.is_some()) {
+            self.emit_oldest(out).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_drain(&mut self, out: &Outbox<Work>) -> Result<(), StageError> {
+        while !self.batches.is_empty() {
+            self.emit_oldest(out).await?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::contract::{Op, Options};
-    use crate::request::{Item, ItemBody};
-
-    fn request(keys: &[Option<&str>], dedupe: bool) -> Request {
-        let items = keys
-            .iter()
-            .enumerate()
-            .map(|(index, k)| Item {
-                index,
-                key: k.map(|k| Key::Str(k.into())),
-                body: ItemBody::Key,
-                bytes: 1,
-                decided: k
-                    .is_none()
-                    .then(|| ItemResult::status(index, ItemStatus::Failed)),
-            })
-            .collect();
-        Request {
-            request_id: "r".into(),
-            collection: "c".into(),
-            op: Op::Delete,
-            items,
-            options: Options {
-                dedupe,
-                ..Options::default()
-            },
-        }
-    }
-
-    fn statuses(r: &Request) -> Vec<Option<(ItemStatus, Option<usize>)>> {
-        r.items
-            .iter()
-            .map(|i| i.decided.as_ref().map(|d| (d.status, d.of)))
-            .collect()
-    }
-
-    #[test]
-    fn later_repeats_are_duplicates_of_the_first() {
-        let mut r = request(
-            &[Some("a"), Some("b"), Some("a"), None, Some("b"), Some("a")],
-            true,
-        );
-        mark_duplicate_items(&mut r);
-        assert_eq!(
-            statuses(&r),
-            vec![
-                None,
-                None,
-                Some((ItemStatus::Duplicate, Some(0))),
-                Some((ItemStatus::Failed, None)),
-                Some((ItemStatus::Duplicate, Some(1))),
-                Some((ItemStatus::Duplicate, Some(0))),
-            ]
-        );
-    }
-
-    #[test]
-    fn dedupe_false_keeps_every_item() {
-        let mut r = request(&[Some("a"), Some("a")], false);
-        mark_duplicate_items(&mut r);
-        assert_eq!(statuses(&r), vec![None, None]);
-    }
-
-    #[tokio::test]
-    async fn a_reread_record_gets_its_first_claim_back_and_another_record_is_a_duplicate() {
-        let config = crate::testkit::config("");
-        let store: Arc<dyn Store> = Arc::new(crate::testkit::MemStore::default());
-        let mut d = Dedupe::new(&config, store.clone(), CancellationToken::new());
-        let src = |offset| SourceRef {
-            topic: "t".into(),
-            partition: 0,
-            offset,
-        };
-        let Claim::Owned(first) = d.claim("r", &src(1), &[0..2, 2..3]).await.unwrap() else {
-            panic!("first claim")
-        };
-        // The same record read again after the chunk config changed: the stored plan wins,
-        // through the cache and through the store alike.
-        // One chunk of items 0..3 (a one-element plan).
-        let whole: Vec<std::ops::Range<usize>> = std::iter::once(0..3).collect();
-        let again = d.claim("r", &src(1), &whole).await.unwrap();
-        assert_eq!(again, Claim::Owned(first.clone()));
-        let mut fresh = Dedupe::new(&config, store, CancellationToken::new());
-        assert_eq!(
-            fresh.claim("r", &src(1), &whole).await.unwrap(),
-            Claim::Owned(first.clone())
-        );
-        assert_eq!(first.plan, vec![0..2, 2..3]);
-        assert_eq!(
-            fresh.claim("r", &src(9), &whole).await.unwrap(),
-            Claim::DuplicateOf(src(1))
-        );
-    }
-}
+mod tests;

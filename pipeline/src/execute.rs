@@ -32,7 +32,7 @@ use crate::record::SourceRef;
 use crate::request::SharedRequest;
 use crate::retry::RetryPolicy;
 use crate::stage::{Outbox, Stage, StageError};
-use crate::store::{Found, Store, Target, WriteChunk};
+use crate::store::{Found, Store, Target, WriteChunk, WriteLimit};
 use crate::work::{Pending, PendingBody, Work};
 
 /// Events buffered per executing request before its task waits for the commit stage.
@@ -43,6 +43,7 @@ struct Shared {
     config: Arc<Config>,
     store: Arc<dyn Store>,
     writes: Semaphore,
+    write_limit: WriteLimit,
     lookups: Semaphore,
     retry: RetryPolicy,
     abort: CancellationToken,
@@ -72,8 +73,10 @@ impl Execute {
             .keys()
             .map(|name| (name.clone(), Arc::new(Target::from_config(&config, name))))
             .collect();
+        let write_limit = store.write_limit(config.execute.write_concurrency);
         let shared = Shared {
-            writes: Semaphore::new(config.execute.write_concurrency),
+            writes: Semaphore::new(write_limit.permits()),
+            write_limit,
             lookups: Semaphore::new(config.execute.lookup_concurrency),
             retry: RetryPolicy::from(&config.execute),
             config,
@@ -327,7 +330,8 @@ impl Job {
             return self.settle(chunk, event).await;
         }
         let op = self.request.op.as_str();
-        let _permit = self.shared.writes.acquire().await.ok()?;
+        let cost = self.shared.write_limit.cost(chunk.range.len());
+        let _permit = self.shared.writes.acquire_many(cost).await.ok()?;
         let started = Instant::now();
         let store = &self.shared.store;
         let result = self

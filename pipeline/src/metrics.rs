@@ -31,6 +31,9 @@ pub const CHUNK_RETRIES: &str = "sluice_chunk_retries_total";
 /// `create` chunks on MongoDB whose optimistic insert met an existing key and ran again,
 /// reading their keys first. Labels: none.
 pub const CREATE_FALLBACKS: &str = "sluice_create_existing_key_reruns_total";
+/// Writes (chunks, settlements, claim batches) one SQLite transaction carried: the store
+/// group-commits what waits for its one writer. Its `_count` is the transactions. Labels: none.
+pub const WRITES_PER_TRANSACTION: &str = "sluice_sqlite_writes_per_transaction";
 /// Store errors. Labels: `kind`, `error_code`.
 pub const STORE_ERRORS: &str = "sluice_store_errors_total";
 /// Records waiting in the channel in front of a stage. Labels: `stage`.
@@ -100,8 +103,9 @@ pub const UPTIME: &str = "sluice_uptime_seconds";
 pub const STAGES: [&str; 5] = ["validate", "dedupe", "chunk", "execute", "commit"];
 
 /// Histograms and their buckets (exporters set them explicitly from this list).
-pub fn buckets() -> [(&'static str, &'static [f64]); 4] {
+pub fn buckets() -> [(&'static str, &'static [f64]); 5] {
     [
+        (WRITES_PER_TRANSACTION, GROUP_BUCKETS),
         (CHUNK_DURATION, DURATION_BUCKETS),
         (STAGE_DURATION, DURATION_BUCKETS),
         (COMMIT_DURATION, DURATION_BUCKETS),
@@ -113,6 +117,8 @@ pub fn buckets() -> [(&'static str, &'static [f64]); 4] {
 pub const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+/// Histogram buckets for writes per transaction (the group is at most 64).
+pub const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 /// Histogram buckets for end-to-end latency (seconds).
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -208,6 +214,10 @@ pub fn describe() {
     describe_counter!(
         CREATE_FALLBACKS,
         "Create chunks whose optimistic insert met an existing key and ran again (MongoDB)."
+    );
+    describe_histogram!(
+        WRITES_PER_TRANSACTION,
+        "Writes one SQLite transaction carried (group commit); _count is the transactions."
     );
     describe_counter!(STORE_ERRORS, "Store errors by kind and code.");
     describe_gauge!(QUEUE_DEPTH, "Records waiting in front of a stage.");

@@ -93,6 +93,43 @@ pub enum Claim {
     DuplicateOf(SourceRef),
 }
 
+/// One claim of a [`Store::claim_many`] batch.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimInput<'a> {
+    /// The request's id.
+    pub request_id: &'a str,
+    /// The record it was read from.
+    pub source: &'a SourceRef,
+    /// The chunk plan to record with a first claim.
+    pub plan: &'a [Range<usize>],
+}
+
+/// What bounds the chunk writes waiting on a store ([`Store::write_limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteLimit {
+    /// At most this many chunks, whatever their size.
+    Chunks(usize),
+    /// At most this many items in all (a bigger chunk waits until it is alone).
+    Items(usize),
+}
+
+impl WriteLimit {
+    /// Semaphore permits in all.
+    pub fn permits(self) -> usize {
+        match self {
+            WriteLimit::Chunks(n) | WriteLimit::Items(n) => n.max(1),
+        }
+    }
+
+    /// Permits a chunk of `items` items takes.
+    pub fn cost(self, items: usize) -> u32 {
+        match self {
+            WriteLimit::Chunks(_) => 1,
+            WriteLimit::Items(n) => items.clamp(1, n.max(1)).min(u32::MAX as usize) as u32,
+        }
+    }
+}
+
 /// A chunk plan as stored: the first item of each chunk, then the item count.
 pub fn plan_bounds(plan: &[Range<usize>]) -> Vec<i64> {
     let mut bounds: Vec<i64> = plan.iter().map(|r| r.start as i64).collect();
@@ -181,6 +218,14 @@ pub trait Store: Send + Sync + 'static {
     /// Short name for logs (`sqlite`, `mongodb`).
     fn kind(&self) -> &'static str;
 
+    /// How much chunk writing the execute stage may have waiting on the store at once, given
+    /// `execute.write_concurrency` (`configured`). Default: `configured` chunks. A store that
+    /// runs one transaction at a time and commits the writes waiting meanwhile together
+    /// (SQLite) counts items instead: many small chunks are what it groups.
+    fn write_limit(&self, configured: usize) -> WriteLimit {
+        WriteLimit::Chunks(configured)
+    }
+
     /// Checks the store answers (start-up and readiness).
     async fn health(&self) -> Result<(), StoreError>;
 
@@ -195,6 +240,24 @@ pub trait Store: Send + Sync + 'static {
         expires_at: i64,
         plan: &[Range<usize>],
     ) -> Result<Claim, StoreError>;
+
+    /// [`Store::claim`] for each of `claims`, in order, as if one after another (a request_id
+    /// repeated in the batch: the later record is a duplicate of the earlier), sharing store
+    /// round trips where the store can. Default: one [`Store::claim`] after another.
+    async fn claim_many(
+        &self,
+        claims: &[ClaimInput<'_>],
+        expires_at: i64,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let mut out = Vec::with_capacity(claims.len());
+        for c in claims {
+            out.push(
+                self.claim(c.request_id, c.source, expires_at, c.plan)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
 
     /// In one transaction: if the ledger holds the chunk (request_id, generation, chunk), return
     /// its event unchanged; otherwise apply the chunk's items with [`apply_items`] and insert the

@@ -4,19 +4,92 @@
 //! past its window (`expires_at`) is replaced by a new one; the TTL index removes old claims
 //! eventually, but expiry is decided by `expires_at` here, not by the TTL monitor.
 
+use std::collections::HashSet;
 use std::ops::Range;
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::error::ErrorKind;
 use mongodb::Collection;
 use sluice_pipeline::dedupe::unix_now_ms;
-use sluice_pipeline::store::{plan_bounds, plan_from_bounds, Claim, Claimed};
+use sluice_pipeline::store::{plan_bounds, plan_from_bounds, Claim, ClaimInput, Claimed};
 use sluice_pipeline::{SourceRef, StoreError};
 
 use super::{classify, expires, is_duplicate_key, MongoStore};
 
 pub(super) const REQUESTS: &str = "sluice_requests";
 
+/// A first claim's document.
+fn claim_doc(
+    request_id: &str,
+    source: &SourceRef,
+    expires_at: i64,
+    claimed_at: i64,
+    plan: &[Range<usize>],
+) -> Document {
+    let bounds: Vec<Bson> = plan_bounds(plan).into_iter().map(Bson::Int64).collect();
+    doc! {
+        "_id": request_id,
+        "topic": &source.topic,
+        "partition": source.partition,
+        "offset": source.offset,
+        "expires_at": expires(expires_at),
+        "claimed_at": claimed_at,
+        "plan": bounds,
+    }
+}
+
 impl MongoStore {
+    /// Claims a batch in order: one unordered `insertMany` of every first claim, then the
+    /// one-by-one path ([`MongoStore::claim_request`], idempotent for its record) for each
+    /// claim it did not insert — taken already, repeated in the batch, or failed.
+    pub(super) async fn claim_requests(
+        &self,
+        claims: &[ClaimInput<'_>],
+        expires_at: i64,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let mut seen = HashSet::new();
+        let firsts: Vec<usize> = (0..claims.len())
+            .filter(|&i| seen.insert(claims[i].request_id))
+            .collect();
+        let mut inserted = vec![false; claims.len()];
+        let claimed_at = unix_now_ms();
+        if firsts.len() > 1 {
+            let coll: Collection<Document> = self.database().collection(REQUESTS);
+            let docs = firsts.iter().map(|&i| {
+                let c = &claims[i];
+                claim_doc(c.request_id, c.source, expires_at, claimed_at, c.plan)
+            });
+            let failed: Option<HashSet<usize>> = match coll.insert_many(docs).ordered(false).await {
+                Ok(_) => Some(HashSet::new()),
+                Err(e) => match e.kind.as_ref() {
+                    ErrorKind::InsertMany(m) if m.write_concern_error.is_none() => {
+                        Some(m.write_errors.iter().flatten().map(|w| w.index).collect())
+                    }
+                    // Unknown which went in: every claim takes the one-by-one path.
+                    _ => None,
+                },
+            };
+            if let Some(failed) = failed {
+                for (n, &i) in firsts.iter().enumerate() {
+                    inserted[i] = !failed.contains(&n);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(claims.len());
+        for (c, inserted) in claims.iter().zip(inserted) {
+            out.push(if inserted {
+                Claim::Owned(Claimed {
+                    claimed_at_ms: claimed_at,
+                    plan: c.plan.to_vec(),
+                })
+            } else {
+                self.claim_request(c.request_id, c.source, expires_at, c.plan)
+                    .await?
+            });
+        }
+        Ok(out)
+    }
+
     pub(super) async fn claim_request(
         &self,
         request_id: &str,
@@ -28,15 +101,7 @@ impl MongoStore {
         let bounds: Vec<Bson> = plan_bounds(plan).into_iter().map(Bson::Int64).collect();
         let items = plan.last().map_or(0, |r| r.end);
         let claimed_at = unix_now_ms();
-        let mine = doc! {
-            "_id": request_id,
-            "topic": &source.topic,
-            "partition": source.partition,
-            "offset": source.offset,
-            "expires_at": expires(expires_at),
-            "claimed_at": claimed_at,
-            "plan": bounds.clone(),
-        };
+        let mine = claim_doc(request_id, source, expires_at, claimed_at, plan);
         let fresh = Claim::Owned(Claimed {
             claimed_at_ms: claimed_at,
             plan: plan.to_vec(),

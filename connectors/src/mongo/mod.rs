@@ -39,7 +39,7 @@ use serde_json::Value;
 use sluice_config::{Config, MongoConfig};
 use sluice_pipeline::contract::ProgressEvent;
 use sluice_pipeline::request::Key;
-use sluice_pipeline::store::{ChunkCommit, Claim, Found, Target, WriteChunk};
+use sluice_pipeline::store::{ChunkCommit, Claim, ClaimInput, Found, Target, WriteChunk};
 use sluice_pipeline::{SourceRef, Store, StoreError};
 
 pub use writer::key_bson;
@@ -220,6 +220,14 @@ impl Store for MongoStore {
     ) -> Result<Claim, StoreError> {
         self.claim_request(request_id, source, expires_at, plan)
             .await
+    }
+
+    async fn claim_many(
+        &self,
+        claims: &[ClaimInput<'_>],
+        expires_at: i64,
+    ) -> Result<Vec<Claim>, StoreError> {
+        self.claim_requests(claims, expires_at).await
     }
 
     async fn write_chunk(&self, chunk: Arc<WriteChunk>) -> Result<ChunkCommit, StoreError> {

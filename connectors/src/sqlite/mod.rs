@@ -3,10 +3,13 @@
 //! chunk ledger (`chunk_ledger`, keyed by request_id, claim generation and chunk) and, for the
 //! embedded sink, the input/output checkpoints.
 //!
-//! One writer connection executes chunks one transaction at a time (SQLite has one writer);
+//! One writer connection executes chunks (SQLite has one writer), group-committed: writes that
+//! arrive while it is busy share its next transaction, each in a savepoint ([`group`]);
 //! lookups use a small pool of reader connections, which WAL mode lets run concurrently with
 //! the writer. All SQLite calls run on tokio's blocking pool.
 
+mod claims;
+mod group;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,11 +23,11 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use sluice_config::Config;
 use sluice_pipeline::contract::ProgressEvent;
-use sluice_pipeline::dedupe::{unix_now, unix_now_ms};
+use sluice_pipeline::dedupe::unix_now;
 use sluice_pipeline::request::Key;
 use sluice_pipeline::store::{
-    apply_items_with, plan_bounds, plan_from_bounds, ApplyError, ChunkCommit, Claim, Claimed,
-    Found, Target, WriteChunk,
+    apply_items_with, ApplyError, ChunkCommit, Claim, ClaimInput, Found, Target, WriteChunk,
+    WriteLimit,
 };
 use sluice_pipeline::{SourceRef, Store, StoreError};
 
@@ -35,6 +38,8 @@ pub struct SqliteStore {
     path: PathBuf,
     sql: Arc<HashMap<String, TableSql>>,
     writer: Arc<Mutex<Connection>>,
+    /// Chunks, settlements and claims: group-committed on `writer`.
+    group: group::Group,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
     /// Claims made, to purge expired rows every [`PURGE_EVERY`] of them.
@@ -112,10 +117,12 @@ impl SqliteStore {
             .iter()
             .map(|(name, c)| (name.clone(), TableSql::new(name, c.parent_field.as_deref())))
             .collect();
+        let writer = Arc::new(Mutex::new(writer));
         Ok(SqliteStore {
             path: path.to_path_buf(),
             sql: Arc::new(sql),
-            writer: Arc::new(Mutex::new(writer)),
+            group: group::Group::new(writer.clone())?,
+            writer,
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
             claims: AtomicUsize::new(1),
@@ -155,6 +162,13 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    /// One transaction runs at a time whatever the setting, and the chunk writes waiting
+    /// meanwhile share the next commit: the limit is `write_concurrency` chunks of the default
+    /// size (500 items) — as many big chunks as configured, many more small ones.
+    fn write_limit(&self, configured: usize) -> WriteLimit {
+        WriteLimit::Items(configured.saturating_mul(500).max(group::MAX_GROUP_ITEMS))
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         // A write probe: reads keep working while another process holds the write lock, but
         // chunks cannot commit, and readiness is about being able to commit.
@@ -172,104 +186,45 @@ impl Store for SqliteStore {
         expires_at: i64,
         plan: &[Range<usize>],
     ) -> Result<Claim, StoreError> {
-        let (id, src) = (request_id.to_string(), source.clone());
-        let bounds = serde_json::to_string(&plan_bounds(plan))
-            .map_err(|e| StoreError::permanent("encode", e.to_string()))?;
-        let items = plan.last().map_or(0, |r| r.end);
-        let purge = self
-            .claims
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(PURGE_EVERY);
-        self.with_writer(move |c| {
-            let now = unix_now();
-            if purge {
-                // Expired rows go a batch at a time (also at open): the file does not grow with
-                // the length of a run.
-                c.execute(
-                    "DELETE FROM chunk_ledger WHERE rowid IN
-                       (SELECT rowid FROM chunk_ledger WHERE expires_at < ?1 LIMIT ?2)",
-                    params![now, PURGE_EVERY as i64],
-                )
-                .and_then(|_| {
-                    c.execute(
-                        "DELETE FROM requests WHERE rowid IN
-                           (SELECT rowid FROM requests WHERE expires_at < ?1 LIMIT ?2)",
-                        params![now, PURGE_EVERY as i64],
-                    )
-                })
-                .map_err(classify)?;
-            }
-            // A claim older than the dedupe window is replaced, as if it had been purged: a new
-            // generation, whose ledger keys the old request's chunks cannot match.
-            c.execute(
-                "INSERT INTO requests
-                   (request_id, topic, partition, \"offset\", expires_at, claimed_at, plan)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (request_id) DO UPDATE SET topic = excluded.topic,
-                   partition = excluded.partition, \"offset\" = excluded.\"offset\",
-                   expires_at = excluded.expires_at, claimed_at = excluded.claimed_at,
-                   plan = excluded.plan
-                 WHERE requests.expires_at < ?8",
-                params![
-                    id,
-                    src.topic,
-                    src.partition,
-                    src.offset,
-                    expires_at,
-                    unix_now_ms(),
-                    bounds,
-                    now
-                ],
-            )
-            .map_err(classify)?;
-            let (owner, claimed_at, stored): (SourceRef, i64, Option<String>) = c
-                .query_row(
-                    "SELECT topic, partition, \"offset\", claimed_at, plan FROM requests
-                     WHERE request_id = ?1",
-                    [&id],
-                    |r| {
-                        let owner = SourceRef {
-                            topic: r.get(0)?,
-                            partition: r.get(1)?,
-                            offset: r.get(2)?,
-                        };
-                        Ok((owner, r.get(3)?, r.get(4)?))
-                    },
-                )
-                .map_err(classify)?;
-            if owner != src {
-                return Ok(Claim::DuplicateOf(owner));
-            }
-            let stored = stored
-                .and_then(|p| serde_json::from_str::<Vec<i64>>(&p).ok())
-                .and_then(|b| plan_from_bounds(&b, items));
-            let plan = match stored {
-                Some(plan) => plan,
-                None => {
-                    // A claim made before plans were stored: this plan becomes the claim's.
-                    c.execute(
-                        "UPDATE requests SET plan = ?2 WHERE request_id = ?1",
-                        params![id, bounds],
-                    )
-                    .map_err(classify)?;
-                    plan_from_bounds(
-                        &serde_json::from_str::<Vec<i64>>(&bounds).unwrap_or_default(),
-                        items,
-                    )
-                    .unwrap_or_default()
+        let input = ClaimInput {
+            request_id,
+            source,
+            plan,
+        };
+        let mut claims = self.claim_many(&[input], expires_at).await?;
+        claims
+            .pop()
+            .ok_or_else(|| StoreError::permanent("claim", "no claim answered"))
+    }
+
+    async fn claim_many(
+        &self,
+        claims: &[ClaimInput<'_>],
+        expires_at: i64,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let claims = claims::OwnedClaim::all(claims)?;
+        let made = self.claims.fetch_add(claims.len(), Ordering::Relaxed);
+        let purge = made / PURGE_EVERY != (made + claims.len()) / PURGE_EVERY;
+        let items = claims.len();
+        self.group
+            .run(items, move |c| {
+                if purge {
+                    claims::purge(c)?;
                 }
-            };
-            Ok(Claim::Owned(Claimed {
-                claimed_at_ms: claimed_at,
-                plan,
-            }))
-        })
-        .await
+                claims
+                    .iter()
+                    .map(|claim| claims::claim_in(c, claim, expires_at))
+                    .collect()
+            })
+            .await
     }
 
     async fn write_chunk(&self, chunk: Arc<WriteChunk>) -> Result<ChunkCommit, StoreError> {
         let sql = self.sql.clone();
-        self.with_writer(move |c| transaction(c, |c| write_in_transaction(c, &sql, &chunk)))
+        self.group
+            .run(chunk.range.len(), move |c| {
+                write_in_transaction(c, &sql, &chunk)
+            })
             .await
     }
 
@@ -278,8 +233,8 @@ impl Store for SqliteStore {
         chunk: Arc<WriteChunk>,
         event: ProgressEvent,
     ) -> Result<ChunkCommit, StoreError> {
-        self.with_writer(move |c| {
-            transaction(c, |c| {
+        self.group
+            .run(1, move |c| {
                 if let Some(event) = stored_event(c, &chunk)? {
                     return Ok(ChunkCommit {
                         event,
@@ -292,8 +247,7 @@ impl Store for SqliteStore {
                     replayed: false,
                 })
             })
-        })
-        .await
+            .await
     }
 
     async fn lookup(
@@ -380,24 +334,6 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// Runs `body` in one `BEGIN IMMEDIATE … COMMIT` (rolled back when it fails).
-fn transaction<T>(
-    c: &mut Connection,
-    body: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    c.execute_batch("BEGIN IMMEDIATE").map_err(classify)?;
-    let result = body(c);
-    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    match (result, c.execute_batch(end).map_err(classify)) {
-        (Ok(v), Ok(())) => Ok(v),
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) => {
-            let _ = c.execute_batch("ROLLBACK");
-            Err(e)
-        }
-    }
 }
 
 /// The chunk's ledger entry, if any.

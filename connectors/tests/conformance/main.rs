@@ -94,6 +94,7 @@ macro_rules! conformance_suite {
             suite::claims_recognise_duplicates,
             suite::concurrent_conflicting_chunks_all_land,
             replay::a_claim_keeps_its_first_plan_and_time,
+            replay::a_claim_batch_answers_as_claims_one_by_one,
             replay::settle_records_an_outcome_once,
             replay::an_applied_chunk_wins_over_a_later_settle,
             replay::a_settled_chunk_is_never_applied,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice_pipeline::contract::{ItemStatus, Op, Options};
 use sluice_pipeline::dedupe::unix_now_ms;
-use sluice_pipeline::store::{Claim, Claimed};
+use sluice_pipeline::store::{Claim, ClaimInput, Claimed};
 use sluice_pipeline::Store;
 
 use crate::common::*;
@@ -57,6 +57,74 @@ pub async fn a_claim_keeps_its_first_plan_and_time(store: Arc<dyn Store>) {
     );
     let third = owned(&*store, "plan-a", 7, FAR, &[0..1, 1..5]).await;
     assert_eq!(third, first, "a duplicate leaves the claim as it was");
+}
+
+/// A batch of claims (what the dedupe stage sends) answers as the same claims made one after
+/// another: new ids owned, a re-read gets its first claim back, a taken id and an id repeated
+/// inside the batch are duplicates of their first record — and the claims it made are the
+/// ones later re-reads get back.
+pub async fn a_claim_batch_answers_as_claims_one_by_one(store: Arc<dyn Store>) {
+    // A re-read brings the same items, perhaps cut differently (the stored plan wins).
+    let taken = owned(&*store, "batch-taken", 1, FAR, &[0..1, 1..2]).await;
+    let mine = owned(&*store, "batch-mine", 5, FAR, &[0..2, 2..3]).await;
+    // One-chunk plans: a single range each.
+    let whole = |n| -> Vec<std::ops::Range<usize>> { std::iter::once(0..n).collect() };
+    let (p1, p2, p3) = (vec![0..1, 1..3], whole(4), whole(2));
+    let ids = [
+        "batch-a",
+        "batch-taken",
+        "batch-a",
+        "batch-mine",
+        "batch-b",
+        "batch-taken",
+    ];
+    let sources = [10, 11, 12, 5, 13, 1].map(src);
+    let plans = [&p1, &p2, &p3, &p1, &p2, &p3];
+    let batch: Vec<ClaimInput<'_>> = (0..ids.len())
+        .map(|i| ClaimInput {
+            request_id: ids[i],
+            source: &sources[i],
+            plan: plans[i],
+        })
+        .collect();
+    let claims = store.claim_many(&batch, FAR).await.unwrap();
+    assert_eq!(
+        claims.len(),
+        batch.len(),
+        "one answer per claim: {claims:?}"
+    );
+    let Claim::Owned(a) = &claims[0] else {
+        panic!("a new id is owned: {:?}", claims[0])
+    };
+    assert_eq!(a.plan, p1);
+    assert_eq!(
+        claims[1],
+        Claim::DuplicateOf(src(1)),
+        "taken before the batch"
+    );
+    assert_eq!(
+        claims[2],
+        Claim::DuplicateOf(src(10)),
+        "repeated inside the batch"
+    );
+    assert_eq!(
+        claims[3],
+        Claim::Owned(mine),
+        "a re-read keeps its first claim"
+    );
+    let Claim::Owned(b) = &claims[4] else {
+        panic!("a new id is owned: {:?}", claims[4])
+    };
+    assert_eq!(b.plan, p2);
+    assert_eq!(claims[5], Claim::Owned(taken), "the owner's re-read");
+    // What the batch stored is what a re-read gets.
+    assert_eq!(&owned(&*store, "batch-a", 10, FAR, &whole(3)).await, a);
+    assert_eq!(&owned(&*store, "batch-b", 13, FAR, &[0..2, 2..4]).await, b);
+    assert_eq!(
+        store.claim_many(&[], FAR).await.unwrap(),
+        Vec::<Claim>::new(),
+        "an empty batch"
+    );
 }
 
 /// `settle` records an outcome decided without writes once: a second settle (another

@@ -1,0 +1,140 @@
+//! The request ledger of the SQLite store: claims, written through the group commit.
+
+use std::ops::Range;
+
+use rusqlite::{params, Connection};
+use sluice_pipeline::dedupe::{unix_now, unix_now_ms};
+use sluice_pipeline::store::{plan_bounds, plan_from_bounds, Claim, ClaimInput, Claimed};
+use sluice_pipeline::{SourceRef, StoreError};
+
+use super::{classify, PURGE_EVERY};
+
+/// One claim as the store writes it (owned: it crosses to the blocking pool).
+pub struct OwnedClaim {
+    id: String,
+    src: SourceRef,
+    bounds: String,
+    items: usize,
+}
+
+impl OwnedClaim {
+    /// The claim of `request_id` from `source` with its chunk `plan`.
+    pub fn new(
+        request_id: &str,
+        source: &SourceRef,
+        plan: &[Range<usize>],
+    ) -> Result<Self, StoreError> {
+        let bounds = serde_json::to_string(&plan_bounds(plan))
+            .map_err(|e| StoreError::permanent("encode", e.to_string()))?;
+        Ok(OwnedClaim {
+            id: request_id.to_string(),
+            src: source.clone(),
+            bounds,
+            items: plan.last().map_or(0, |r| r.end),
+        })
+    }
+
+    /// The claims of a batch.
+    pub fn all(claims: &[ClaimInput<'_>]) -> Result<Vec<Self>, StoreError> {
+        claims
+            .iter()
+            .map(|c| Self::new(c.request_id, c.source, c.plan))
+            .collect()
+    }
+}
+
+/// Deletes a batch of expired ledger rows and claims (also done at open): the file does not
+/// grow with the length of a run.
+pub fn purge(c: &Connection) -> Result<(), StoreError> {
+    let now = unix_now();
+    c.execute(
+        "DELETE FROM chunk_ledger WHERE rowid IN
+           (SELECT rowid FROM chunk_ledger WHERE expires_at < ?1 LIMIT ?2)",
+        params![now, PURGE_EVERY as i64],
+    )
+    .and_then(|_| {
+        c.execute(
+            "DELETE FROM requests WHERE rowid IN
+               (SELECT rowid FROM requests WHERE expires_at < ?1 LIMIT ?2)",
+            params![now, PURGE_EVERY as i64],
+        )
+    })
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// Claims one request inside the open transaction.
+pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<Claim, StoreError> {
+    let OwnedClaim {
+        id,
+        src,
+        bounds,
+        items,
+    } = claim;
+    let items = *items;
+    let now = unix_now();
+    // A claim older than the dedupe window is replaced, as if it had been purged: a new
+    // generation, whose ledger keys the old request's chunks cannot match.
+    c.execute(
+        "INSERT INTO requests
+       (request_id, topic, partition, \"offset\", expires_at, claimed_at, plan)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (request_id) DO UPDATE SET topic = excluded.topic,
+       partition = excluded.partition, \"offset\" = excluded.\"offset\",
+       expires_at = excluded.expires_at, claimed_at = excluded.claimed_at,
+       plan = excluded.plan
+     WHERE requests.expires_at < ?8",
+        params![
+            id,
+            src.topic,
+            src.partition,
+            src.offset,
+            expires_at,
+            unix_now_ms(),
+            bounds,
+            now
+        ],
+    )
+    .map_err(classify)?;
+    let (owner, claimed_at, stored): (SourceRef, i64, Option<String>) = c
+        .query_row(
+            "SELECT topic, partition, \"offset\", claimed_at, plan FROM requests
+         WHERE request_id = ?1",
+            [&id],
+            |r| {
+                let owner = SourceRef {
+                    topic: r.get(0)?,
+                    partition: r.get(1)?,
+                    offset: r.get(2)?,
+                };
+                Ok((owner, r.get(3)?, r.get(4)?))
+            },
+        )
+        .map_err(classify)?;
+    if &owner != src {
+        return Ok(Claim::DuplicateOf(owner));
+    }
+    let stored = stored
+        .and_then(|p| serde_json::from_str::<Vec<i64>>(&p).ok())
+        .and_then(|b| plan_from_bounds(&b, items));
+    let plan = match stored {
+        Some(plan) => plan,
+        None => {
+            // A claim made before plans were stored: this plan becomes the claim's.
+            c.execute(
+                "UPDATE requests SET plan = ?2 WHERE request_id = ?1",
+                params![id, bounds],
+            )
+            .map_err(classify)?;
+            plan_from_bounds(
+                &serde_json::from_str::<Vec<i64>>(bounds).unwrap_or_default(),
+                items,
+            )
+            .unwrap_or_default()
+        }
+    };
+    Ok(Claim::Owned(Claimed {
+        claimed_at_ms: claimed_at,
+        plan,
+    }))
+}
