@@ -94,6 +94,15 @@ impl Dedupe {
     }
 
     fn remember(&mut self, request_id: &str, source: &SourceRef, claim: &Claim) {
+        if let (Claim::DuplicateOf(o), Some((owner, Some(_), _))) =
+            (claim, self.cache.peek(request_id))
+        {
+            if o == owner {
+                // The owner's own claim is cached (the same batch claimed it): keep it, so a
+                // re-read of the owner is answered from the cache.
+                return;
+            }
+        }
         let cached = match claim {
             Claim::Owned(c) => (source.clone(), Some(c.clone()), Instant::now()),
             Claim::DuplicateOf(o) => (o.clone(), None, Instant::now()),

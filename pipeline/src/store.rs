@@ -114,18 +114,23 @@ pub enum WriteLimit {
 }
 
 impl WriteLimit {
-    /// Semaphore permits in all.
+    /// Semaphore permits in all (within what a semaphore can hold).
     pub fn permits(self) -> usize {
-        match self {
-            WriteLimit::Chunks(n) | WriteLimit::Items(n) => n.max(1),
-        }
+        let n = match self {
+            WriteLimit::Chunks(n) | WriteLimit::Items(n) => n,
+        };
+        n.clamp(
+            1,
+            (u32::MAX as usize).min(tokio::sync::Semaphore::MAX_PERMITS),
+        )
     }
 
-    /// Permits a chunk of `items` items takes.
+    /// Permits a chunk of `items` items takes: never more than [`WriteLimit::permits`], so
+    /// a chunk bigger than the limit waits until it is alone, never forever.
     pub fn cost(self, items: usize) -> u32 {
         match self {
             WriteLimit::Chunks(_) => 1,
-            WriteLimit::Items(n) => items.clamp(1, n.max(1)).min(u32::MAX as usize) as u32,
+            WriteLimit::Items(_) => items.clamp(1, self.permits()) as u32,
         }
     }
 }
@@ -284,4 +289,25 @@ pub trait Store: Send + Sync + 'static {
         keys: &[Key],
         max_bytes: usize,
     ) -> Result<Vec<Found>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WriteLimit;
+
+    #[test]
+    fn write_limits_stay_within_a_semaphore() {
+        assert_eq!(WriteLimit::Chunks(4).cost(500), 1);
+        assert_eq!(WriteLimit::Items(2000).cost(10), 10);
+        assert_eq!(
+            WriteLimit::Items(2000).cost(5000),
+            2000,
+            "a huge chunk waits to be alone"
+        );
+        assert_eq!(WriteLimit::Items(0).permits(), 1);
+        let absurd = WriteLimit::Items(usize::MAX);
+        assert!(absurd.permits() <= tokio::sync::Semaphore::MAX_PERMITS);
+        assert!(absurd.cost(usize::MAX) as usize <= absurd.permits());
+        let _ = tokio::sync::Semaphore::new(absurd.permits());
+    }
 }

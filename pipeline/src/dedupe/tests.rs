@@ -161,6 +161,10 @@ impl Store for Counting {
     }
 }
 
+fn execute_source(offset: i64) -> SourceRef {
+    crate::testkit::record(0, offset, "{}").split().2.source
+}
+
 fn execute(request_id: &str, offset: i64) -> Work {
     let (_, _, meta) = crate::testkit::record(0, offset, "{}").split();
     let mut request = request(&[Some("a"), Some("a")], true);
@@ -228,6 +232,12 @@ async fn waiting_records_are_claimed_in_one_store_call_in_order() {
         vec![1, 3],
         "one store call per batch, without what the cache answered"
     );
+    // The owner of a request_id repeated in the batch is still answered from the cache.
+    assert!(matches!(
+        d.claim("a", &execute_source(2), &[]).await.unwrap(),
+        Claim::Owned(_)
+    ));
+    assert_eq!(store.calls.lock().unwrap().len(), 2, "no store call for it");
 }
 
 #[tokio::test]
