@@ -41,6 +41,16 @@ struct Wanted {
     plan: Vec<Range<usize>>,
 }
 
+impl From<&ClaimInput<'_>> for Wanted {
+    fn from(c: &ClaimInput<'_>) -> Self {
+        Wanted {
+            request_id: c.request_id.to_string(),
+            source: c.source.clone(),
+            plan: c.plan.to_vec(),
+        }
+    }
+}
+
 /// A batch of records whose claims are being made.
 struct Batch {
     inputs: Vec<Work>,
@@ -147,7 +157,7 @@ impl Dedupe {
     /// unknown ones), recorded in the cache.
     fn merge(
         &mut self,
-        wanted: &[(&str, &SourceRef)],
+        wanted: &[ClaimInput<'_>],
         known: Vec<Option<Claim>>,
         asked: Result<Vec<Claim>, StoreError>,
     ) -> Result<Vec<Claim>, StageError> {
@@ -161,8 +171,8 @@ impl Dedupe {
             .ok_or_else(|| {
                 StageError::Fatal("a request without its claim (a dedupe bug)".into())
             })?;
-        for ((request_id, source), claim) in wanted.iter().zip(&claims) {
-            self.remember(request_id, source, claim);
+        for (w, claim) in wanted.iter().zip(&claims) {
+            self.remember(w.request_id, w.source, claim);
         }
         Ok(claims)
     }
@@ -171,35 +181,21 @@ impl Dedupe {
     /// that names a request_id an earlier batch is still claiming waits for that one first,
     /// so claims of one request_id are made in source order.
     async fn submit(&mut self, inputs: Vec<Work>, out: &Outbox<Work>) -> Result<(), StageError> {
-        let ids: Vec<(&str, &SourceRef, &[Range<usize>])> = inputs
-            .iter()
-            .filter_map(|w| match w {
-                Work::Execute {
-                    meta,
-                    request,
-                    chunks,
-                } => Some((request.request_id.as_str(), &meta.source, chunks.as_slice())),
-                _ => None,
-            })
-            .collect();
+        let ids = claims_of(&inputs);
         while self.batches.len() >= BATCHES_IN_FLIGHT
             || self
                 .batches
                 .iter()
-                .any(|b| ids.iter().any(|(id, _, _)| b.asked.contains(*id)))
+                .any(|b| ids.iter().any(|c| b.asked.contains(c.request_id)))
         {
             self.emit_oldest(out).await?;
         }
         let mut wanted = Vec::new();
         let mut known = Vec::with_capacity(ids.len());
-        for &(request_id, source, plan) in &ids {
-            let k = self.cached(request_id, source);
+        for c in &ids {
+            let k = self.cached(c.request_id, c.source);
             if k.is_none() {
-                wanted.push(Wanted {
-                    request_id: request_id.to_string(),
-                    source: source.clone(),
-                    plan: plan.to_vec(),
-                });
+                wanted.push(Wanted::from(c));
             }
             known.push(k);
         }
@@ -227,22 +223,7 @@ impl Dedupe {
                 .await
                 .map_err(|e| StageError::Fatal(format!("claim task failed: {e}")))?,
         };
-        let wanted: Vec<(&str, &SourceRef)> = batch
-            .inputs
-            .iter()
-            .filter_map(|w| match w {
-                Work::Execute { meta, request, .. } => {
-                    Some((request.request_id.as_str(), &meta.source))
-                }
-                _ => None,
-            })
-            .collect();
-        let wanted: Vec<(String, SourceRef)> = wanted
-            .into_iter()
-            .map(|(id, s)| (id.to_string(), s.clone()))
-            .collect();
-        let refs: Vec<(&str, &SourceRef)> = wanted.iter().map(|(id, s)| (id.as_str(), s)).collect();
-        let claims = self.merge(&refs, batch.known, asked)?;
+        let claims = self.merge(&claims_of(&batch.inputs), batch.known, asked)?;
         let mut claims = claims.into_iter();
         for input in batch.inputs {
             let next = match input {
@@ -266,21 +247,41 @@ impl Dedupe {
         source: &SourceRef,
         plan: &[Range<usize>],
     ) -> Result<Claim, StageError> {
+        let one = ClaimInput {
+            request_id,
+            source,
+            plan,
+        };
         let known = vec![self.cached(request_id, source)];
         let wanted = match known[0] {
             Some(_) => Vec::new(),
-            None => vec![Wanted {
-                request_id: request_id.to_string(),
-                source: source.clone(),
-                plan: plan.to_vec(),
-            }],
+            None => vec![Wanted::from(&one)],
         };
         let asked = self
             .ask(wanted)
             .await
             .map_err(|e| StageError::Fatal(e.to_string()))?;
-        Ok(self.merge(&[(request_id, source)], known, asked)?.remove(0))
+        Ok(self.merge(&[one], known, asked)?.remove(0))
     }
+}
+
+/// The claims the `Execute` records among `inputs` need, in order.
+fn claims_of(inputs: &[Work]) -> Vec<ClaimInput<'_>> {
+    inputs
+        .iter()
+        .filter_map(|w| match w {
+            Work::Execute {
+                meta,
+                request,
+                chunks,
+            } => Some(ClaimInput {
+                request_id: &request.request_id,
+                source: &meta.source,
+                plan: chunks,
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Where a claimed request goes next.
