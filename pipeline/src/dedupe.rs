@@ -325,7 +325,7 @@ pub fn mark_duplicate_items(request: &mut Request) {
             Some(&of) => {
                 let mut r = ItemResult::status(item.index, ItemStatus::Duplicate);
                 r.of = Some(of);
-                item.decided = Some(r);
+                item.decided = Some(Box::new(r));
             }
             None => {
                 first.insert(key.clone(), item.index);

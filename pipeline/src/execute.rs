@@ -295,7 +295,7 @@ impl Job {
             .items()
             .iter()
             .map(|item| match &item.decided {
-                Some(d) => d.clone(),
+                Some(d) => (**d).clone(),
                 None => ItemResult::error(item.index, status, code, message, retryable),
             })
             .collect();
@@ -444,7 +444,7 @@ impl Job {
         let results = items
             .iter()
             .map(|item| match &item.decided {
-                Some(d) => d.clone(),
+                Some(d) => (**d).clone(),
                 None => match docs.next().unwrap_or(Found::Missing) {
                     Found::Doc(doc) => ItemResult {
                         doc: Some(doc),

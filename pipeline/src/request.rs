@@ -88,8 +88,9 @@ pub struct Item {
     /// Size of the item's JSON encoding in bytes (for chunking).
     pub bytes: usize,
     /// A result decided before execution (invalid item, duplicate key); such items are
-    /// reported but never sent to the store.
-    pub decided: Option<ItemResult>,
+    /// reported but never sent to the store. Boxed: most items have none, and a request holds
+    /// its items in memory while in flight.
+    pub decided: Option<Box<ItemResult>>,
 }
 
 /// A request that passed validation.

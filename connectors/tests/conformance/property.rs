@@ -256,7 +256,7 @@ fn stopped_event(chunk: &WriteChunk) -> ProgressEvent {
         .items()
         .iter()
         .map(|item| match &item.decided {
-            Some(d) => d.clone(),
+            Some(d) => (**d).clone(),
             None => ItemResult::error(
                 item.index,
                 ItemStatus::NotAttempted,

@@ -83,7 +83,7 @@ impl Model {
         for item in chunk.items() {
             if let Some(decided) = &item.decided {
                 failed |= decided.status == ItemStatus::Failed;
-                results.push(decided.clone());
+                results.push((**decided).clone());
                 continue;
             }
             if failed && (opts.stop_on_error || opts.atomic) {

@@ -16,7 +16,7 @@ fn request(keys: &[Option<&str>], dedupe: bool) -> Request {
             bytes: 1,
             decided: k
                 .is_none()
-                .then(|| ItemResult::status(index, ItemStatus::Failed)),
+                .then(|| Box::new(ItemResult::status(index, ItemStatus::Failed))),
         })
         .collect();
     Request {

@@ -40,7 +40,7 @@ impl Validate {
                 item.key = Some(key);
                 item.body = body;
             }
-            Err(decided) => item.decided = Some(decided),
+            Err(decided) => item.decided = Some(Box::new(decided)),
         }
         item
     }

@@ -214,7 +214,12 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
     }
 }
 
-/// Escapes a field name for a JSON Pointer (RFC 6901).
-pub fn pointer_escape(s: &str) -> String {
-    s.replace('~', "~0").replace('/', "~1")
+/// Escapes a field name for a JSON Pointer (RFC 6901); borrowed when nothing needs escaping
+/// (most names: pointers are built for every member, and kept only for errors).
+pub fn pointer_escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['~', '/']) {
+        s.replace('~', "~0").replace('/', "~1").into()
+    } else {
+        s.into()
+    }
 }
