@@ -53,8 +53,11 @@ pub struct PipelineConfig {
     /// Maximum records between the source and the commit (the in-flight budget).
     pub max_in_flight_records: usize,
     /// Maximum bytes of input records between the source and the commit; the source waits
-    /// (Kafka: pauses) when either budget is spent. Parsed requests take a few times their
-    /// input size in memory.
+    /// (Kafka: pauses) when either budget is spent. Parsed requests take about three times
+    /// their input size in memory, so this is most of the process's memory under load.
+    /// Default 4 MiB: enough to keep the store busy (a larger budget only lengthens the queue
+    /// in front of it — BENCHMARKS.md), and a record larger than the budget still goes
+    /// alone.
     pub max_in_flight_bytes: usize,
     /// Treat the whole input as one ordered stream instead of keying by request_id.
     pub ordered: bool,
@@ -75,7 +78,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             channel_capacity: 64,
             max_in_flight_records: 256,
-            max_in_flight_bytes: 16 * 1024 * 1024,
+            max_in_flight_bytes: 4 * 1024 * 1024,
             ordered: false,
             drain_deadline_ms: 30_000,
             commit_max_records: 2000,
