@@ -14,7 +14,7 @@ use sluice_connectors::sqlite::{connect, key_text, table};
 use sluice_pipeline::request::Key;
 use sluice_pipeline::RunStats;
 
-use crate::rss::peak_rss_kib;
+use crate::rss::{cpu_secs, peak_rss_kib};
 use crate::BenchArgs;
 
 fn doc(r: usize, i: usize) -> serde_json::Value {
@@ -70,9 +70,11 @@ pub async fn run(args: BenchArgs, mut config: Config) -> anyhow::Result<()> {
     let chunk_items = config.chunk.max_items;
     let config = Arc::new(config);
     let started = Instant::now();
+    let cpu_before = cpu_secs();
     crate::embedded::run_pipeline(config.clone(), io, stats.clone(), std::future::pending())
         .await?;
     let pipeline_secs = started.elapsed().as_secs_f64();
+    let pipeline_cpu = cpu_secs() - cpu_before;
     let peak_rss = peak_rss_kib().unwrap_or(0);
     let ok = RunStats::get(&stats.items) - RunStats::get(&stats.items_failed);
     anyhow::ensure!(
@@ -117,6 +119,11 @@ pub async fn run(args: BenchArgs, mut config: Config) -> anyhow::Result<()> {
     println!(
         "pipeline / baseline: {:.0} % (goal ≥ {goal} %)",
         100.0 * p_rate / r_rate
+    );
+    println!(
+        "pipeline CPU: {pipeline_cpu:.2} s, {:.2} µs per item, {:.2} cores busy",
+        pipeline_cpu * 1e6 / total_items,
+        pipeline_cpu / pipeline_secs
     );
     println!(
         "request latency (read → committed): p50 {:.1} ms, p99 {:.1} ms",

@@ -1,5 +1,5 @@
-//! Peak resident set size of this process (Linux), for the benchmarks' memory column: the
-//! embedded one (`bench`) and the Kafka one (`bench_kafka`).
+//! Peak resident set size of this process (Linux), for the benchmarks' memory column (the
+//! embedded one, `bench`, and the Kafka one, `bench_kafka`), and its CPU time (`bench`).
 
 /// Resets this process's peak resident set size (Linux ≥ 4.0), so that the next
 /// [`peak_rss_kib`] covers what ran since.
@@ -13,4 +13,18 @@ pub(crate) fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU seconds (user + system, all threads) this process has used so far.
+pub(crate) fn cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0.0;
+        }
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
