@@ -18,13 +18,16 @@
 #
 # Usage:   scripts/bench-peer.sh                (the full W1: DOCS=200000 ROUNDS=3)
 #          DOCS=20000 ROUNDS=1 scripts/bench-peer.sh   (a smoke run)
+#          SIDES=sluice DOCS=2000000 ROUNDS=1 scripts/bench-peer.sh   (the soak: is sluice's
+#          store cost and RSS flat between the first and the last tenth of 2M documents?)
 # Env:     DOCS (200000), ROUNDS (3; a round = one peer and one sluice trial), BATCH (500:
 #          max.batch.size and chunk.max_items), BENCH_KAFKA_PORT (29092; +1 for the
 #          controller), BENCH_MONGO_PORT (29017), BENCH_CONNECT_PORT (29083, Connect's REST
 #          listener), PEER_HEAP_OPTS (-Xms256M -Xmx2G, connect-standalone.sh's default),
 #          TRIAL_TIMEOUT (s; default 120 + DOCS/100), PEER_WRITE_MODEL (the sink's
 #          writemodel.strategy class; unset = the connector's default, replaceOne upserts);
-#          SECANTUS_ARGS reaches scripts/secantus.sh (e.g. "--config FILE" for server settings).
+#          SECANTUS_ARGS reaches scripts/secantus.sh (e.g. "--config FILE" for server settings);
+#          SIDES ("peer sluice"; "sluice" alone skips Kafka Connect and its records).
 # Needs:   Java 17+, Maven (once, to fetch the jars), python3 (SecantusDB's venv), and
 #          a Rust toolchain (`cargo build --release` runs first: a stale binary would measure
 #          old code; SKIP_BUILD=1 uses target/release/sluice as it is).
@@ -43,6 +46,7 @@ PY="$REPO_ROOT/.cache/secantus/venv/bin/python"
 
 DOCS="${DOCS:-200000}"
 ROUNDS="${ROUNDS:-3}"
+SIDES="${SIDES:-peer sluice}"
 BATCH="${BATCH:-500}"
 ITEMS=100
 PARTS=6
@@ -245,9 +249,11 @@ sluice_trial() {
 
 ((DOCS % ITEMS == 0)) || die "DOCS must be a multiple of $ITEMS"
 mkdir -p "$OUT"
-log "W1: $DOCS documents, $ROUNDS round(s); output in ${OUT#"$REPO_ROOT"/}"
-command -v java >/dev/null || die "java not found (Kafka Connect 4 needs Java 17+)"
-install_connect
+log "W1: $DOCS documents, $ROUNDS round(s) of: $SIDES; output in ${OUT#"$REPO_ROOT"/}"
+runs() { [[ " $SIDES " == *" $1 "* ]]; }
+runs peer || runs sluice || die "SIDES names neither peer nor sluice: $SIDES"
+command -v java >/dev/null || die "java not found (Kafka and Kafka Connect 4 need Java 17+)"
+if runs peer; then install_connect; fi
 bash "$SCRIPT_DIR/kafka.sh" install
 bash "$SCRIPT_DIR/secantus.sh" install
 [[ -x "$PY" ]] || die "no python in SecantusDB's venv ($PY)"
@@ -270,28 +276,30 @@ bash "$SCRIPT_DIR/kafka.sh" start "$KPORT" 2>>"$OUT/kafka.log" || die "the broke
 # Input, produced once for all trials (each trial reads it with its own consumer group).
 log "generating the input ..."
 expected="$("$PY" "$HELPER" gen "$OUT" "$DOCS" "$ITEMS" "$PARTS")" || die "generating the input failed"
-bash "$SCRIPT_DIR/kafka.sh" create-topic "$KPORT" "$PEER_TOPIC" "$PARTS" >>"$OUT/kafka.log" 2>&1
-log "producing $DOCS peer records ..."
-bash "$SCRIPT_DIR/kafka.sh" tool org.apache.kafka.tools.ConsoleProducer --bootstrap-server "$BROKER" \
-    --topic "$PEER_TOPIC" --reader-property parse.key=true --reader-property key.separator=$'\t' \
-    <"$OUT/peer.tsv" >>"$OUT/kafka.log" 2>&1 || die "producing the peer records failed"
-# The peer's progress relies on knowing each partition's keys: check the partitioning.
-bash "$SCRIPT_DIR/kafka.sh" tool org.apache.kafka.tools.GetOffsetShell --bootstrap-server "$BROKER" \
-    --topic "$PEER_TOPIC" 2>>"$OUT/kafka.log" | sort -t: -k2n >"$OUT/peer-offsets.txt"
-got="$(cut -d: -f3 "$OUT/peer-offsets.txt" | paste -sd' ')"
-[[ "$got" == "$expected" ]] || die "peer partitions hold $got records, expected $expected"
+if runs peer; then
+    bash "$SCRIPT_DIR/kafka.sh" create-topic "$KPORT" "$PEER_TOPIC" "$PARTS" >>"$OUT/kafka.log" 2>&1
+    log "producing $DOCS peer records ..."
+    bash "$SCRIPT_DIR/kafka.sh" tool org.apache.kafka.tools.ConsoleProducer --bootstrap-server "$BROKER" \
+        --topic "$PEER_TOPIC" --reader-property parse.key=true --reader-property key.separator=$'\t' \
+        <"$OUT/peer.tsv" >>"$OUT/kafka.log" 2>&1 || die "producing the peer records failed"
+    # The peer's progress relies on knowing each partition's keys: check the partitioning.
+    bash "$SCRIPT_DIR/kafka.sh" tool org.apache.kafka.tools.GetOffsetShell --bootstrap-server "$BROKER" \
+        --topic "$PEER_TOPIC" 2>>"$OUT/kafka.log" | sort -t: -k2n >"$OUT/peer-offsets.txt"
+    got="$(cut -d: -f3 "$OUT/peer-offsets.txt" | paste -sd' ')"
+    [[ "$got" == "$expected" ]] || die "peer partitions hold $got records, expected $expected"
+fi
 log "producing $REQUESTS sluice requests ..."
 sluice_config 0 >"$OUT/produce.toml"
 (cd "$OUT" && "$SLUICE" topics create -c produce.toml && "$SLUICE" produce -c produce.toml requests.jsonl) \
     >>"$OUT/produce.log" 2>&1 || die "producing the sluice requests failed (see produce.log)"
 
 for ((r = 1; r <= ROUNDS; r++)); do
-    peer_trial "$r"
-    sluice_trial "$r"
+    if runs peer; then peer_trial "$r"; fi
+    if runs sluice; then sluice_trial "$r"; fi
 done
 
 {
     echo "W1: $DOCS documents on $PARTS partitions, $ROUNDS round(s), $(date -u +%FT%TZ)"
-    echo "own CPU = utime+stime (JVM: + children) until done; store CPU = SecantusDB's during the trial; RSS = VmHWM"
+    echo "own CPU = utime+stime (JVM: + children) until done; store CPU = SecantusDB's during the trial; peak RSS = VmHWM; tenths: mean VmRSS"
     "$PY" "$HELPER" report "$OUT/results.jsonl"
 } | tee "$OUT/report.md"

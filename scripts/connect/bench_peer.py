@@ -81,11 +81,16 @@ def cpu_s(pid, children=False):
     return t / TICK
 
 
-def hwm_mib(pid):
+def status_mib(pid, field):
+    """A memory line of /proc/PID/status (VmHWM: peak, VmRSS: now) in MiB."""
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def hwm_mib(pid):
+    return status_mib(pid, "VmHWM")
 
 
 class PeerProgress:
@@ -127,8 +132,8 @@ class SluiceProgress:
 
 
 def tenths(samples, docs):
-    """docs/s and store CPU µs/doc over the first and the last tenth of the documents,
-    counted from the first sample that saw a document (start-up excluded)."""
+    """docs/s, store CPU µs/doc and the process's mean RSS over the first and the last tenth
+    of the documents, counted from the first sample that saw a document (start-up excluded)."""
     live = [s for s in samples if s[1] > 0]
     if len(live) < 3:
         return {}
@@ -142,6 +147,8 @@ def tenths(samples, docs):
         if dd > 0 and dt > 0:
             out[f"{name}_tenth_docs_s"] = dd / dt
             out[f"{name}_tenth_store_us_doc"] = (s1[3] - s0[3]) / dd * 1e6
+            rss = [s[4] for s in live if s0[0] <= s[0] <= s1[0]]
+            out[f"{name}_tenth_rss_mib"] = sum(rss) / len(rss)
     return out
 
 
@@ -156,7 +163,8 @@ def watch(side, uri, db, own, store, t0, store0, docs, requests, events, cps, ti
         n, done = progress.poll()
         now = time.time() - t0
         try:
-            samples.append((now, n, cpu_s(own, java), cpu_s(store) - store0))
+            samples.append((now, n, cpu_s(own, java), cpu_s(store) - store0,
+                            status_mib(own, "VmRSS")))
         except FileNotFoundError:
             sys.exit(f"watch: the {side} process or the store exited before the trial was done")
         if done:
@@ -165,9 +173,9 @@ def watch(side, uri, db, own, store, t0, store0, docs, requests, events, cps, ti
             sys.exit(f"watch: {side} not done after {timeout:.0f}s ({n} of {docs} documents)")
         time.sleep(0.25)
     with open(f"{out}.samples.tsv", "w") as f:
-        f.write("t_s\tdocs\town_cpu_s\tstore_cpu_s\n")
+        f.write("t_s\tdocs\town_cpu_s\tstore_cpu_s\town_rss_mib\n")
         f.writelines("\t".join(f"{v:.3f}" for v in s) + "\n" for s in samples)
-    t, _, own_cpu, store_cpu = samples[-1]
+    t, _, own_cpu, store_cpu, _ = samples[-1]
     # The first sample that saw a document: what came before is start-up (JVM, group join).
     first = next(s for s in samples if s[1] > 0)
     summary = {"side": side, "elapsed_s": t, "docs_s": docs / t, "first_doc_s": first[0],
@@ -227,11 +235,12 @@ def report(path):
             ("store CPU s", "store_cpu_s", "{:.1f}"), ("store µs/doc", "store_us_doc", "{:.0f}"),
             ("1st tenth docs/s", "first_tenth_docs_s", "{:,.0f}"),
             ("last tenth docs/s", "last_tenth_docs_s", "{:,.0f}"),
-            ("store µs/doc 1st/last tenth", None, None)]
+            ("store µs/doc 1st/last tenth", "store_us_doc", None),
+            ("RSS MiB 1st/last tenth", "rss_mib", None)]
 
     def cell(r, key, fmt):
-        if key is None:
-            a, b = r.get("first_tenth_store_us_doc"), r.get("last_tenth_store_us_doc")
+        if fmt is None:  # a first/last tenth pair
+            a, b = r.get(f"first_tenth_{key}"), r.get(f"last_tenth_{key}")
             return f"{a:.0f} / {b:.0f}" if a and b else "-"
         return fmt.format(r[key]) if r.get(key) is not None else "-"
 
@@ -239,16 +248,19 @@ def report(path):
     print("|---|---|" + "---|" * len(cols))
     for r in rows:
         print(f"| {r['trial']} | {r['side']} | " + " | ".join(cell(r, k, f) for _, k, f in cols) + " |")
+    single = [c for c in cols if c[2] is not None]
+    blank = " |" * (len(cols) - len(single) + 1)  # closes the last cell, then empty pair cells
     med = {}
-    for side in ("peer", "sluice"):
+    sides = [side for side in ("peer", "sluice") if any(r["side"] == side for r in rows)]
+    for side in sides:
         mine = [r for r in rows if r["side"] == side]
         med[side] = {k: statistics.median(r[k] for r in mine if r.get(k) is not None)
-                     for _, k, _ in cols[:-1] if any(r.get(k) is not None for r in mine)}
-    for side in ("peer", "sluice"):
-        print(f"| median | {side} | " + " | ".join(cell(med[side], k, f) for _, k, f in cols[:-1]) + " | |")
-    ratio = {k: med["sluice"][k] / med["peer"][k] for k in med["sluice"] if med["peer"].get(k)}
-    print("| ratio | sluice/peer | " + " | ".join(f"{ratio[k]:.2f}×" if k in ratio else "-"
-                                                for _, k, _ in cols[:-1]) + " | |")
+                     for _, k, _ in single if any(r.get(k) is not None for r in mine)}
+        print(f"| median | {side} | " + " | ".join(cell(med[side], k, f) for _, k, f in single) + blank)
+    if len(sides) == 2:  # SIDES=sluice (the soak) has no peer to compare with
+        ratio = {k: med["sluice"][k] / med["peer"][k] for k in med["sluice"] if med["peer"].get(k)}
+        print("| ratio | sluice/peer | " + " | ".join(f"{ratio[k]:.2f}×" if k in ratio else "-"
+                                                    for _, k, _ in single) + blank)
 
 
 if __name__ == "__main__":
