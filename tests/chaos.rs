@@ -8,7 +8,8 @@
 //!   request finished within [`DONE_BOUND`]; a restarted instance commits within
 //!   [`RESTART_BOUND`];
 //! - truth: while the store is out, the instances say not ready; once idle, they are ready
-//!   and report no unowned partition.
+//!   and their gauges settle at no unowned partition (within 30 s: a rebalance after a late
+//!   kill is reported while it lasts).
 //!
 //! CI runs ~2.5 minutes of it. The long run is the same harness, longer:
 //! `SLUICE_CHAOS_SECS=1800 scripts/test-all.sh --release --test chaos -- --nocapture
@@ -398,8 +399,20 @@ fn chaos(
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    for m in &fleet.members {
-        assert_eq!(metric(m.port, "sluice_group_unowned_partitions"), Some(0.0));
+    // Every member's view of the group settles at "nothing unowned". Not one instant's read:
+    // a member killed late in the run stays in the group until its session expires, and the
+    // rebalance that follows truly leaves its partitions unowned for a moment (seen in CI).
+    let unowned = || -> Vec<Option<f64>> {
+        let gauge = |m: &Member| metric(m.port, "sluice_group_unowned_partitions");
+        fleet.members.iter().map(gauge).collect()
+    };
+    while unowned().iter().any(|u| *u != Some(0.0)) {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "members still report unowned partitions: {:?}",
+            unowned()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
     if outage_not_ready {
         assert!(
