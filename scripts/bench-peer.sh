@@ -251,7 +251,10 @@ sluice_trial() {
 mkdir -p "$OUT"
 log "W1: $DOCS documents, $ROUNDS round(s) of: $SIDES; output in ${OUT#"$REPO_ROOT"/}"
 runs() { [[ " $SIDES " == *" $1 "* ]]; }
-runs peer || runs sluice || die "SIDES names neither peer nor sluice: $SIDES"
+for side in $SIDES; do
+    [[ "$side" == peer || "$side" == sluice ]] || die "SIDES: unknown side '$side' (peer, sluice)"
+done
+runs peer || runs sluice || die "SIDES names no side"
 command -v java >/dev/null || die "java not found (Kafka and Kafka Connect 4 need Java 17+)"
 if runs peer; then install_connect; fi
 bash "$SCRIPT_DIR/kafka.sh" install

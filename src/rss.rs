@@ -15,7 +15,9 @@ pub(crate) fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// CPU seconds (user + system, all threads) this process has used so far.
+/// CPU seconds (user + system, all threads) this process has used so far (0 where
+/// `getrusage` does not exist).
+#[cfg(unix)]
 pub(crate) fn cpu_secs() -> f64 {
     // SAFETY: getrusage only writes the struct it is given.
     let usage = unsafe {
@@ -27,4 +29,9 @@ pub(crate) fn cpu_secs() -> f64 {
     };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+#[cfg(not(unix))]
+pub(crate) fn cpu_secs() -> f64 {
+    0.0
 }

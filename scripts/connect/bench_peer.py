@@ -82,15 +82,16 @@ def cpu_s(pid, children=False):
 
 
 def status_mib(pid, field):
-    """A memory line of /proc/PID/status (VmHWM: peak, VmRSS: now) in MiB."""
+    """A memory line of /proc/PID/status (VmHWM: peak, VmRSS: now) in MiB; None when the
+    process has none (it is exiting)."""
     for line in open(f"/proc/{pid}/status"):
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    return 0.0
+    return None
 
 
 def hwm_mib(pid):
-    return status_mib(pid, "VmHWM")
+    return status_mib(pid, "VmHWM") or 0.0
 
 
 class PeerProgress:
@@ -147,8 +148,9 @@ def tenths(samples, docs):
         if dd > 0 and dt > 0:
             out[f"{name}_tenth_docs_s"] = dd / dt
             out[f"{name}_tenth_store_us_doc"] = (s1[3] - s0[3]) / dd * 1e6
-            rss = [s[4] for s in live if s0[0] <= s[0] <= s1[0]]
-            out[f"{name}_tenth_rss_mib"] = sum(rss) / len(rss)
+            rss = [s[4] for s in live if s0[0] <= s[0] <= s1[0] and s[4] is not None]
+            if rss:
+                out[f"{name}_tenth_rss_mib"] = sum(rss) / len(rss)
     return out
 
 
@@ -174,7 +176,7 @@ def watch(side, uri, db, own, store, t0, store0, docs, requests, events, cps, ti
         time.sleep(0.25)
     with open(f"{out}.samples.tsv", "w") as f:
         f.write("t_s\tdocs\town_cpu_s\tstore_cpu_s\town_rss_mib\n")
-        f.writelines("\t".join(f"{v:.3f}" for v in s) + "\n" for s in samples)
+        f.writelines("\t".join("-" if v is None else f"{v:.3f}" for v in s) + "\n" for s in samples)
     t, _, own_cpu, store_cpu, _ = samples[-1]
     # The first sample that saw a document: what came before is start-up (JVM, group join).
     first = next(s for s in samples if s[1] > 0)
