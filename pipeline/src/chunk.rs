@@ -71,7 +71,7 @@ impl Stage for Chunk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::{Op, Options};
+    use crate::contract::Options;
     use crate::request::{Item, ItemBody};
     use crate::stage::{channel, run_stage};
 
@@ -87,16 +87,11 @@ mod tests {
                 decided: None,
             })
             .collect();
-        Request {
-            request_id: "r".into(),
-            collection: "c".into(),
-            op: Op::Delete,
-            items,
-            options: Options {
-                atomic,
-                ..Options::default()
-            },
-        }
+        let options = Options {
+            atomic,
+            ..Options::default()
+        };
+        crate::testkit::key_request(items, options)
     }
 
     fn chunker(max_items: usize, max_bytes: usize) -> Chunk {

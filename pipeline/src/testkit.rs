@@ -23,6 +23,21 @@ use crate::store::{
     Target, WriteChunk,
 };
 
+/// A `delete` request `r` on collection `c` with the given items and options: the shape unit
+/// tests of stages that look only at items (dedupe, chunk) build.
+pub fn key_request(
+    items: Vec<crate::request::Item>,
+    options: crate::contract::Options,
+) -> crate::request::Request {
+    crate::request::Request {
+        request_id: "r".into(),
+        collection: "c".into(),
+        op: crate::contract::Op::Delete,
+        items,
+        options,
+    }
+}
+
 /// A config with the dictionary collections and fast commits.
 pub fn config(extra: &str) -> Arc<Config> {
     Arc::new(

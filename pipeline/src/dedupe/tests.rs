@@ -2,7 +2,7 @@
 //! claim batches in flight.
 
 use super::*;
-use crate::contract::{Op, Options};
+use crate::contract::Options;
 use crate::request::{Item, ItemBody};
 
 fn request(keys: &[Option<&str>], dedupe: bool) -> Request {
@@ -19,16 +19,11 @@ fn request(keys: &[Option<&str>], dedupe: bool) -> Request {
                 .then(|| Box::new(ItemResult::status(index, ItemStatus::Failed))),
         })
         .collect();
-    Request {
-        request_id: "r".into(),
-        collection: "c".into(),
-        op: Op::Delete,
-        items,
-        options: Options {
-            dedupe,
-            ..Options::default()
-        },
-    }
+    let options = Options {
+        dedupe,
+        ..Options::default()
+    };
+    crate::testkit::key_request(items, options)
 }
 
 fn statuses(r: &Request) -> Vec<Option<(ItemStatus, Option<usize>)>> {
@@ -176,6 +171,33 @@ fn execute(request_id: &str, offset: i64) -> Work {
     }
 }
 
+/// A dedupe stage on a [`Counting`] store, and the channel it passes records on to.
+fn counting_stage() -> (
+    Dedupe,
+    Arc<Counting>,
+    Outbox<Work>,
+    crate::stage::Inbox<Work>,
+) {
+    let config = crate::testkit::config("");
+    let store = Arc::new(Counting::default());
+    let d = Dedupe::new(&config, store.clone(), CancellationToken::new());
+    let (out, rx) = crate::stage::channel("execute", 16);
+    (d, store, out, rx)
+}
+
+/// Closes `out` and returns what was passed on through it, in order (see [`outcome`]).
+async fn passed_on(
+    out: Outbox<Work>,
+    mut rx: crate::stage::Inbox<Work>,
+) -> Vec<(String, i64, Result<(), i64>)> {
+    drop(out);
+    let mut got = Vec::new();
+    while let Some(w) = rx.recv().await {
+        got.push(outcome(w));
+    }
+    got
+}
+
 /// What came out, as (request_id, offset, claimed or the offset it duplicates).
 fn outcome(w: Work) -> (String, i64, Result<(), i64>) {
     match w {
@@ -198,10 +220,7 @@ fn outcome(w: Work) -> (String, i64, Result<(), i64>) {
 
 #[tokio::test]
 async fn waiting_records_are_claimed_in_one_store_call_in_order() {
-    let config = crate::testkit::config("");
-    let store = Arc::new(Counting::default());
-    let mut d = Dedupe::new(&config, store.clone(), CancellationToken::new());
-    let (out, mut rx) = crate::stage::channel("execute", 16);
+    let (mut d, store, out, rx) = counting_stage();
     d.process_batch(vec![execute("x", 1)], &out).await.unwrap();
     let batch = vec![
         execute("a", 2),
@@ -211,11 +230,7 @@ async fn waiting_records_are_claimed_in_one_store_call_in_order() {
     ];
     d.process_batch(batch, &out).await.unwrap();
     d.on_drain(&out).await.unwrap();
-    drop(out);
-    let mut got = Vec::new();
-    while let Some(w) = rx.recv().await {
-        got.push(outcome(w));
-    }
+    let got = passed_on(out, rx).await;
     let expect = |id: &str, offset, r| (id.to_string(), offset, r);
     assert_eq!(
         got,
@@ -242,10 +257,7 @@ async fn waiting_records_are_claimed_in_one_store_call_in_order() {
 
 #[tokio::test]
 async fn batches_in_flight_pass_records_on_in_source_order() {
-    let config = crate::testkit::config("");
-    let store = Arc::new(Counting::default());
-    let mut d = Dedupe::new(&config, store.clone(), CancellationToken::new());
-    let (out, mut rx) = crate::stage::channel("execute", 16);
+    let (mut d, store, out, rx) = counting_stage();
     // The first batch's claims take longer than the second's.
     d.process_batch(vec![execute("slow-1", 1)], &out)
         .await
@@ -259,11 +271,7 @@ async fn batches_in_flight_pass_records_on_in_source_order() {
         d.ready().await;
         d.on_ready(&out).await.unwrap();
     }
-    drop(out);
-    let mut got = Vec::new();
-    while let Some(w) = rx.recv().await {
-        got.push(outcome(w).1);
-    }
-    assert_eq!(got, vec![1, 2, 3]);
+    let offsets: Vec<i64> = passed_on(out, rx).await.into_iter().map(|o| o.1).collect();
+    assert_eq!(offsets, vec![1, 2, 3]);
     assert_eq!(*store.calls.lock().unwrap(), vec![1, 2]);
 }
