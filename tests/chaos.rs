@@ -36,6 +36,8 @@ const OWNED_BOUND: Duration = Duration::from_secs(6 + 3 + 30);
 /// Bound on "every request finished" after the last fault (SecantusDB applies ~5-10
 /// requests/s on a shared 2-core machine; the backlog of an outage has to drain).
 const DONE_BOUND: Duration = Duration::from_secs(240);
+/// Once idle, how long readiness and each group gauge may take to tell the truth.
+const SETTLE_BOUND: Duration = Duration::from_secs(30);
 /// Bound on a restarted instance's first commit (the group hands it partitions after the
 /// dead member's session ends; its predecessor's transactions are ended at start-up).
 const RESTART_BOUND: Duration = Duration::from_secs(30);
@@ -149,6 +151,16 @@ impl<'a> Fleet<'a> {
 fn kill(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Waits until every value `read` returns is `want`, polling every 200 ms; fails with `what`
+/// and the values after [`SETTLE_BOUND`].
+fn settle<T: PartialEq + std::fmt::Debug>(what: &str, read: impl Fn() -> Vec<T>, want: T) {
+    let deadline = Instant::now() + SETTLE_BOUND;
+    while read().iter().any(|v| *v != want) {
+        assert!(Instant::now() < deadline, "{what}: {:?}", read());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `sluice_commits_total{outcome="ok"}` of the member on `port` (0 when it does not answer).
@@ -390,30 +402,19 @@ fn chaos(
     }
     let finished_after = last_fault.elapsed();
     // Truth: idle instances are ready and see no unowned partition.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fleet.readiness().iter().any(|r| *r != Some(true)) {
-        assert!(
-            Instant::now() < deadline,
-            "idle instances not ready: {:?}",
-            fleet.readiness()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    settle("idle instances not ready", || fleet.readiness(), Some(true));
     // Every member's view of the group settles at "nothing unowned". Not one instant's read:
     // a member killed late in the run stays in the group until its session expires, and the
     // rebalance that follows truly leaves its partitions unowned for a moment (seen in CI).
-    let unowned = || -> Vec<Option<f64>> {
+    let unowned = || {
         let gauge = |m: &Member| metric(m.port, "sluice_group_unowned_partitions");
         fleet.members.iter().map(gauge).collect()
     };
-    while unowned().iter().any(|u| *u != Some(0.0)) {
-        assert!(
-            Instant::now() < deadline + Duration::from_secs(30),
-            "members still report unowned partitions: {:?}",
-            unowned()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    settle(
+        "members still report unowned partitions",
+        unowned,
+        Some(0.0),
+    );
     if outage_not_ready {
         assert!(
             not_ready_in_outage.iter().all(|r| *r == Some(false)),
