@@ -91,12 +91,13 @@ impl KafkaSink {
         if matches!(self.other, Other::None) {
             return self.open.commit(&self.shared, 1).await;
         }
-        // Its messages in the log before the next transaction sends any.
+        self.settle().await?;
+        // Its messages in the log before the next transaction sends any (after `settle`: a
+        // retry there sends them again).
         if let Err(e) = self.open.delivered(&self.shared).await {
             self.abort_all().await;
             return Err(e);
         }
-        self.settle().await?;
         let Other::Idle(next) = std::mem::replace(&mut self.other, Other::None) else {
             unreachable!("settled");
         };
@@ -320,5 +321,11 @@ impl Drop for KafkaSink {
         // The run is over (or a stage failed and took the sink down): a revocation waiting
         // for records still in flight need not wait for its deadline.
         self.shared.consumer.context().commits_ended();
+        // A commit still running in the background (the run ended on an error) must not keep
+        // this run's consumer alive: its transaction is either committed already or left open,
+        // and the next run's producers abort it (init_transactions) before reading.
+        if let Other::Committing(task) = &self.other {
+            task.abort();
+        }
     }
 }
