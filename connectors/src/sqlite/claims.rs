@@ -75,7 +75,7 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<C
     let now = unix_now();
     // A claim older than the dedupe window is replaced, as if it had been purged: a new
     // generation, whose ledger keys the old request's chunks cannot match.
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO requests
        (request_id, topic, partition, \"offset\", expires_at, claimed_at, plan)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -84,7 +84,9 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<C
        expires_at = excluded.expires_at, claimed_at = excluded.claimed_at,
        plan = excluded.plan
      WHERE requests.expires_at < ?8",
-        params![
+    )
+    .and_then(|mut s| {
+        s.execute(params![
             id,
             src.topic,
             src.partition,
@@ -93,23 +95,24 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<C
             unix_now_ms(),
             bounds,
             now
-        ],
-    )
+        ])
+    })
     .map_err(classify)?;
     let (owner, claimed_at, stored): (SourceRef, i64, Option<String>) = c
-        .query_row(
+        .prepare_cached(
             "SELECT topic, partition, \"offset\", claimed_at, plan FROM requests
          WHERE request_id = ?1",
-            [&id],
-            |r| {
+        )
+        .and_then(|mut s| {
+            s.query_row([&id], |r| {
                 let owner = SourceRef {
                     topic: r.get(0)?,
                     partition: r.get(1)?,
                     offset: r.get(2)?,
                 };
                 Ok((owner, r.get(3)?, r.get(4)?))
-            },
-        )
+            })
+        })
         .map_err(classify)?;
     if &owner != src {
         return Ok(Claim::DuplicateOf(owner));
