@@ -224,14 +224,6 @@ fn kafka(k: &KafkaConfig, pipeline: &PipelineConfig) -> Result<(), ConfigError> 
              rebalance leaves partitions unowned that long)",
         ));
     }
-    // The second transactional producer's id is the first's plus "#2": with '#' allowed,
-    // instance "a#2" and instance "a"'s second producer would fence each other.
-    if k.instance_id.as_deref().is_some_and(|id| id.contains('#')) {
-        return Err(ConfigError::invalid(
-            "kafka.instance_id",
-            "must not contain '#' (it separates an instance's two transactional ids)",
-        ));
-    }
     if k.static_membership && k.instance_id.is_none() {
         return Err(ConfigError::invalid(
             "kafka.static_membership",
@@ -378,15 +370,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`chunk.max_items`"), "{err}");
-    }
-
-    #[test]
-    fn an_instance_id_cannot_name_another_instances_second_producer() {
-        let err = from_toml_str("[kafka]\ninstance_id = 'pod-0#2'\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("`kafka.instance_id`"), "{err}");
-        from_toml_str("[kafka]\ninstance_id = 'sluice-0.eu_west-1'\n").unwrap();
     }
 
     fn collections_error(toml: &str) -> String {

@@ -179,9 +179,7 @@ impl<S: Sink> Unit<S> {
     async fn commit(&mut self) -> Result<(), StageError> {
         if !self.dirty {
             self.last_commit = Instant::now();
-            // A unit sealed earlier may still be committing in the background: its failure
-            // must end the run now, not when the next record arrives.
-            return self.flush().await;
+            return Ok(());
         }
         let started = Instant::now();
         match self.sink.commit().await {
@@ -205,14 +203,6 @@ impl<S: Sink> Unit<S> {
                 Err(e.into())
             }
         }
-    }
-
-    async fn flush(&mut self) -> Result<(), StageError> {
-        self.sink.flush().await.map_err(|e| {
-            counter!(COMMITS, "outcome" => "error").increment(1);
-            tracing::error!(error = %e, "commit failed");
-            e.into()
-        })
     }
 }
 
@@ -265,8 +255,7 @@ impl<S: Sink> Stage for Commit<S> {
                 _ = tick.tick() => self.on_tick(out).await?,
             }
         }
-        self.commit().await?;
-        self.unit.flush().await
+        self.commit().await
     }
 }
 

@@ -36,16 +36,6 @@ pub trait Sink: Send + 'static {
         published: usize,
     ) -> Result<(), SinkError>;
 
-    /// Makes the current unit durable: its events, dead letters and positions together. A
-    /// sink may instead seal the unit and make it durable in the background (the Kafka sink
-    /// overlaps a transaction's commit with filling the next): units then become durable in
-    /// order, a unit never before the ones sealed earlier, and a failure is reported by a
-    /// later `commit` or [`flush`](Sink::flush).
+    /// Makes the current unit durable: its events, dead letters and positions together.
     async fn commit(&mut self) -> Result<(), SinkError>;
-
-    /// Waits until every unit sealed by [`commit`](Sink::commit) is durable, reporting a
-    /// failure of any. Called when there is nothing to commit and at the end of a run.
-    async fn flush(&mut self) -> Result<(), SinkError> {
-        Ok(())
-    }
 }

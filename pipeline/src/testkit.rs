@@ -127,8 +127,6 @@ pub struct SinkLog {
     pub commits: usize,
     /// Commits fail from now on.
     pub fail_commits: bool,
-    /// Flushes report a failed background commit from now on.
-    pub fail_flush: bool,
 }
 
 impl SinkLog {
@@ -187,12 +185,6 @@ impl Sink for LogSink {
         let unit = std::mem::take(&mut log.unit);
         log.committed.extend(unit);
         log.commits += 1;
-        Ok(())
-    }
-    async fn flush(&mut self) -> Result<(), SinkError> {
-        if self.log.lock().unwrap().fail_flush {
-            return Err(SinkError("background commit failed (test)".into()));
-        }
         Ok(())
     }
 }

@@ -175,26 +175,18 @@ pub(crate) async fn run_once(
     let context = consumer.context().clone();
     consumer.subscribe(&[&k.topics.requests])?;
     let rejoin = current.start_run(consumer.clone());
-    // Exactly-once: two transactional producers, so that a transaction's commit overlaps
-    // filling the next (see `KafkaSink`). Both ids are fenced and their open transactions
-    // aborted by a restart with the same `txn_id`.
-    let (producer, second) = if k.delivery == Delivery::ExactlyOnce {
-        let (a, b) = tokio::try_join!(
-            transactional_producer(k, txn_id.to_string()),
-            transactional_producer(k, format!("{txn_id}{SECOND_PRODUCER_SUFFIX}")),
-        )?;
-        (a, Some(b))
-    } else {
-        let p: kafka::SluiceProducer =
-            kafka::producer_config(k, None).create_with_context(kafka::ClientLogs)?;
-        (p, None)
-    };
-    let producers: Vec<kafka::SluiceProducer> = std::iter::once(producer.clone())
-        .chain(second.clone())
-        .collect();
+    let transactional = (k.delivery == Delivery::ExactlyOnce).then_some(txn_id);
+    let producer: kafka::SluiceProducer =
+        kafka::producer_config(k, transactional).create_with_context(kafka::ClientLogs)?;
+    if transactional.is_some() {
+        // Fences any earlier producer with this id and aborts its open transaction.
+        let (p, t) = (producer.clone(), kafka::op_timeout(k));
+        tokio::task::spawn_blocking(move || p.init_transactions(t))
+            .await?
+            .context("init_transactions")?;
+    }
     let sink = KafkaSink::new(
-        producer,
-        second,
+        producer.clone(),
         consumer.clone(),
         k.topics.clone(),
         k.delivery,
@@ -220,36 +212,16 @@ pub(crate) async fn run_once(
     .await;
     // Nothing more will be committed: the consumer's close must not wait for a drain.
     context.close();
-    for producer in &producers {
-        if let Some((code, reason)) = producer.client().fatal_error() {
-            if matches!(
-                code,
-                RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced
-            ) {
-                tracing::error!(%code, reason, "fenced by another process with this instance id");
-                return Err(Fenced { code, reason }.into());
-            }
+    if let Some((code, reason)) = producer.client().fatal_error() {
+        if matches!(
+            code,
+            RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced
+        ) {
+            tracing::error!(%code, reason, "fenced by another process with this instance id");
+            return Err(Fenced { code, reason }.into());
         }
     }
     let end = end?;
     tracing::info!(?end, "Kafka run ended");
     Ok(())
-}
-
-/// Appended to the transactional id of an instance's second producer.
-const SECOND_PRODUCER_SUFFIX: &str = "#2";
-
-/// A producer with transactional id `id`, its transactions initialised: any earlier
-/// producer with this id is fenced and its open transaction aborted.
-async fn transactional_producer(
-    k: &KafkaConfig,
-    id: String,
-) -> anyhow::Result<kafka::SluiceProducer> {
-    let p: kafka::SluiceProducer =
-        kafka::producer_config(k, Some(&id)).create_with_context(kafka::ClientLogs)?;
-    let (q, t) = (p.clone(), kafka::op_timeout(k));
-    tokio::task::spawn_blocking(move || q.init_transactions(t))
-        .await?
-        .with_context(|| format!("init_transactions ({id})"))?;
-    Ok(p)
 }

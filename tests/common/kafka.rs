@@ -226,7 +226,7 @@ impl Env {
             .unwrap_or_default()
     }
 
-    pub fn logs_tail(&self) -> String {
+    fn logs_tail(&self) -> String {
         let mut out = String::new();
         for entry in std::fs::read_dir(self._dir.path()).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().to_string();

@@ -1,6 +1,5 @@
-//! Kafka: a consumer-group member as the [`Source`](sluice_pipeline::Source), transactional
-//! producers as the [`Sink`](sluice_pipeline::Sink) (two, so that one transaction commits
-//! while the next fills), and the admin calls around them.
+//! Kafka: a consumer-group member as the [`Source`](sluice_pipeline::Source), a transactional
+//! producer as the [`Sink`](sluice_pipeline::Sink), and the admin calls around them.
 //!
 //! Exactly-once (DESIGN.md, KIP-447): result events and dead letters of a batch of records are
 //! produced in one Kafka transaction together with the input offsets

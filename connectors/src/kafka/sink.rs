@@ -1,193 +1,378 @@
-//! The Kafka sink. Exactly-once: between two commits it holds one open transaction with the
-//! result events and dead letters of the records done so far; `commit` adds their input
-//! offsets (`send_offsets_to_transaction` with the consumer's group metadata) and commits — so
-//! results and input position become visible together, or not at all.
-//!
-//! Kafka allows one open transaction per producer, and a commit takes several round trips, so
-//! the sink has two transactional producers and commits overlap the next transaction: `commit`
-//! waits until the sealed transaction's messages are in the log (a request's events that
-//! straddle two transactions keep their order), hands its commit to a task, and the next
-//! transaction fills on the other producer meanwhile. Transactions commit strictly in order:
-//! the next is sealed only once the previous committed, and if the previous fails, the next
-//! is aborted with it. A previous commit that lost a race with a rebalance is retried in
-//! order — this transaction is aborted, the previous one's messages are sent and committed
-//! again, then this one's are sent again — and a failure is reported by the next `commit`
-//! or [`Sink::flush`], which the commit stage calls when it has nothing to commit.
+//! The Kafka sink: one transactional producer per run. Between two commits it holds one open
+//! transaction with the result events and dead letters of the records done so far; `commit`
+//! adds their input offsets (`send_offsets_to_transaction` with the consumer's group metadata)
+//! and commits — so results and input position become visible together, or not at all.
 
-mod txn;
-
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use sluice_config::{Delivery, KafkaTopics};
 use sluice_pipeline::contract::{DeadLetter, ResultEvent};
 use sluice_pipeline::fit::{cap_message, MESSAGE_MAX};
 use sluice_pipeline::{Sink, SinkError, SourceRef};
-use tokio::task::JoinHandle;
 
 use super::{SluiceConsumer, SluiceProducer};
-use txn::{before_retry, err, revoked, Failed, Shared, Txn};
 
 /// Publishes to the results and dead-letter topics and commits input offsets.
 pub struct KafkaSink {
-    shared: Shared,
+    producer: SluiceProducer,
+    consumer: Arc<SluiceConsumer>,
     topics: KafkaTopics,
     delivery: Delivery,
-    /// The transaction being filled (at-least-once: the deliveries since the last commit).
-    open: Txn,
-    /// The second producer (exactly-once with two producers).
-    other: Other,
+    timeout: Duration,
+    in_txn: bool,
+    /// Per (topic, partition) of the records done since the last commit: where reading
+    /// resumes, and how many progress events of the record there are already published (a
+    /// partial position, committed as the offset's metadata; see [`partial_metadata`]).
+    offsets: BTreeMap<(String, i32), (i64, usize)>,
+    /// At-least-once: deliveries to await before committing offsets.
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    /// Exactly-once: what the open transaction holds, to send again if its offsets commit
+    /// loses a race with a rebalance (`None` once past [`RESEND_MAX_BYTES`]).
+    sent: Option<Vec<Sent>>,
+    sent_bytes: usize,
     buf: Vec<u8>,
     /// `limits.max_event_bytes`: the largest message this sink sends.
     max_event_bytes: usize,
 }
 
-/// The producer that is not filling the open transaction.
-enum Other {
-    /// One producer only (at-least-once).
-    None,
-    Idle(Txn),
-    /// Committing the previous transaction; the task gives the producer back.
-    Committing(JoinHandle<(Txn, Result<(), Failed>)>),
+/// One message of the open transaction.
+struct Sent {
+    topic: String,
+    key: Option<String>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
 }
 
+/// Bound of what the sink keeps to resend a transaction (beyond it, a lost race restarts the
+/// run from the committed offsets instead).
+const RESEND_MAX_BYTES: usize = 32 << 20;
 /// Room kept in a dead letter for its headers and the record's framing.
 const DLQ_HEADROOM: usize = 4096;
+/// Attempts to commit a transaction whose offsets lost a race with a rebalance.
+const COMMIT_ATTEMPTS: u32 = 4;
+
+fn revoked() -> SinkError {
+    SinkError("partitions were revoked; restarting from the committed offsets".into())
+}
+
+fn err(what: &str, e: KafkaError) -> SinkError {
+    SinkError(format!("{what}: {e}"))
+}
+
+/// An offset commit that raced a rebalance: the group moved to a new generation (or was
+/// rebalancing) between reading the group metadata and the commit. Retrying with fresh
+/// metadata is safe: the member still owns what it has not been told to revoke.
+fn lost_rebalance_race(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::RebalanceInProgress)
+    )
+}
+
+/// Counts and logs a commit retried after [`lost_rebalance_race`], and lets the rebalance
+/// settle (growing pause) before the next attempt.
+async fn before_retry(e: &KafkaError, attempt: u32) {
+    metrics::counter!(sluice_pipeline::metrics::COMMITS, "outcome" => "retried").increment(1);
+    tracing::info!(error = %e, attempt, "offsets commit raced a rebalance; retrying");
+    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+}
 
 impl KafkaSink {
     /// A sink over `producer` (transactions already initialised in exactly-once mode) that
-    /// sends nothing larger than `max_event_bytes`. With `second` (exactly-once, its
-    /// transactions initialised too), commits overlap the next transaction.
+    /// sends nothing larger than `max_event_bytes`.
     pub fn new(
         producer: SluiceProducer,
-        second: Option<SluiceProducer>,
         consumer: Arc<SluiceConsumer>,
         topics: KafkaTopics,
         delivery: Delivery,
         timeout: Duration,
         max_event_bytes: usize,
     ) -> Self {
-        let transactional = delivery == Delivery::ExactlyOnce;
         KafkaSink {
-            shared: Shared { consumer, timeout },
+            producer,
+            consumer,
             topics,
             delivery,
-            open: Txn::new(producer, transactional),
-            other: match second {
-                Some(p) if transactional => Other::Idle(Txn::new(p, true)),
-                _ => Other::None,
-            },
+            timeout,
+            in_txn: false,
+            offsets: BTreeMap::new(),
+            deliveries: Vec::new(),
+            sent: Some(Vec::new()),
+            sent_bytes: 0,
             buf: Vec::with_capacity(1024),
             max_event_bytes,
         }
     }
 
-    /// Exactly-once: seals the open transaction and commits it — in a task when there is a
-    /// second producer, after the previous transaction committed.
-    async fn commit_transaction(&mut self) -> Result<(), SinkError> {
-        if matches!(self.other, Other::None) {
-            return self.open.commit(&self.shared, 1).await;
+    fn begin(&mut self) -> Result<(), SinkError> {
+        if self.delivery == Delivery::ExactlyOnce && !self.in_txn {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| err("begin transaction", e))?;
+            self.in_txn = true;
         }
-        self.settle().await?;
-        // Its messages in the log before the next transaction sends any (after `settle`: a
-        // retry there sends them again).
-        if let Err(e) = self.open.delivered(&self.shared).await {
-            self.abort_all().await;
-            return Err(e);
-        }
-        let Other::Idle(next) = std::mem::replace(&mut self.other, Other::None) else {
-            unreachable!("settled");
-        };
-        let mut sealed = std::mem::replace(&mut self.open, next);
-        let shared = self.shared.clone();
-        self.other = Other::Committing(tokio::spawn(async move {
-            let started = Instant::now();
-            let result = sealed.try_commit(&shared).await;
-            tracing::trace!(
-                took_ms = started.elapsed().as_secs_f64() * 1e3,
-                ok = result.is_ok(),
-                "transaction committed in the background"
-            );
-            (sealed, result)
-        }));
         Ok(())
     }
 
-    /// Waits for the previous transaction's commit: on success its producer is idle again;
-    /// a lost rebalance race is retried in order; any other failure aborts the open
-    /// transaction too.
-    async fn settle(&mut self) -> Result<(), SinkError> {
-        let Other::Committing(task) = &mut self.other else {
-            return Ok(());
-        };
-        let joined = task.await;
-        self.other = Other::None;
-        let (mut prev, result) = match joined {
-            Ok(done) => done,
-            Err(e) => {
-                self.open.abort(&self.shared).await;
-                return Err(SinkError(format!("transaction commit task failed: {e}")));
+    async fn send(
+        &mut self,
+        topic: &str,
+        key: Option<&str>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), SinkError> {
+        self.begin()?;
+        loop {
+            let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
+            if let Some(k) = key {
+                record = record.key(k);
             }
-        };
-        let s = &self.shared;
-        match result {
-            Ok(()) => {}
-            Err(Failed::Revoked) => {
-                prev.abort(s).await;
-                self.open.abort(s).await;
-                self.other = Other::Idle(prev);
-                return Err(revoked());
+            if let Some(h) = headers.clone() {
+                record = record.headers(h);
             }
-            Err(Failed::Other(e)) => {
-                prev.abort(s).await;
-                self.open.abort(s).await;
-                self.other = Other::Idle(prev);
-                return Err(e);
-            }
-            Err(Failed::Kafka(e)) => {
-                if !(prev.retryable(&e, 1, s) && self.open.kept_all()) {
-                    prev.abort(s).await;
-                    self.open.abort(s).await;
-                    self.other = Other::Idle(prev);
-                    return Err(err("transaction", e));
-                }
-                // In order: the previous transaction's messages again, then this one's.
-                self.open.abort_open(s).await;
-                before_retry(&e, 1).await;
-                let retried = async {
-                    if !prev.resend().await? {
-                        return Err(err("transaction", e));
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    if self.delivery == Delivery::AtLeastOnce {
+                        self.deliveries.push(delivery);
+                    } else {
+                        self.keep(topic, key, payload, headers);
                     }
-                    prev.commit(s, 2).await?;
-                    self.open.resend().await?;
-                    Ok(())
-                };
-                if let Err(e) = retried.await {
-                    prev.abort(s).await;
-                    self.open.abort(s).await;
-                    self.other = Other::Idle(prev);
-                    return Err(e);
+                    return Ok(());
                 }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // The producer's queue is bounded: wait for deliveries to drain it.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(err("produce", e)),
             }
         }
-        self.other = Other::Idle(prev);
+    }
+
+    /// Whether every partition whose offsets are pending is still assigned and none was
+    /// revoked before it could be drained.
+    fn still_owns_offsets(&self) -> bool {
+        if self.consumer.context().revoked() {
+            return false;
+        }
+        let Ok(assigned) = self.consumer.assignment() else {
+            return false;
+        };
+        self.offsets
+            .keys()
+            .all(|(t, p)| assigned.find_partition(t, *p).is_some())
+    }
+
+    /// Keeps a sent message for [`resend`](Self::resend), within [`RESEND_MAX_BYTES`].
+    fn keep(
+        &mut self,
+        topic: &str,
+        key: Option<&str>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) {
+        let Some(sent) = self.sent.as_mut() else {
+            return;
+        };
+        // Everything the copy holds, not only the payload.
+        self.sent_bytes +=
+            std::mem::size_of::<Sent>() + topic.len() + key.map_or(0, str::len) + payload.len();
+        if self.sent_bytes > RESEND_MAX_BYTES {
+            self.sent = None;
+            return;
+        }
+        sent.push(Sent {
+            topic: topic.to_string(),
+            key: key.map(str::to_string),
+            payload: payload.to_vec(),
+            headers,
+        });
+    }
+
+    fn forget_sent(&mut self) {
+        match &mut self.sent {
+            // Keeps a modest capacity for the next transaction, not a burst's.
+            Some(sent) if sent.capacity() <= 4096 => sent.clear(),
+            _ => self.sent = Some(Vec::new()),
+        }
+        self.sent_bytes = 0;
+    }
+
+    /// After an abort: a new transaction with the same messages. `false` when they were not
+    /// all kept.
+    async fn resend(&mut self) -> Result<bool, SinkError> {
+        let Some(sent) = self.sent.take() else {
+            return Ok(false);
+        };
+        let bytes = self.sent_bytes;
+        self.forget_sent();
+        for m in &sent {
+            self.send(&m.topic, m.key.as_deref(), &m.payload, m.headers.clone())
+                .await?;
+        }
+        debug_assert_eq!(self.sent_bytes, bytes);
+        Ok(true)
+    }
+
+    /// Waits until the producer's polling thread has delivered everything sent (bounded by the
+    /// operation timeout). The transaction commit flushes first, and rdkafka's flush, finding
+    /// messages outstanding, polls the event queue for up to 100 ms at a time — while the
+    /// delivery reports go to the polling thread. Waiting here keeps a commit at a few ms.
+    async fn delivered(&self) -> Result<(), SinkError> {
+        let until = Instant::now() + self.timeout;
+        while self.producer.in_flight_count() > 0 {
+            if let Some((code, reason)) = self.producer.client().fatal_error() {
+                return Err(SinkError(format!("producer failed: {code}: {reason}")));
+            }
+            if Instant::now() >= until {
+                return Err(SinkError(format!(
+                    "{} message(s) not delivered within {} ms",
+                    self.producer.in_flight_count(),
+                    self.timeout.as_millis()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         Ok(())
     }
 
-    /// Aborts the open transaction and, once its commit ends, the previous one's leftovers.
-    async fn abort_all(&mut self) {
-        if let Other::Committing(task) = &mut self.other {
-            if let Ok((mut prev, _)) = task.await {
-                prev.abort(&self.shared).await;
-                self.other = Other::Idle(prev);
-            } else {
-                self.other = Other::None;
+    /// Exactly-once: offsets into the open transaction, then commit. An offsets commit that
+    /// lost a race with a rebalance is retried (abort, send the transaction's messages again,
+    /// fresh group metadata) a few times before the run gives up and restarts.
+    async fn commit_transaction(&mut self) -> Result<(), SinkError> {
+        let t = self.timeout;
+        let mut attempt = 1;
+        loop {
+            self.begin()?;
+            self.delivered().await?;
+            let tpl = self.offsets_list()?;
+            let meta = self
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| SinkError("consumer has no group metadata".into()))?;
+            let ctx = self.consumer.context().clone();
+            let result = self
+                .blocking(move |p| {
+                    Ok(ctx.commit_owned(&tpl, || {
+                        p.send_offsets_to_transaction(&tpl, &meta, t)?;
+                        p.commit_transaction(t)
+                    }))
+                })
+                .await;
+            let e = match result {
+                Ok(Some(Ok(()))) => {
+                    self.in_txn = false;
+                    self.forget_sent();
+                    return Ok(());
+                }
+                Ok(None) => {
+                    self.abort().await;
+                    return Err(revoked());
+                }
+                Ok(Some(Err(e))) | Err(e) => e,
+            };
+            // Never retry for partitions this member no longer owns (revoked undrained, lost):
+            // their new owner redoes them.
+            let retry = attempt < COMMIT_ATTEMPTS
+                && lost_rebalance_race(&e)
+                && self.sent.is_some()
+                && self.still_owns_offsets();
+            if !retry {
+                self.abort().await;
+                return Err(err("transaction", e));
+            }
+            self.abort_open().await;
+            before_retry(&e, attempt).await;
+            if !self.resend().await? {
+                self.abort().await;
+                return Err(err("transaction", e));
+            }
+            attempt += 1;
+        }
+    }
+
+    /// At-least-once: offsets committed by the consumer once every delivery is confirmed;
+    /// a commit that raced a rebalance is retried.
+    async fn commit_offsets(&mut self) -> Result<(), SinkError> {
+        for d in self.deliveries.drain(..) {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(err("delivery", e)),
+                Err(_) => return Err(SinkError("delivery canceled".into())),
             }
         }
-        self.open.abort(&self.shared).await;
+        let mut attempt = 1;
+        loop {
+            let (consumer, tpl) = (self.consumer.clone(), self.offsets_list()?);
+            let result = tokio::task::spawn_blocking(move || {
+                consumer.context().commit_owned(&tpl, || {
+                    consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+                })
+            })
+            .await
+            .map_err(|e| SinkError(e.to_string()))?;
+            match result.ok_or_else(revoked)? {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < COMMIT_ATTEMPTS && lost_rebalance_race(&e) => {
+                    before_retry(&e, attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(err("offset commit", e)),
+            }
+        }
+    }
+
+    /// Runs a blocking producer call off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(SluiceProducer) -> Result<T, KafkaError> + Send + 'static,
+    ) -> Result<T, KafkaError> {
+        let p = self.producer.clone();
+        tokio::task::spawn_blocking(move || f(p))
+            .await
+            .unwrap_or_else(|e| {
+                Err(KafkaError::Canceled)
+                    .inspect_err(|_| tracing::error!(error = %e, "producer task failed"))
+            })
+    }
+
+    /// Aborts the open transaction and forgets what it held.
+    async fn abort(&mut self) {
+        self.abort_open().await;
+        self.offsets.clear();
+        self.forget_sent();
+    }
+
+    /// Aborts the open Kafka transaction, keeping the offsets and messages it held (a retry
+    /// sends them again).
+    async fn abort_open(&mut self) {
+        if self.in_txn {
+            let t = self.timeout;
+            if let Err(e) = self.blocking(move |p| p.abort_transaction(t)).await {
+                tracing::warn!(error = %e, "abort_transaction failed");
+            }
+            self.in_txn = false;
+        }
+    }
+
+    fn offsets_list(&self) -> Result<TopicPartitionList, SinkError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), &(next, published)) in &self.offsets {
+            let mut e = tpl.add_partition(topic, *partition);
+            e.set_offset(Offset::Offset(next))
+                .map_err(|e| err("offsets", e))?;
+            if published > 0 {
+                e.set_metadata(partial_metadata(published));
+            }
+        }
+        Ok(tpl)
     }
 }
 
@@ -224,7 +409,6 @@ impl Sink for KafkaSink {
         }
         let topic = self.topics.results.clone();
         let r = self
-            .open
             .send(&topic, Some(event.request_id()), &buf, None)
             .await;
         self.buf = buf;
@@ -261,11 +445,11 @@ impl Sink for KafkaSink {
             });
         }
         let topic = self.topics.dlq.clone();
-        self.open.send(&topic, None, payload, Some(headers)).await
+        self.send(&topic, None, payload, Some(headers)).await
     }
 
     async fn record_done(&mut self, source: &SourceRef, resume_at: u64) -> Result<(), SinkError> {
-        self.open.offsets.insert(
+        self.offsets.insert(
             (source.topic.clone(), source.partition),
             (resume_at as i64, 0),
         );
@@ -278,7 +462,7 @@ impl Sink for KafkaSink {
         start_at: u64,
         published: usize,
     ) -> Result<(), SinkError> {
-        self.open.offsets.insert(
+        self.offsets.insert(
             (source.topic.clone(), source.partition),
             (start_at as i64, published),
         );
@@ -286,33 +470,27 @@ impl Sink for KafkaSink {
     }
 
     async fn commit(&mut self) -> Result<(), SinkError> {
-        if self.shared.consumer.context().revoked() {
+        if self.consumer.context().revoked() {
             // Partitions were revoked before their records could be drained (deadline, lost
             // assignment): such records may be in this transaction, and their new owner will
             // redo them. Abort everything and let the service restart from committed offsets.
-            self.abort_all().await;
+            self.abort().await;
             return Err(revoked());
         }
-        if self.open.is_empty() {
+        if self.offsets.is_empty() && !self.in_txn {
             return Ok(());
         }
         let committed = match self.delivery {
             Delivery::ExactlyOnce => self.commit_transaction().await,
-            Delivery::AtLeastOnce => self.open.commit_offsets(&self.shared).await,
+            Delivery::AtLeastOnce => self.commit_offsets().await,
         };
         if committed.is_err() {
             // A revocation waiting for this commit need not wait for its deadline.
-            self.shared.consumer.context().commits_ended();
+            self.consumer.context().commits_ended();
         }
-        committed
-    }
-
-    async fn flush(&mut self) -> Result<(), SinkError> {
-        let settled = self.settle().await;
-        if settled.is_err() {
-            self.shared.consumer.context().commits_ended();
-        }
-        settled
+        committed?;
+        self.offsets.clear();
+        Ok(())
     }
 }
 
@@ -320,12 +498,6 @@ impl Drop for KafkaSink {
     fn drop(&mut self) {
         // The run is over (or a stage failed and took the sink down): a revocation waiting
         // for records still in flight need not wait for its deadline.
-        self.shared.consumer.context().commits_ended();
-        // A commit still running in the background (the run ended on an error) must not keep
-        // this run's consumer alive: its transaction is either committed already or left open,
-        // and the next run's producers abort it (init_transactions) before reading.
-        if let Other::Committing(task) = &self.other {
-            task.abort();
-        }
+        self.consumer.context().commits_ended();
     }
 }
