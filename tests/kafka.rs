@@ -300,3 +300,54 @@ fn a_long_request_commits_as_it_goes_and_resumes_after_kill_9() {
         "5000 progress events and the terminal one, each once"
     );
 }
+
+/// A transaction per record and a 1 ms commit interval: long requests' progress events
+/// straddle many transactions (committed as partial positions), and every request's events
+/// still arrive each once and in order; within a bound after the last result every input
+/// offset is committed (no unit is left open on an idle service).
+#[test]
+#[ignore = "needs SLUICE_TEST_KAFKA: run scripts/test-all.sh"]
+fn a_transaction_per_record_keeps_every_requests_events_in_order() {
+    let env = setup("tiny-units", 2, "");
+    let requests = 60;
+    let records: Vec<(Option<String>, Vec<u8>)> = (0..requests)
+        .map(|r| {
+            let n = if r % 5 == 0 { 40 } else { 3 };
+            let id = format!("ov-{r}");
+            let items = (0..n).map(|i| format!("ov-{r}-{i}"));
+            (Some(format!("k{}", r % 7)), create(&id, items))
+        })
+        .collect();
+    env.produce(&records);
+    let vars = [
+        ("SLUICE__CHUNK__MAX_ITEMS", "2".to_string()),
+        ("SLUICE__PIPELINE__COMMIT_MAX_RECORDS", "1".to_string()),
+        ("SLUICE__PIPELINE__COMMIT_INTERVAL_MS", "1".to_string()),
+    ];
+    let svc = env.service_with("a", &vars);
+    let events = env.results(requests, Duration::from_secs(120));
+    let terminal = check_once(&events);
+    assert_eq!(terminal.len(), requests);
+    for (id, e) in &terminal {
+        assert_eq!(e["event"], "completed", "{id}: {e}");
+        assert_eq!(e["counts"]["failed"], 0, "{id}: {e}");
+    }
+    assert_eq!(env.count_words(), 12 * 40 + 48 * 3);
+    // Liveness: every offset committed soon after the last result, with the service idle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let lag: i64 = env.group_view().map_or(i64::MAX, |v| {
+            v.lag.iter().map(|(_, high, at)| high - at).sum()
+        });
+        if lag == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offsets not committed 15 s after the last result (lag {lag})\n{}",
+            env.logs_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(svc);
+}

@@ -226,7 +226,7 @@ impl Env {
             .unwrap_or_default()
     }
 
-    fn logs_tail(&self) -> String {
+    pub fn logs_tail(&self) -> String {
         let mut out = String::new();
         for entry in std::fs::read_dir(self._dir.path()).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
@@ -234,8 +234,8 @@ impl Env {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
                 out += &format!(
-                    "--- {name} (last 40 lines)\n{}\n",
-                    lines[lines.len().saturating_sub(40)..].join("\n")
+                    "--- {name} (last 200 lines)\n{}\n",
+                    lines[lines.len().saturating_sub(200)..].join("\n")
                 );
             }
         }
