@@ -141,7 +141,10 @@ impl Env {
             }
             p.poll(Duration::ZERO);
         }
-        p.flush(Duration::from_secs(30)).unwrap();
+        // Longer than a chaos broker restart (stop, 5 s, a JVM start on a busy machine) plus
+        // librdkafka's reconnect back-off: 30 s was once too short. Nothing is lost meanwhile
+        // (message.timeout.ms is 300 s).
+        p.flush(Duration::from_secs(120)).unwrap();
         self.produced.fetch_add(records.len(), Ordering::SeqCst);
     }
 
