@@ -215,7 +215,7 @@ fn run_all<'a>(
 }
 
 /// Runs one statement through the statement cache (parsed once per connection).
-fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+pub(super) fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 

@@ -364,15 +364,6 @@ fn stored_event(c: &Connection, chunk: &WriteChunk) -> Result<Option<ProgressEve
         .transpose()
 }
 
-/// Runs a parameterless statement, compiled once per connection (`execute_batch` parses its
-/// SQL on every call).
-fn exec(c: &Connection, sql: &str) -> Result<(), StoreError> {
-    c.prepare_cached(sql)
-        .and_then(|mut s| s.execute([]))
-        .map(|_| ())
-        .map_err(classify)
-}
-
 /// Inserts the chunk's ledger entry.
 fn insert_event(
     c: &Connection,
@@ -414,7 +405,7 @@ fn write_in_transaction(
     }
     let mut refused = BTreeMap::new();
     let applied = loop {
-        exec(c, "SAVEPOINT items")?;
+        group::exec(c, "SAVEPOINT items").map_err(classify)?;
         let result = {
             let mut w = writer::SqlWriter { conn: c, sql };
             futures::executor::block_on(apply_items_with(chunk, &mut w, false, &refused))
@@ -422,14 +413,14 @@ fn write_in_transaction(
         match result {
             Ok(applied) => {
                 if applied.rollback {
-                    exec(c, "ROLLBACK TO items")?;
+                    group::exec(c, "ROLLBACK TO items").map_err(classify)?;
                 }
-                exec(c, "RELEASE items")?;
+                group::exec(c, "RELEASE items").map_err(classify)?;
                 break applied;
             }
             Err(e) => {
-                exec(c, "ROLLBACK TO items")?;
-                exec(c, "RELEASE items")?;
+                group::exec(c, "ROLLBACK TO items").map_err(classify)?;
+                group::exec(c, "RELEASE items").map_err(classify)?;
                 match e {
                     ApplyError::Item(index, e) if !refused.contains_key(&index) => {
                         tracing::warn!(item = index, error = %e, "the database refused one item; it fails alone");
