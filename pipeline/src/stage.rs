@@ -227,6 +227,9 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// Work a stage does between two yields of its worker (see `run_stage`).
+const YIELD_AFTER: Duration = Duration::from_micros(300);
+
 /// Runs `stage` until its inbox closes; then drains, and closes its outbox by dropping it.
 pub async fn run_stage<S: Stage>(
     mut stage: S,
@@ -241,6 +244,7 @@ pub async fn run_stage<S: Stage>(
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
+        let mut busy = Duration::ZERO;
         loop {
             let next = tokio::select! {
                 v = inbox.recv() => Next::Input(v),
@@ -259,7 +263,17 @@ pub async fn run_stage<S: Stage>(
                     } else {
                         stage.process(input, &out).await?;
                     }
-                    duration.record(started.elapsed().as_secs_f64());
+                    let took = started.elapsed();
+                    duration.record(took.as_secs_f64());
+                    // A busy stage rarely awaits (its input is ready), so the stage it woke
+                    // by sending sits in this worker's LIFO slot, which no other worker may
+                    // steal, until this one gives the worker up: yield every YIELD_AFTER of
+                    // work so that it runs (and the other core stays busy).
+                    busy += took;
+                    if busy >= YIELD_AFTER {
+                        busy = Duration::ZERO;
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Next::Input(None) => break,
                 Next::Tick => stage.on_tick(&out).await?,

@@ -36,12 +36,7 @@ pub use json::{json_depth, pointer_escape};
 pub struct Validate {
     config: Arc<Config>,
     consumed: metrics::Counter,
-    /// Input bytes validated since the stage last yielded its worker.
-    since_yield: usize,
 }
-
-/// Input validated between two yields of the validate stage (~0.3 ms of parsing).
-const YIELD_EVERY_BYTES: usize = 64 * 1024;
 
 impl Validate {
     /// A validate stage enforcing `config`'s limits and collections.
@@ -49,7 +44,6 @@ impl Validate {
         Validate {
             config,
             consumed: counter!(RECORDS_CONSUMED),
-            since_yield: 0,
         }
     }
 
@@ -102,17 +96,7 @@ impl Stage for Validate {
 
     async fn process(&mut self, input: RawRecord, out: &Outbox<Work>) -> Result<(), StageError> {
         self.consumed.increment(1);
-        self.since_yield += input.payload.len();
-        out.send(self.check(input)).await?;
-        // Validation is the CPU-heavy stage, and its input is usually ready, so it rarely
-        // waits: the next stage, woken by each send, sits in this worker's LIFO slot, which no
-        // other worker may steal, until validate gives the worker up. Yield every
-        // YIELD_EVERY_BYTES of input so that it runs (and the other core stays busy).
-        if self.since_yield >= YIELD_EVERY_BYTES {
-            self.since_yield = 0;
-            tokio::task::yield_now().await;
-        }
-        Ok(())
+        out.send(self.check(input)).await
     }
 }
 
