@@ -44,10 +44,16 @@ pub fn script(script: &str, args: &[&str]) -> String {
 
 /// A free port whose successor (a broker's controller port) is free too.
 pub fn free_port_pair() -> u16 {
+    // Below the kernel's ephemeral range (32768 and up on Linux): no client connection is
+    // ever given one of these as its source port, so a broker stopped mid-test can bind them
+    // again. A port from the ephemeral range once failed a chaos run's broker restart
+    // ("Address already in use" on the controller port, taken meanwhile by an outgoing
+    // connection).
     loop {
-        let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        if port < 65000 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
+        {
             return port;
         }
     }
