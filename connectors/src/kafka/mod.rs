@@ -58,14 +58,6 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
             k.queued_max_kbytes.to_string(),
         )
         .set("enable.partition.eof", "false");
-    // The prefetch queue is bounded (`queued.max.messages.kbytes`, far below librdkafka's
-    // 64 MiB default); when a partition's fetch finds it full, librdkafka postpones that
-    // partition's next fetch by `fetch.queue.backoff.ms` — 1 s by default, which under load
-    // starved the pipeline for ~60 % of every second once the queue had drained. A short
-    // back-off refills the queue as soon as the pipeline has made room.
-    if !k.properties.contains_key("fetch.queue.backoff.ms") {
-        c.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS.to_string());
-    }
     // No static membership (`group.instance.id`) unless asked for: a static member killed
     // between the two rounds of a cooperative rebalance and restarted at once gets its
     // round-one assignment back from a group the coordinator thinks is stable, and nobody
@@ -76,10 +68,6 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
     }
     c
 }
-
-/// librdkafka's `fetch.queue.backoff.ms` for the service's consumer, unless the config's
-/// pass-through properties set it.
-pub const FETCH_QUEUE_BACKOFF_MS: u64 = 10;
 
 /// The service's producer settings; `transactional_id` is `None` in at-least-once mode.
 pub fn producer_config(k: &KafkaConfig, transactional_id: Option<&str>) -> ClientConfig {
@@ -99,30 +87,4 @@ pub fn producer_config(k: &KafkaConfig, transactional_id: Option<&str>) -> Clien
 /// Timeout of broker operations.
 pub fn op_timeout(k: &KafkaConfig) -> Duration {
     Duration::from_millis(k.operation_timeout_ms)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_consumer_refetches_soon_after_its_bounded_queue_drains() {
-        // librdkafka's default (1 s) starved a busy pipeline for most of every second once
-        // the prefetch queue it had filled was consumed.
-        let k = KafkaConfig::default();
-        let c = consumer_config(&k);
-        assert_eq!(
-            c.get("fetch.queue.backoff.ms"),
-            Some(FETCH_QUEUE_BACKOFF_MS.to_string().as_str())
-        );
-        const { assert!(FETCH_QUEUE_BACKOFF_MS <= 50) };
-        // An operator's pass-through setting wins.
-        let mut k = KafkaConfig::default();
-        k.properties
-            .insert("fetch.queue.backoff.ms".into(), "250".into());
-        assert_eq!(
-            consumer_config(&k).get("fetch.queue.backoff.ms"),
-            Some("250")
-        );
-    }
 }
