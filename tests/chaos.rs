@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::http::free_port;
 use common::kafka::*;
 use common::services::{mongo, mongo_section, OwnBroker, OwnSecantus};
 use rand::rngs::StdRng;

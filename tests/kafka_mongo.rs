@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::http::free_port;
 use common::kafka::*;
 use common::services::{mongo, mongo_section, OwnSecantus};
 

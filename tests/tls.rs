@@ -118,7 +118,7 @@ impl TlsSecantus {
         // An explicit empty config: no secantusd.toml found elsewhere changes the settings.
         std::fs::write(d.join("secantusd.toml"), "").unwrap();
         std::fs::create_dir(d.join("tmp")).unwrap();
-        let port = common::kafka::free_port();
+        let port = common::http::free_port();
         let args = format!(
             "--config secantusd.toml --host 127.0.0.1 --port {port} --storage-path :memory: \
              --log-level WARNING --tls-cert-file server.pem --tls-key-file server.key \
@@ -421,7 +421,7 @@ fn kafka_over_tls_with_client_certificates_results_once() {
          -storepass {pw}"
         ),
     );
-    let ssl_port = common::kafka::free_port();
+    let ssl_port = common::http::free_port();
     let broker = OwnBroker::start_with_env(&[
         ("KAFKA_SSL_PORT", ssl_port.to_string()),
         ("KAFKA_SSL_KEYSTORE", keystore),

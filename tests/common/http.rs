@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// A free local port (for `observability.listen`).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

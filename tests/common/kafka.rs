@@ -547,15 +547,6 @@ pub fn kill_9_scenario(env: &Env, w: &Workload, seed: u64, over: Duration, timeo
     check_crash_workload(env, &events, w);
 }
 
-/// A free local port (for `observability.listen`).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The service's `/metrics` text (empty while it does not answer).
 pub fn metrics_text(port: u16) -> String {
     let agent: ureq::Agent = ureq::Agent::config_builder()
