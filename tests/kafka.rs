@@ -186,6 +186,53 @@ fn a_zombie_woken_after_its_partitions_moved_is_fenced() {
     check_crash_workload(&env, &events, &w);
 }
 
+/// A process paused longer than its transaction timeout (SIGSTOP here; a VM migration, a long
+/// GC-like stall or an unreachable broker in production) wakes to find that the broker aborted
+/// its open transaction and bumped its producer epoch. librdkafka reports that as "fenced by a
+/// newer instance", but no other process has its instance id: it must restart its run and
+/// finish everything exactly once, not stop as a fenced twin would (it once did, and a chaos
+/// run's member stayed down).
+#[test]
+#[ignore = "needs SLUICE_TEST_KAFKA: run scripts/test-all.sh"]
+fn a_transaction_aborted_for_its_timeout_restarts_the_run_not_the_process() {
+    let env = setup("txn-timeout", 3, "");
+    let w = crash_workload(1500, 23);
+    // Commits every 5 s, so a transaction is open nearly all the time while input flows; the
+    // broker aborts one open longer than 10 s at its next check (every 10 s by default).
+    let mut a = env.service_with(
+        "a",
+        &[
+            ("SLUICE__KAFKA__TRANSACTION_TIMEOUT_MS", "10000".into()),
+            ("SLUICE__PIPELINE__COMMIT_INTERVAL_MS", "5000".into()),
+            ("SLUICE__PIPELINE__COMMIT_MAX_RECORDS", "100000".into()),
+        ],
+    );
+    std::thread::scope(|scope| {
+        scope.spawn(|| env.produce_over(&w.records, Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_secs(8));
+        let pid = a.id() as libc::pid_t;
+        // SAFETY: signals to our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_secs(25)); // > timeout + the broker's check interval
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    });
+    let events = env.results(w.total, Duration::from_secs(180));
+    assert!(
+        a.try_wait().unwrap().is_none(),
+        "the paused process stopped:\n{}",
+        env.logs_tail()
+    );
+    let log = env.log_text("a");
+    assert!(
+        log.contains("longer than kafka.transaction_timeout_ms"),
+        "the broker aborted the paused transaction, and the run restarted:\n{}",
+        env.logs_tail()
+    );
+    assert!(!log.contains("fenced by another process"), "{log}");
+    stop(a);
+    check_crash_workload(&env, &events, &w);
+}
+
 /// Events Kafka would refuse are per-record outcomes, not a crash loop: a lookup of four
 /// 250 KB documents (one progress event of ~1 MB) publishes what fits and fails the rest as
 /// `too_large`; a ~1 MB record that is not JSON goes to the dead-letter topic cut to fit, with

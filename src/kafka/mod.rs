@@ -6,7 +6,8 @@
 //! Nothing is skipped: uncommitted records are re-read and their applied chunks re-published
 //! from the ledger. Two exceptions end the service instead: shutdown, and a producer fenced by
 //! another live process with the same `kafka.instance_id` (restarting would fence it back, and
-//! the two would take turns forever). [`checks`] watches the broker, this member and the whole
+//! the two would take turns forever). A fencing of a transaction open longer than
+//! `kafka.transaction_timeout_ms` is the broker's timeout, not a twin: that run restarts. [`checks`] watches the broker, this member and the whole
 //! group, and makes the run rejoin when the group leaves partitions unowned.
 
 pub mod checks;
@@ -193,6 +194,7 @@ pub(crate) async fn run_once(
         kafka::op_timeout(k),
         config.limits.max_event_bytes,
     );
+    let clock = sink.transaction_clock();
     let source = KafkaSource::new(consumer, kafka::op_timeout(k));
     let (shutdown, rejoin) = (shutdown.clone(), rejoin.clone());
     let end = sluice_pipeline::run(
@@ -213,12 +215,27 @@ pub(crate) async fn run_once(
     // Nothing more will be committed: the consumer's close must not wait for a drain.
     context.close();
     if let Some((code, reason)) = producer.client().fatal_error() {
-        if matches!(
+        let fenced = matches!(
             code,
             RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced
-        ) {
-            tracing::error!(%code, reason, "fenced by another process with this instance id");
-            return Err(Fenced { code, reason }.into());
+        );
+        let timeout = Duration::from_millis(k.transaction_timeout_ms);
+        match clock.age() {
+            // The broker aborts a transaction open longer than its timeout and bumps the
+            // producer's epoch, which librdkafka reports as fenced "by a newer instance": the
+            // process was paused, or the broker unreachable, that long. No other process
+            // has this id, so this is a failed run (restarted), not a reason to stop.
+            Some(age) if fenced && age >= timeout => {
+                anyhow::bail!(
+                    "the broker aborted a transaction open for {age:.1?}, longer than \
+                     kafka.transaction_timeout_ms ({code}: {reason})"
+                );
+            }
+            _ if fenced => {
+                tracing::error!(%code, reason, "fenced by another process with this instance id");
+                return Err(Fenced { code, reason }.into());
+            }
+            _ => {}
         }
     }
     let end = end?;

@@ -28,7 +28,7 @@ pub use context::{ClientLogs, SluiceConsumer, SluiceContext};
 
 /// The producer type of the service.
 pub type SluiceProducer = rdkafka::producer::FutureProducer<ClientLogs>;
-pub use sink::KafkaSink;
+pub use sink::{KafkaSink, TxnClock};
 pub use source::KafkaSource;
 
 /// Client settings shared by consumers, producers and admin clients: brokers plus the

@@ -4,7 +4,7 @@
 //! and commits — so results and input position become visible together, or not at all.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -28,6 +28,8 @@ pub struct KafkaSink {
     delivery: Delivery,
     timeout: Duration,
     in_txn: bool,
+    /// When the open transaction began (see [`TxnClock`]).
+    clock: TxnClock,
     /// Per (topic, partition) of the records done since the last commit: where reading
     /// resumes, and how many progress events of the record there are already published (a
     /// partial position, committed as the offset's metadata; see [`partial_metadata`]).
@@ -41,6 +43,26 @@ pub struct KafkaSink {
     buf: Vec<u8>,
     /// `limits.max_event_bytes`: the largest message this sink sends.
     max_event_bytes: usize,
+}
+
+/// When the sink's transaction began, for whoever judges a fencing after the run
+/// ([`KafkaSink::transaction_clock`]). Cleared when the transaction commits or aborts; kept
+/// when its end failed, so the age at the failure can still be read.
+#[derive(Debug, Clone, Default)]
+pub struct TxnClock(Arc<Mutex<Option<Instant>>>);
+
+impl TxnClock {
+    fn set(&self, began: Option<Instant>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = began;
+    }
+
+    /// How long the open (or failed) transaction has been open; `None` without one.
+    pub fn age(&self) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|began| began.elapsed())
+    }
 }
 
 /// One message of the open transaction.
@@ -103,6 +125,7 @@ impl KafkaSink {
             delivery,
             timeout,
             in_txn: false,
+            clock: TxnClock::default(),
             offsets: BTreeMap::new(),
             deliveries: Vec::new(),
             sent: Some(Vec::new()),
@@ -112,8 +135,14 @@ impl KafkaSink {
         }
     }
 
+    /// The clock of this sink's transactions (shared: it outlives the sink).
+    pub fn transaction_clock(&self) -> TxnClock {
+        self.clock.clone()
+    }
+
     fn begin(&mut self) -> Result<(), SinkError> {
         if self.delivery == Delivery::ExactlyOnce && !self.in_txn {
+            self.clock.set(Some(Instant::now()));
             self.producer
                 .begin_transaction()
                 .map_err(|e| err("begin transaction", e))?;
@@ -269,6 +298,7 @@ impl KafkaSink {
             let e = match result {
                 Ok(Some(Ok(()))) => {
                     self.in_txn = false;
+                    self.clock.set(None);
                     self.forget_sent();
                     return Ok(());
                 }
@@ -355,8 +385,9 @@ impl KafkaSink {
     async fn abort_open(&mut self) {
         if self.in_txn {
             let t = self.timeout;
-            if let Err(e) = self.blocking(move |p| p.abort_transaction(t)).await {
-                tracing::warn!(error = %e, "abort_transaction failed");
+            match self.blocking(move |p| p.abort_transaction(t)).await {
+                Ok(()) => self.clock.set(None),
+                Err(e) => tracing::warn!(error = %e, "abort_transaction failed"),
             }
             self.in_txn = false;
         }
