@@ -104,6 +104,9 @@ impl<'a> Fleet<'a> {
                 ("SLUICE__OBSERVABILITY__HEALTH_INTERVAL_MS", "500".into()),
                 ("SLUICE__OBSERVABILITY__HEALTH_TIMEOUT_MS", "500".into()),
                 ("SLUICE__KAFKA__REVOKE_DRAIN_MS", "3000".into()),
+                // A member whose consumer a broker restart cut off (librdkafka#5301) rejoins
+                // with fresh clients within this, inside SETTLE_BOUND.
+                ("SLUICE__KAFKA__UNOWNED_TIMEOUT_MS", "15000".into()),
             ],
         );
         self.members.push(Member {

@@ -4,10 +4,14 @@
 //!   position, or from the group's committed offset before it has read anything there;
 //! - the group as its coordinator sees it ([`group::describe`]): lag on every partition of the
 //!   requests topic (`sluice_group_lag_records`), members, unowned partitions;
-//! - the watchdog: when the group leaves partitions owned by nobody for longer than
+//! - the watchdogs: when the group leaves partitions owned by nobody for longer than
 //!   `kafka.unowned_timeout_ms`, readiness says so and the run ends gracefully, so that the
 //!   consumer leaves and rejoins — the coordinator then rebalances and assigns every partition.
-//!   It repeats at most once per timeout while the condition lasts.
+//!   The same when this member's own client cannot reach any broker while a fresh client
+//!   can, for as long: librdkafka (2.10 and later) drops every broker a metadata response
+//!   leaves out, and a single broker shutting down answers with none; such a client never
+//!   reconnects (confluentinc/librdkafka#5301), while the run's fresh clients do. Each
+//!   repeats at most once per timeout while its condition lasts.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -96,7 +100,8 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut watchdog = Watchdog::new(Duration::from_millis(k.unowned_timeout_ms));
+        let limit = Duration::from_millis(k.unowned_timeout_ms);
+        let (mut unowned_dog, mut cut_off_dog) = (Watchdog::new(limit), Watchdog::new(limit));
         let mut reported: BTreeSet<i32> = BTreeSet::new();
         let timeout = sluice_connectors::kafka::op_timeout(&k);
         loop {
@@ -104,26 +109,52 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
             let Some(consumer) = current.consumer() else {
                 continue;
             };
-            let k = k.clone();
-            let looked = tokio::task::spawn_blocking(move || look(&k, &consumer, timeout)).await;
-            let Ok(Some((view, member_lag))) = looked else {
-                continue;
+            let k2 = k.clone();
+            let looked = tokio::task::spawn_blocking(move || look(&k2, &consumer, timeout)).await;
+            let (unowned, cut_off) = match looked {
+                Ok(Some((view, member_lag))) => {
+                    report_member_lag(&member_lag, &mut reported);
+                    metrics::gauge!(GROUP_MEMBERS).set(view.members as f64);
+                    metrics::gauge!(GROUP_UNOWNED).set(view.unowned.len() as f64);
+                    for &(p, high, from) in &view.lag {
+                        metrics::gauge!(GROUP_LAG, "partition" => p.to_string())
+                            .set((high - from).max(0) as f64);
+                    }
+                    let trouble = (!view.unowned.is_empty()).then(|| {
+                        format!(
+                            "consumer group: partitions {:?} of the requests topic owned by no member (group {})",
+                            view.unowned, view.state
+                        )
+                    });
+                    let unowned = unowned_dog.observe(trouble, Instant::now());
+                    (unowned, cut_off_dog.observe(None, Instant::now()))
+                }
+                _ => {
+                    // This member's client could not describe the group: is the cluster
+                    // down (a fresh client fails too), or is this client cut off?
+                    let k2 = k.clone();
+                    let fresh_reaches =
+                        tokio::task::spawn_blocking(move || admin::check(&k2, timeout).is_ok())
+                            .await
+                            .unwrap_or(false);
+                    let trouble = fresh_reaches.then(|| {
+                        "this member's Kafka client reaches no broker, while a fresh client does"
+                            .to_string()
+                    });
+                    // The group is not seen: the unowned watchdog keeps what it knew.
+                    (
+                        unowned_dog.last(),
+                        cut_off_dog.observe(trouble, Instant::now()),
+                    )
+                }
             };
-            report_member_lag(&member_lag, &mut reported);
-            metrics::gauge!(GROUP_MEMBERS).set(view.members as f64);
-            metrics::gauge!(GROUP_UNOWNED).set(view.unowned.len() as f64);
-            for &(p, high, from) in &view.lag {
-                metrics::gauge!(GROUP_LAG, "partition" => p.to_string())
-                    .set((high - from).max(0) as f64);
-            }
-            let verdict = watchdog.observe(&view.unowned, Instant::now());
-            health.set_group(verdict.problem.clone());
-            if verdict.rejoin {
+            health.set_group(unowned.problem.clone().or(cut_off.problem.clone()));
+            if unowned.rejoin || cut_off.rejoin {
                 metrics::counter!(GROUP_REJOINS).increment(1);
+                let why = if unowned.rejoin { &unowned } else { &cut_off };
                 tracing::warn!(
-                    unowned = ?view.unowned,
-                    state = %view.state,
-                    "the consumer group leaves partitions owned by nobody; leaving and rejoining it so that it rebalances"
+                    problem = why.problem.as_deref().unwrap_or_default(),
+                    "leaving and rejoining it (the consumer group) with fresh clients"
                 );
                 current.rejoin();
             }
@@ -193,19 +224,23 @@ fn report_member_lag(lag: &[(i32, i64)], reported: &mut BTreeSet<i32>) {
     *reported = now;
 }
 
-/// Decides, from successive looks at the group, when partitions have been unowned too long.
+/// Decides, from successive looks, when a trouble (partitions unowned, this member's client
+/// cut off) has lasted too long: readiness then names it, and the member rejoins, at most once
+/// per timeout while it lasts.
 struct Watchdog {
     timeout: Duration,
-    /// Since when some partition has been unowned (continuously).
+    /// Since when the trouble has lasted (continuously).
     since: Option<Instant>,
-    /// When this instance last asked to rejoin.
+    /// When this watchdog last asked to rejoin.
     rejoined: Option<Instant>,
+    /// The last verdict's readiness problem.
+    problem: Option<String>,
 }
 
 /// The watchdog's verdict.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Verdict {
-    /// The readiness reason, while partitions have been unowned too long.
+    /// The readiness reason, while the trouble has lasted too long.
     problem: Option<String>,
     /// Rejoin now.
     rejoin: bool,
@@ -217,24 +252,30 @@ impl Watchdog {
             timeout,
             since: None,
             rejoined: None,
+            problem: None,
         }
     }
 
-    fn observe(&mut self, unowned: &[i32], now: Instant) -> Verdict {
-        if unowned.is_empty() {
-            self.since = None;
-            return Verdict {
-                problem: None,
-                rejoin: false,
-            };
+    /// The last verdict's problem, without a new observation (nothing asks to rejoin).
+    fn last(&self) -> Verdict {
+        Verdict {
+            problem: self.problem.clone(),
+            rejoin: false,
         }
+    }
+
+    /// One look: `trouble` describes what is wrong now (`None`: nothing).
+    fn observe(&mut self, trouble: Option<String>, now: Instant) -> Verdict {
+        let Some(trouble) = trouble else {
+            self.since = None;
+            self.problem = None;
+            return self.last();
+        };
         let since = *self.since.get_or_insert(now);
         let lasted = now.duration_since(since);
         if lasted < self.timeout {
-            return Verdict {
-                problem: None,
-                rejoin: false,
-            };
+            self.problem = None;
+            return self.last();
         }
         let rejoin = self
             .rejoined
@@ -242,11 +283,9 @@ impl Watchdog {
         if rejoin {
             self.rejoined = Some(now);
         }
+        self.problem = Some(format!("{trouble} for {} s", lasted.as_secs()));
         Verdict {
-            problem: Some(format!(
-                "consumer group: partitions {unowned:?} of the requests topic owned by no member for {} s",
-                lasted.as_secs()
-            )),
+            problem: self.problem.clone(),
             rejoin,
         }
     }
@@ -256,29 +295,42 @@ impl Watchdog {
 mod tests {
     use super::*;
 
+    fn unowned(partitions: &[i32]) -> Option<String> {
+        (!partitions.is_empty()).then(|| format!("partitions {partitions:?} unowned"))
+    }
+
     #[test]
     fn the_watchdog_rejoins_once_per_timeout_while_partitions_stay_unowned() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let mut w = Watchdog::new(s(60));
-        assert!(!w.observe(&[], t0).rejoin);
+        assert!(!w.observe(unowned(&[]), t0).rejoin);
         // A rebalance: unowned for a while, then owned again — nothing happens.
-        assert_eq!(w.observe(&[0, 1], t0 + s(1)).problem, None);
-        assert_eq!(w.observe(&[0, 1], t0 + s(50)).problem, None);
-        assert_eq!(w.observe(&[], t0 + s(52)).problem, None);
+        assert_eq!(w.observe(unowned(&[0, 1]), t0 + s(1)).problem, None);
+        assert_eq!(w.observe(unowned(&[0, 1]), t0 + s(50)).problem, None);
+        assert_eq!(w.observe(unowned(&[]), t0 + s(52)).problem, None);
         // A wedge: unowned past the timeout.
-        assert!(!w.observe(&[2], t0 + s(100)).rejoin);
-        let v = w.observe(&[2], t0 + s(161));
+        assert!(!w.observe(unowned(&[2]), t0 + s(100)).rejoin);
+        let v = w.observe(unowned(&[2]), t0 + s(161));
         assert!(
             v.rejoin && v.problem.as_deref().unwrap().contains("[2]"),
             "{v:?}"
         );
-        let v = w.observe(&[2], t0 + s(170));
+        let v = w.observe(unowned(&[2]), t0 + s(170));
         assert!(!v.rejoin && v.problem.is_some(), "not again at once: {v:?}");
+        assert_eq!(
+            w.last(),
+            Verdict { rejoin: false, ..v },
+            "kept while unseen"
+        );
         assert!(
-            w.observe(&[2], t0 + s(222)).rejoin,
+            w.observe(unowned(&[2]), t0 + s(222)).rejoin,
             "again after another timeout"
         );
-        assert_eq!(w.observe(&[], t0 + s(223)).problem, None, "repaired");
+        assert_eq!(
+            w.observe(unowned(&[]), t0 + s(223)).problem,
+            None,
+            "repaired"
+        );
     }
 }
