@@ -13,8 +13,8 @@
 # All input is produced once, before the first trial (not timed). A trial starts the consumer
 # side and ends when the peer has written every document (point look-ups of each partition's
 # checkpoint keys) or when sluice's result events for every request are readable with
-# read_committed (`sluice tail`). Each trial is then verified (document count, _id or the
-# unique index, and for sluice its events and ledger).
+# read_committed (`sluice tail`). Each trial is then verified (document count, _id = text on
+# both sides, and for sluice its events and ledger).
 #
 # Usage:   scripts/bench-peer.sh                (the full W1: DOCS=200000 ROUNDS=3)
 #          DOCS=20000 ROUNDS=1 scripts/bench-peer.sh   (a smoke run)

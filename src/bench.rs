@@ -188,33 +188,26 @@ async fn sqlite_baseline(
 }
 
 /// Raw MongoDB `insertMany` of the same documents in batches of `chunk_items`, into a fresh
-/// collection with the same unique key index.
+/// collection, keyed as the store keys them (`_id` = the key, no other index).
 async fn mongo_baseline(
     m: &sluice_config::MongoConfig,
     args: &BenchArgs,
     chunk_items: usize,
 ) -> anyhow::Result<f64> {
-    use mongodb::bson::{doc, Document};
+    use mongodb::bson::{Bson, Document};
     let client = mongodb::Client::with_uri_str(&m.uri).await?;
     let coll = client
         .database(&m.database)
         .collection::<Document>(&format!("raw_{:08x}", rand::random::<u32>()));
-    coll.create_index(
-        mongodb::IndexModel::builder()
-            .keys(doc! {"text": 1})
-            .options(
-                mongodb::options::IndexOptions::builder()
-                    .unique(true)
-                    .build(),
-            )
-            .build(),
-    )
-    .await?;
     let mut elapsed = std::time::Duration::ZERO;
     let mut batch = Vec::with_capacity(chunk_items);
     for r in 0..args.requests {
         for i in 0..args.items {
-            batch.push(mongodb::bson::to_document(&doc(r, i))?);
+            let d = doc(r, i);
+            let mut stored = Document::new();
+            stored.insert("_id", Bson::String(d["text"].as_str().unwrap_or("").into()));
+            stored.extend(mongodb::bson::to_document(&d)?);
+            batch.push(stored);
             if batch.len() == chunk_items || (r + 1 == args.requests && i + 1 == args.items) {
                 let started = Instant::now();
                 coll.insert_many(std::mem::take(&mut batch)).await?;

@@ -1,7 +1,8 @@
 //! The MongoDB store (official `mongodb` driver), for replica sets. Every write chunk is one
 //! multi-document transaction with its ledger entry ([`ledger`]); claims record the owner,
 //! time and chunk plan of each request ([`claims`]); documents are converted between JSON and
-//! BSON plainly, with no Extended JSON reading ([`convert`]).
+//! BSON plainly, with no Extended JSON reading ([`convert`]); a document's `_id` is its key
+//! ([`layout`]).
 //!
 //! Errors are classified: network and server-selection errors mean "unavailable" — wait, never
 //! fail items — even inside a transaction, where the driver also labels them
@@ -14,10 +15,11 @@
 //! previous incarnation's at start-up.
 //!
 //! Parts: this file (connection, start-up checks, `Store`), [`ledger`], [`claims`],
-//! [`writer`] (the `ItemWriter`, cascades), [`convert`], [`sessions`].
+//! [`writer`] (the `ItemWriter`, cascades), [`layout`], [`convert`], [`sessions`].
 
 mod claims;
 mod convert;
+mod layout;
 mod ledger;
 mod sessions;
 mod writer;
@@ -51,8 +53,8 @@ const TOO_LARGE: &str = "transaction_too_large";
 pub struct MongoStore {
     client: Client,
     db: Database,
-    /// Key field by collection (configured collections only).
-    keys: Arc<HashMap<String, String>>,
+    /// How each configured collection keys its documents (configured collections only).
+    keys: Arc<HashMap<String, layout::Keyed>>,
     sessions: sessions::Sessions,
 }
 
@@ -131,8 +133,8 @@ fn expires(at: i64) -> DateTime {
 }
 
 impl MongoStore {
-    /// Connects, checks that the server is a replica set (transactions need one), and creates
-    /// the unique key indexes, the cascade indexes and the ledgers' TTL indexes.
+    /// Connects, checks that the server is a replica set (transactions need one), decides each
+    /// collection's layout ([`layout`]) with its indexes, and creates the ledgers' TTL indexes.
     pub async fn connect(m: &MongoConfig, config: &Config) -> Result<Self, StoreError> {
         let mut opts = ClientOptions::parse(&m.uri)
             .await
@@ -154,29 +156,18 @@ impl MongoStore {
                  (start mongod with --replSet and run rs.initiate())",
             ));
         }
-        let index = |keys: Document, unique: bool, ttl: bool| {
-            let mut o = IndexOptions::builder().unique(unique).build();
-            if ttl {
-                o.expire_after = Some(Duration::ZERO);
-            }
-            IndexModel::builder().keys(keys).options(o).build()
-        };
         let mut keys = HashMap::new();
         for (name, c) in &config.collections {
-            let coll: Collection<Document> = db.collection(name);
-            coll.create_index(index(doc! {&c.key: 1}, true, false))
-                .await
-                .map_err(|e| classify(&e))?;
-            if let Some(f) = &c.parent_field {
-                coll.create_index(index(doc! {f: 1}, false, false))
-                    .await
-                    .map_err(|e| classify(&e))?;
-            }
-            keys.insert(name.clone(), c.key.clone());
+            let keyed = layout::prepare(&db, name, &c.key, c.parent_field.as_deref()).await?;
+            keys.insert(name.clone(), keyed);
         }
+        let ttl = IndexModel::builder()
+            .keys(doc! {"expires_at": 1})
+            .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
+            .build();
         for name in [ledger::LEDGER, claims::REQUESTS] {
             db.collection::<Document>(name)
-                .create_index(index(doc! {"expires_at": 1}, false, true))
+                .create_index(ttl.clone())
                 .await
                 .map_err(|e| classify(&e))?;
         }
@@ -249,13 +240,12 @@ impl Store for MongoStore {
         max_bytes: usize,
     ) -> Result<Vec<Found>, StoreError> {
         let coll: Collection<Document> = self.db.collection(&target.collection);
+        let keyed = self.keyed(target);
         let wanted: Vec<Bson> = keys.iter().map(key_bson).collect();
         // Documents arrive in the server's order, the budget goes in key order: keep documents
         // while they all fit (the usual case: done in one pass); past that, only their sizes,
         // then fetch what the key-order budget selects that was not kept.
-        let (mut docs, sizes, complete) = self
-            .fetch(&coll, &target.key_field, wanted, max_bytes)
-            .await?;
+        let (mut docs, sizes, complete) = self.fetch(&coll, &keyed, wanted, max_bytes).await?;
         let mut used = 0usize;
         let mut selected = Vec::new();
         let plan: Vec<Option<Result<(), usize>>> = keys
@@ -278,9 +268,7 @@ impl Store for MongoStore {
                 .map(key_bson)
                 .collect();
             if !missing.is_empty() {
-                let (more, _, _) = self
-                    .fetch(&coll, &target.key_field, missing, usize::MAX)
-                    .await?;
+                let (more, _, _) = self.fetch(&coll, &keyed, missing, usize::MAX).await?;
                 docs.extend(more);
             }
         }
@@ -297,18 +285,29 @@ impl Store for MongoStore {
 }
 
 impl MongoStore {
+    /// How `target` keys its documents (a collection not configured: by its key field).
+    fn keyed(&self, target: &Target) -> layout::Keyed {
+        self.keys
+            .get(&target.collection)
+            .cloned()
+            .unwrap_or_else(|| layout::Keyed {
+                field: target.key_field.clone(),
+                by_id: false,
+            })
+    }
+
     /// The documents with keys in `wanted`, read as plain JSON (never as Extended JSON), kept
     /// while their total stays within `max_bytes`; the size of every one found; and whether
     /// all of them were kept.
     async fn fetch(
         &self,
         coll: &Collection<Document>,
-        key_field: &str,
+        keyed: &layout::Keyed,
         wanted: Vec<Bson>,
         max_bytes: usize,
     ) -> Result<(HashMap<Key, Value>, HashMap<Key, usize>, bool), StoreError> {
         let mut cursor = coll
-            .find(doc! {key_field: {"$in": wanted}})
+            .find(keyed.filter_in(wanted))
             .projection(doc! {"_id": 0})
             .await
             .map_err(|e| classify(&e))?;
@@ -320,7 +319,7 @@ impl MongoStore {
             let d = Document::try_from(raw)
                 .map_err(|e| StoreError::permanent("corrupt", e.to_string()))?;
             let json = convert::json(d);
-            let Some(k) = Key::from_json(&json[key_field]) else {
+            let Some(k) = Key::from_json(&json[keyed.field.as_str()]) else {
                 continue;
             };
             sizes.insert(k.clone(), size);

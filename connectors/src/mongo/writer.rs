@@ -21,6 +21,7 @@ use sluice_pipeline::request::Key;
 use sluice_pipeline::store::{ApplyError, Child, Inserted, ItemWriter, Target, WriteChunk};
 use sluice_pipeline::StoreError;
 
+use super::layout::Keyed;
 use super::{classify, convert, is_duplicate_key};
 
 /// The code of the error that ends an optimistic `create` transaction which met an existing
@@ -39,7 +40,7 @@ pub fn key_bson(key: &Key) -> Bson {
 pub struct MongoWriter<'a> {
     db: &'a Database,
     session: &'a mut ClientSession,
-    keys: &'a HashMap<String, String>,
+    keys: &'a HashMap<String, Keyed>,
     /// Keys of the chunk's collection that exist (read at start, updated as items apply).
     existing: HashSet<Key>,
     /// The chunk's items by key (the first with each key), to name a refused insert's item.
@@ -59,7 +60,7 @@ impl<'a> MongoWriter<'a> {
     pub async fn new(
         db: &'a Database,
         session: &'a mut ClientSession,
-        keys: &'a HashMap<String, String>,
+        keys: &'a HashMap<String, Keyed>,
         chunk: &WriteChunk,
         optimistic: bool,
     ) -> Result<Self, StoreError> {
@@ -82,10 +83,11 @@ impl<'a> MongoWriter<'a> {
                 .filter_map(|i| i.key.as_ref())
                 .map(key_bson)
                 .collect();
-            if !wanted.is_empty() {
+            // Not configured: nothing exists; its writes fail with `unknown_collection`.
+            if let (false, Some(keyed)) = (wanted.is_empty(), keys.get(&t.collection)) {
                 let coll: Collection<Document> = db.collection(&t.collection);
                 let mut cursor = coll
-                    .find(doc! {&t.key_field: {"$in": wanted}})
+                    .find(keyed.filter_in(wanted))
                     .projection(doc! {&t.key_field: 1, "_id": 0})
                     .session(&mut *session)
                     .await
@@ -115,13 +117,18 @@ impl<'a> MongoWriter<'a> {
     }
 
     fn coll(&self, name: &str) -> Result<Collection<Document>, StoreError> {
-        if !self.keys.contains_key(name) {
-            return Err(StoreError::permanent(
+        self.keyed(name)?;
+        Ok(self.db.collection(name))
+    }
+
+    /// How the configured collection `name` keys its documents.
+    fn keyed(&self, name: &str) -> Result<&'a Keyed, StoreError> {
+        self.keys.get(name).ok_or_else(|| {
+            StoreError::permanent(
                 "unknown_collection",
                 format!("collection `{name}` is not configured"),
-            ));
-        }
-        Ok(self.db.collection(name))
+            )
+        })
     }
 }
 
@@ -150,8 +157,8 @@ impl ItemWriter for MongoWriter<'_> {
         if self.existing.contains(key) {
             return Ok(Inserted::Exists);
         }
-        self.coll(&t.collection)?;
-        self.pending.push(to_document(doc)?);
+        let stored = self.keyed(&t.collection)?.stored(key, to_document(doc)?);
+        self.pending.push(stored);
         self.pending_items
             .push(self.items.get(key).copied().unwrap_or(usize::MAX));
         self.pending_collection = Some(t.collection.clone());
@@ -194,7 +201,8 @@ impl ItemWriter for MongoWriter<'_> {
 
     async fn upsert(&mut self, t: &Target, key: &Key, doc: &RawValue) -> Result<(), StoreError> {
         let coll = self.coll(&t.collection)?;
-        coll.replace_one(doc! {&t.key_field: key_bson(key)}, to_document(doc)?)
+        let keyed = self.keyed(&t.collection)?;
+        coll.replace_one(keyed.filter(key), keyed.stored(key, to_document(doc)?))
             .upsert(true)
             .session(&mut *self.session)
             .await
@@ -227,7 +235,7 @@ impl ItemWriter for MongoWriter<'_> {
             update.insert("$unset", fields);
         }
         let r = coll
-            .update_one(doc! {&t.key_field: key_bson(key)}, update)
+            .update_one(self.keyed(&t.collection)?.filter(key), update)
             .session(&mut *self.session)
             .await
             .map_err(|e| classify(&e))?;
@@ -237,7 +245,7 @@ impl ItemWriter for MongoWriter<'_> {
     async fn delete(&mut self, t: &Target, key: &Key, cascade: bool) -> Result<bool, StoreError> {
         let coll = self.coll(&t.collection)?;
         let r = coll
-            .delete_one(doc! {&t.key_field: key_bson(key)})
+            .delete_one(self.keyed(&t.collection)?.filter(key))
             .session(&mut *self.session)
             .await
             .map_err(|e| classify(&e))?;

@@ -10,9 +10,11 @@
 //! - `replay`: exact replays — first plans, settled outcomes, claim generations;
 //! - `model`: the document model — cascades, key types, byte budgets, literal `$` names;
 //! - `mongo`: MongoDB-only cases (chunks too large for one transaction, refused items);
+//! - `layout`: how MongoDB keys documents (`_id` = key), and collections of the older layout;
 //! - `property` (with `property_model`): generated requests on both stores and on a model.
 
 mod common;
+mod layout;
 mod model;
 mod mongo;
 mod property;
@@ -48,9 +50,18 @@ pub fn mongo_uri() -> String {
 
 /// The MongoDB store on a database of its own (`conf_<random>`) on the server at `uri`.
 pub async fn mongo_connect(uri: &str) -> MongoStore {
+    mongo_connect_to(uri, &fresh_database()).await
+}
+
+/// A database name no other test uses.
+pub fn fresh_database() -> String {
+    format!("conf_{:08x}", rand_suffix())
+}
+
+/// The MongoDB store on the database `database` at `uri`.
+pub async fn mongo_connect_to(uri: &str, database: &str) -> MongoStore {
     let config = sluice_config::from_toml_str(&format!(
-        "[mongo]\nuri = '{uri}'\ndatabase = 'conf_{:08x}'\n{}",
-        rand_suffix(),
+        "[mongo]\nuri = '{uri}'\ndatabase = '{database}'\n{}",
         common::COLLECTIONS
     ))
     .unwrap();
