@@ -28,7 +28,7 @@ pub(super) const LEDGER: &str = "sluice_ledger";
 const COMMIT_RETRIES: u32 = 5;
 
 impl MongoStore {
-    fn ledger(&self) -> Collection<Document> {
+    pub(super) fn ledger(&self) -> Collection<Document> {
         self.db.collection(LEDGER)
     }
 
@@ -116,7 +116,7 @@ impl MongoStore {
         }
     }
 
-    async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
+    pub(super) async fn commit(session: &mut ClientSession) -> Result<(), StoreError> {
         let mut attempt = 0;
         loop {
             match session.commit_transaction().await {
@@ -372,7 +372,7 @@ enum Attempt {
 /// server finds it through its `_id` index; unambiguous, since only the request_id (last) can
 /// hold a `:`. Claims made before generations existed (generation 0) keep their old keys,
 /// the documents `{r, c[, from, to]}`.
-fn ledger_id(chunk: &WriteChunk, part: Option<&Range<usize>>) -> Bson {
+pub(super) fn ledger_id(chunk: &WriteChunk, part: Option<&Range<usize>>) -> Bson {
     let rid = &chunk.request.request_id;
     if chunk.generation == 0 {
         let mut id = doc! {"r": rid, "c": chunk.index as i64};
@@ -403,6 +403,6 @@ fn halves(range: Range<usize>) -> Result<[Range<usize>; 2], StoreError> {
     Ok([mid..range.end, range.start..mid])
 }
 
-fn encode_event(event: &ProgressEvent) -> Result<String, StoreError> {
+pub(super) fn encode_event(event: &ProgressEvent) -> Result<String, StoreError> {
     serde_json::to_string(event).map_err(|e| StoreError::permanent("encode", e.to_string()))
 }

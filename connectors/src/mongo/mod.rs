@@ -19,6 +19,7 @@
 
 mod claims;
 mod convert;
+mod group;
 mod layout;
 mod ledger;
 mod sessions;
@@ -41,7 +42,9 @@ use serde_json::Value;
 use sluice_config::{Config, MongoConfig};
 use sluice_pipeline::contract::ProgressEvent;
 use sluice_pipeline::request::Key;
-use sluice_pipeline::store::{ChunkCommit, Claim, ClaimInput, Found, Target, WriteChunk};
+use sluice_pipeline::store::{
+    ChunkCommit, Claim, ClaimInput, Found, Target, WriteChunk, WriteLimit,
+};
 use sluice_pipeline::{SourceRef, Store, StoreError};
 
 pub use writer::key_bson;
@@ -56,6 +59,8 @@ pub struct MongoStore {
     /// How each configured collection keys its documents (configured collections only).
     keys: Arc<HashMap<String, layout::Keyed>>,
     sessions: sessions::Sessions,
+    /// Create chunks waiting for a transaction, grouped ([`group`]).
+    groups: group::Groups,
 }
 
 /// TransactionTooLargeForCache (4.4+), TransactionTooLarge (16 MB of operations, 4.0).
@@ -179,6 +184,7 @@ impl MongoStore {
             db,
             keys: Arc::new(keys),
             sessions,
+            groups: group::Groups::new(config.execute.write_concurrency),
         })
     }
 
@@ -221,7 +227,16 @@ impl Store for MongoStore {
         self.claim_requests(claims, expires_at).await
     }
 
+    /// Up to `configured` transactions at once, and small create chunks waiting meanwhile
+    /// (up to `configured` groups' worth of items) to group into them ([`group`]).
+    fn write_limit(&self, configured: usize) -> WriteLimit {
+        WriteLimit::Items(configured.saturating_mul(group::GROUP_MAX_ITEMS / 2))
+    }
+
     async fn write_chunk(&self, chunk: Arc<WriteChunk>) -> Result<ChunkCommit, StoreError> {
+        if group::groupable(&chunk) {
+            return self.write_grouped(chunk).await;
+        }
         self.write(&chunk).await
     }
 

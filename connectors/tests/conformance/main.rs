@@ -10,10 +10,12 @@
 //! - `replay`: exact replays — first plans, settled outcomes, claim generations;
 //! - `model`: the document model — cascades, key types, byte budgets, literal `$` names;
 //! - `mongo`: MongoDB-only cases (chunks too large for one transaction, refused items);
+//! - `group`: MongoDB group commit — concurrent small creates end as if written alone;
 //! - `layout`: how MongoDB keys documents (`_id` = key), and collections of the older layout;
 //! - `property` (with `property_model`): generated requests on both stores and on a model.
 
 mod common;
+mod group;
 mod layout;
 mod model;
 mod mongo;

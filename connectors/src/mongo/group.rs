@@ -1,0 +1,238 @@
+//! Group commit on MongoDB: `create` chunks that wait for the store at the same time share one
+//! transaction, each keeping its own ledger entry and event.
+//!
+//! A transaction costs the store a fixed price (its ledger look-up, ledger insert, commit and
+//! snapshot) besides the documents, which small requests pay per handful of documents. So a
+//! chunk joins a queue; whoever holds one of the `execute.write_concurrency` transaction slots
+//! takes every chunk queued (up to [`GROUP_MAX_ITEMS`] items) and writes them together: one
+//! ledger look-up for all, each chunk's items applied as if alone (the same `ItemWriter`), one
+//! `insertMany` of the ledger entries, one commit. The group is all or nothing and only for
+//! the plain case: a chunk already in the ledger, meeting an existing key or holding an item
+//! the server refuses aborts it, leaves it and runs alone, exactly as without grouping, while
+//! the rest try again together; any other failure (a conflict, the commit) sends every chunk
+//! alone (the ledger makes that safe even after a commit whose result was unknown). So a group
+//! never changes what a chunk's items become.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use mongodb::bson::{doc, Bson};
+use mongodb::ClientSession;
+use sluice_pipeline::contract::Op;
+use sluice_pipeline::store::{apply_items_with, ApplyError, ChunkCommit, WriteChunk};
+use sluice_pipeline::StoreError;
+use tokio::sync::{oneshot, Semaphore};
+
+use super::ledger::{encode_event, ledger_id};
+use super::{begin, classify, expires, writer, MongoStore};
+
+/// Items one group transaction takes at most (unless its first chunk alone brings more).
+pub const GROUP_MAX_ITEMS: usize = 1000;
+
+/// Chunks one group transaction takes at most.
+const GROUP_MAX_CHUNKS: usize = 64;
+
+type Reply = oneshot::Sender<Result<ChunkCommit, StoreError>>;
+
+/// The queue of chunks waiting for a transaction, and the transaction slots.
+pub(super) struct Groups {
+    queue: Mutex<VecDeque<(Arc<WriteChunk>, Reply)>>,
+    slots: Semaphore,
+}
+
+impl Groups {
+    /// Groups running at most `slots` transactions at once.
+    pub(super) fn new(slots: usize) -> Self {
+        Groups {
+            queue: Mutex::new(VecDeque::new()),
+            slots: Semaphore::new(slots.max(1)),
+        }
+    }
+
+    /// The chunks of the next group, oldest first.
+    fn take(&self) -> Vec<(Arc<WriteChunk>, Reply)> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut items = 0;
+        let mut group = Vec::new();
+        while let Some((chunk, _)) = queue.front() {
+            let n = chunk.range.len();
+            if !group.is_empty() && (items + n > GROUP_MAX_ITEMS || group.len() >= GROUP_MAX_CHUNKS)
+            {
+                break;
+            }
+            items += n;
+            group.extend(queue.pop_front());
+        }
+        group
+    }
+}
+
+/// Whether `chunk` may share a transaction: a plain `create` (not atomic) of a claim with a
+/// generation (string ledger keys), smaller than a group.
+pub(super) fn groupable(chunk: &WriteChunk) -> bool {
+    chunk.request.op == Op::Create
+        && !chunk.request.options.atomic
+        && chunk.generation != 0
+        && chunk.range.len() < GROUP_MAX_ITEMS / 2
+}
+
+impl MongoStore {
+    /// Writes `chunk` in a group transaction with the chunks waiting beside it.
+    pub(super) async fn write_grouped(
+        &self,
+        chunk: Arc<WriteChunk>,
+    ) -> Result<ChunkCommit, StoreError> {
+        let (reply, mut answer) = oneshot::channel();
+        self.groups
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((chunk.clone(), reply));
+        loop {
+            tokio::select! {
+                biased;
+                got = &mut answer => {
+                    // The writer of its group was cancelled: write it alone (the ledger says
+                    // whether that group committed it).
+                    return match got {
+                        Ok(result) => result,
+                        Err(_) => self.write(&chunk).await,
+                    };
+                }
+                permit = self.groups.slots.acquire() => {
+                    let _permit = permit.map_err(|e| StoreError::permanent("closed", e.to_string()))?;
+                    let group = self.groups.take();
+                    if group.is_empty() {
+                        // Another writer took this chunk: its answer comes.
+                        drop(_permit);
+                        return match answer.await {
+                            Ok(result) => result,
+                            Err(_) => self.write(&chunk).await,
+                        };
+                    }
+                    self.commit_group(group).await;
+                }
+            }
+        }
+    }
+
+    /// Writes `group` in one transaction and answers each chunk. A chunk that cannot be
+    /// grouped (in the ledger already, an existing key, a refused item) leaves the group and
+    /// runs alone, and the rest try again; any other failure sends every chunk alone.
+    async fn commit_group(&self, mut group: Vec<(Arc<WriteChunk>, Reply)>) {
+        let mut alone = Vec::new();
+        while group.len() > 1 {
+            let chunks: Vec<&WriteChunk> = group.iter().map(|(c, _)| c.as_ref()).collect();
+            match self.try_group(&chunks).await {
+                Ok(commits) => {
+                    for ((_, reply), commit) in group.drain(..).zip(commits) {
+                        let _ = reply.send(Ok(commit));
+                    }
+                }
+                Err((leave, e)) => {
+                    tracing::debug!(chunks = group.len(), leaving = leave.len(), error = %e, "group transaction not committed");
+                    if leave.is_empty() {
+                        alone.append(&mut group);
+                    }
+                    for i in leave.into_iter().rev() {
+                        alone.push(group.remove(i));
+                    }
+                }
+            }
+        }
+        alone.append(&mut group);
+        let alone = alone.into_iter().map(|(chunk, reply)| async move {
+            let _ = reply.send(self.write(&chunk).await);
+        });
+        futures::future::join_all(alone).await;
+    }
+
+    /// One transaction over `chunks`; on failure, the chunks (indexes, ascending) that must
+    /// leave the group, or none when the failure is not theirs.
+    async fn try_group(
+        &self,
+        chunks: &[&WriteChunk],
+    ) -> Result<Vec<ChunkCommit>, (Vec<usize>, StoreError)> {
+        let mut session = self
+            .client
+            .start_session()
+            .await
+            .map_err(|e| (Vec::new(), classify(&e)))?;
+        self.sessions
+            .note(&session)
+            .await
+            .map_err(|e| (Vec::new(), e))?;
+        begin(&mut session).await.map_err(|e| (Vec::new(), e))?;
+        let result = self.group_transaction(&mut session, chunks).await;
+        if result.is_err() {
+            let _ = session.abort_transaction().await;
+        }
+        result
+    }
+
+    async fn group_transaction(
+        &self,
+        session: &mut ClientSession,
+        chunks: &[&WriteChunk],
+    ) -> Result<Vec<ChunkCommit>, (Vec<usize>, StoreError)> {
+        let whole = |e: StoreError| (Vec::new(), e);
+        let ids: Vec<Bson> = chunks.iter().map(|c| ledger_id(c, None)).collect();
+        let mut cursor = self
+            .ledger()
+            .find(doc! {"_id": {"$in": ids.clone()}})
+            .projection(doc! {"_id": 1})
+            .session(&mut *session)
+            .await
+            .map_err(|e| whole(classify(&e)))?;
+        let mut seen = Vec::new();
+        while let Some(d) = cursor.next(&mut *session).await {
+            let d = d.map_err(|e| whole(classify(&e)))?;
+            seen.extend(ids.iter().position(|id| Some(id) == d.get("_id")));
+        }
+        if !seen.is_empty() {
+            seen.sort_unstable();
+            return Err((
+                seen,
+                StoreError::transient("grouped_replay", "chunks in the ledger replay alone"),
+            ));
+        }
+        let mut entries = Vec::with_capacity(chunks.len());
+        let mut commits = Vec::with_capacity(chunks.len());
+        let none = BTreeMap::new();
+        for (i, (chunk, id)) in chunks.iter().zip(ids).enumerate() {
+            let mut w = writer::MongoWriter::new(&self.db, &mut *session, &self.keys, chunk, true)
+                .await
+                .map_err(whole)?;
+            let applied = apply_items_with(chunk, &mut w, false, &none)
+                .await
+                .map_err(|e| match e {
+                    ApplyError::Item(_, e) => (vec![i], e),
+                    // An existing key (or a write conflict) is met by this chunk's writes.
+                    ApplyError::Chunk(e) if e.code == writer::EXISTING_KEYS => (vec![i], e),
+                    ApplyError::Chunk(e) => whole(e),
+                })?;
+            if applied.rollback {
+                return Err((
+                    vec![i],
+                    StoreError::transient("grouped_rollback", "goes alone"),
+                ));
+            }
+            entries.push(doc! {
+                "_id": id,
+                "event": encode_event(&applied.event).map_err(whole)?,
+                "expires_at": expires(chunk.expires_at),
+            });
+            commits.push(ChunkCommit {
+                event: applied.event,
+                replayed: false,
+            });
+        }
+        self.ledger()
+            .insert_many(entries)
+            .session(&mut *session)
+            .await
+            .map_err(|e| whole(classify(&e)))?;
+        Self::commit(session).await.map_err(whole)?;
+        Ok(commits)
+    }
+}
