@@ -70,10 +70,11 @@ impl Current {
         self.lock().consumer.clone()
     }
 
-    /// Ends the current run so that its consumer leaves the group and a new one joins.
-    fn rejoin(&self) {
+    /// Ends the current run so that its consumer leaves the group and a new one joins
+    /// (`dynamic`: without static membership, so that the coordinator rebalances).
+    fn rejoin(&self, dynamic: bool) {
         let mut slot = self.lock();
-        slot.dynamic = true;
+        slot.dynamic |= dynamic;
         slot.rejoin.cancel();
     }
 }
@@ -109,8 +110,8 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
             let Some(consumer) = current.consumer() else {
                 continue;
             };
-            let k2 = k.clone();
-            let looked = tokio::task::spawn_blocking(move || look(&k2, &consumer, timeout)).await;
+            let (k2, own) = (k.clone(), consumer.clone());
+            let looked = tokio::task::spawn_blocking(move || look(&k2, &own, timeout)).await;
             let (unowned, cut_off) = match looked {
                 Ok(Some((view, member_lag))) => {
                     report_member_lag(&member_lag, &mut reported);
@@ -131,16 +132,16 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
                 }
                 _ => {
                     // This member's client could not describe the group: is the cluster
-                    // down (a fresh client fails too), or is this client cut off?
+                    // down (a fresh client fails too), a partition without a leader (the
+                    // member's own metadata request works), or is this client cut off?
                     let k2 = k.clone();
-                    let fresh_reaches =
-                        tokio::task::spawn_blocking(move || admin::check(&k2, timeout).is_ok())
-                            .await
-                            .unwrap_or(false);
-                    let trouble = fresh_reaches.then(|| {
-                        "this member's Kafka client reaches no broker, while a fresh client does"
-                            .to_string()
-                    });
+                    let (own_ok, fresh_ok) = tokio::task::spawn_blocking(move || {
+                        let own_ok = consumer.fetch_metadata(None, timeout).is_ok();
+                        (own_ok, own_ok || admin::check(&k2, timeout).is_ok())
+                    })
+                    .await
+                    .unwrap_or((true, false));
+                    let trouble = cut_off(own_ok, fresh_ok);
                     // The group is not seen: the unowned watchdog keeps what it knew.
                     (
                         unowned_dog.last(),
@@ -156,10 +157,19 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
                     problem = why.problem.as_deref().unwrap_or_default(),
                     "leaving and rejoining it (the consumer group) with fresh clients"
                 );
-                current.rejoin();
+                // A cut-off client needs new clients, not a rebalance: static membership stays.
+                current.rejoin(unowned.rejoin);
             }
         }
     });
+}
+
+/// The cut-off trouble: this member's client cannot even fetch the cluster's metadata
+/// (`own_ok` false) while a fresh client can (`fresh_ok`).
+fn cut_off(own_ok: bool, fresh_ok: bool) -> Option<String> {
+    (!own_ok && fresh_ok).then(|| {
+        "this member's Kafka client reaches no broker, while a fresh client does".to_string()
+    })
 }
 
 /// Whether the source can deliver: brokers and topics reachable, partitions assigned.
@@ -294,6 +304,21 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_is_cut_off_only_when_a_fresh_one_reaches_what_it_cannot() {
+        assert!(cut_off(false, true).is_some(), "cut off");
+        assert_eq!(
+            cut_off(false, false),
+            None,
+            "the cluster is down for everyone"
+        );
+        assert_eq!(
+            cut_off(true, true),
+            None,
+            "it reaches the brokers (a leaderless partition)"
+        );
+    }
 
     fn unowned(partitions: &[i32]) -> Option<String> {
         (!partitions.is_empty()).then(|| format!("partitions {partitions:?} unowned"))

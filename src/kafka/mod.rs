@@ -44,6 +44,34 @@ pub struct Fenced {
     reason: String,
 }
 
+/// What a fatal producer error means for the service.
+#[derive(Debug, PartialEq)]
+enum Fencing {
+    /// Not a fencing.
+    No,
+    /// Another live process with this instance id: stop.
+    Twin,
+    /// The broker aborted a transaction that outlived the transaction timeout (it was this
+    /// old when its end failed) and bumped the epoch, which librdkafka reports as fenced "by a
+    /// newer instance": restart the run.
+    TimedOut(Duration),
+}
+
+/// Classifies a fatal producer error `code`, given the age of the transaction it ended
+/// ([`kafka::TxnClock`]) and `kafka.transaction_timeout_ms`.
+fn fencing(code: RDKafkaErrorCode, age: Option<Duration>, timeout: Duration) -> Fencing {
+    if !matches!(
+        code,
+        RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced
+    ) {
+        return Fencing::No;
+    }
+    match age {
+        Some(age) if age >= timeout => Fencing::TimedOut(age),
+        _ => Fencing::Twin,
+    }
+}
+
 /// `sluice run` with a `[kafka]` section: the service.
 pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let k = config.kafka.clone().context("no [kafka] section")?;
@@ -215,30 +243,54 @@ pub(crate) async fn run_once(
     // Nothing more will be committed: the consumer's close must not wait for a drain.
     context.close();
     if let Some((code, reason)) = producer.client().fatal_error() {
-        let fenced = matches!(
+        match fencing(
             code,
-            RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced
-        );
-        let timeout = Duration::from_millis(k.transaction_timeout_ms);
-        match clock.age() {
-            // The broker aborts a transaction open longer than its timeout and bumps the
-            // producer's epoch, which librdkafka reports as fenced "by a newer instance": the
-            // process was paused, or the broker unreachable, that long. No other process
-            // has this id, so this is a failed run (restarted), not a reason to stop.
-            Some(age) if fenced && age >= timeout => {
-                anyhow::bail!(
-                    "the broker aborted a transaction open for {age:.1?}, longer than \
-                     kafka.transaction_timeout_ms ({code}: {reason})"
-                );
-            }
-            _ if fenced => {
+            clock.age(),
+            Duration::from_millis(k.transaction_timeout_ms),
+        ) {
+            Fencing::TimedOut(age) => anyhow::bail!(
+                "the broker aborted a transaction open for {age:.1?}, longer than \
+                 kafka.transaction_timeout_ms ({code}: {reason})"
+            ),
+            Fencing::Twin => {
                 tracing::error!(%code, reason, "fenced by another process with this instance id");
                 return Err(Fenced { code, reason }.into());
             }
-            _ => {}
+            Fencing::No => {}
         }
     }
     let end = end?;
     tracing::info!(?end, "Kafka run ended");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fencing_is_a_twin_unless_the_transaction_outlived_its_timeout() {
+        let s = Duration::from_secs;
+        let t = s(60);
+        assert_eq!(
+            fencing(RDKafkaErrorCode::Fenced, Some(s(1)), t),
+            Fencing::Twin
+        );
+        assert_eq!(
+            fencing(RDKafkaErrorCode::ProducerFenced, None, t),
+            Fencing::Twin
+        );
+        assert_eq!(
+            fencing(RDKafkaErrorCode::Fenced, Some(s(60)), t),
+            Fencing::TimedOut(s(60))
+        );
+        assert_eq!(
+            fencing(RDKafkaErrorCode::ProducerFenced, Some(s(75)), t),
+            Fencing::TimedOut(s(75))
+        );
+        assert_eq!(
+            fencing(RDKafkaErrorCode::InvalidTransactionalState, Some(s(75)), t),
+            Fencing::No
+        );
+    }
 }

@@ -45,23 +45,35 @@ pub struct KafkaSink {
     max_event_bytes: usize,
 }
 
-/// When the sink's transaction began, for whoever judges a fencing after the run
-/// ([`KafkaSink::transaction_clock`]). Cleared when the transaction commits or aborts; kept
-/// when its end failed, so the age at the failure can still be read.
+/// How old the sink's transaction is, for whoever judges a fencing after the run
+/// ([`KafkaSink::transaction_clock`]): cleared when the transaction commits or aborts; when
+/// its commit or abort fails, frozen at the age it had then (the run's wind-down afterwards
+/// must not age it).
 #[derive(Debug, Clone, Default)]
-pub struct TxnClock(Arc<Mutex<Option<Instant>>>);
+pub struct TxnClock(Arc<Mutex<(Option<Instant>, Option<Duration>)>>);
 
 impl TxnClock {
-    fn set(&self, began: Option<Instant>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = began;
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, Option<Duration>)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How long the open (or failed) transaction has been open; `None` without one.
+    fn set(&self, began: Option<Instant>) {
+        *self.lock() = (began, None);
+    }
+
+    /// The transaction's end failed now: keep its age as of now.
+    fn fail(&self) {
+        let mut clock = self.lock();
+        if let (Some(began), None) = *clock {
+            clock.1 = Some(began.elapsed());
+        }
+    }
+
+    /// How long the open transaction has been open, or how old it was when its end failed;
+    /// `None` without one.
     pub fn age(&self) -> Option<Duration> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|began| began.elapsed())
+        let clock = self.lock();
+        clock.1.or(clock.0.map(|began| began.elapsed()))
     }
 }
 
@@ -306,7 +318,10 @@ impl KafkaSink {
                     self.abort().await;
                     return Err(revoked());
                 }
-                Ok(Some(Err(e))) | Err(e) => e,
+                Ok(Some(Err(e))) | Err(e) => {
+                    self.clock.fail();
+                    e
+                }
             };
             // Never retry for partitions this member no longer owns (revoked undrained, lost):
             // their new owner redoes them.
@@ -387,7 +402,10 @@ impl KafkaSink {
             let t = self.timeout;
             match self.blocking(move |p| p.abort_transaction(t)).await {
                 Ok(()) => self.clock.set(None),
-                Err(e) => tracing::warn!(error = %e, "abort_transaction failed"),
+                Err(e) => {
+                    self.clock.fail();
+                    tracing::warn!(error = %e, "abort_transaction failed");
+                }
             }
             self.in_txn = false;
         }

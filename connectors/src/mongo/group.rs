@@ -32,35 +32,57 @@ pub const GROUP_MAX_ITEMS: usize = 1000;
 /// Chunks one group transaction takes at most.
 const GROUP_MAX_CHUNKS: usize = 64;
 
+/// Item bytes (as received) one group transaction takes at most, unless its first chunk
+/// alone brings more: far below what a transaction may hold on mongod.
+const GROUP_MAX_BYTES: usize = 4 << 20;
+
+/// Attempts of one group before what is left of it runs alone: each failed attempt that a
+/// chunk caused sends that chunk alone and tries the rest again.
+const GROUP_ATTEMPTS: usize = 3;
+
 type Reply = oneshot::Sender<Result<ChunkCommit, StoreError>>;
 
-/// The queue of chunks waiting for a transaction, and the transaction slots.
+/// The queue of chunks waiting for a transaction, the group transaction slots, and the
+/// slots of chunks written alone.
 pub(super) struct Groups {
     queue: Mutex<VecDeque<(Arc<WriteChunk>, Reply)>>,
     slots: Semaphore,
+    alone: Semaphore,
 }
 
 impl Groups {
-    /// Groups running at most `slots` transactions at once.
+    /// `slots` group transactions at once, and as many chunk transactions of chunks written
+    /// alone (`execute.write_concurrency` each).
     pub(super) fn new(slots: usize) -> Self {
         Groups {
             queue: Mutex::new(VecDeque::new()),
             slots: Semaphore::new(slots.max(1)),
+            alone: Semaphore::new(slots.max(1)),
         }
     }
 
     /// The chunks of the next group, oldest first.
     fn take(&self) -> Vec<(Arc<WriteChunk>, Reply)> {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let mut items = 0;
+        let (mut items, mut bytes) = (0, 0);
         let mut group = Vec::new();
-        while let Some((chunk, _)) = queue.front() {
+        while let Some((chunk, reply)) = queue.front() {
+            if reply.is_closed() {
+                // Its caller is gone (cancelled): nobody waits for it.
+                queue.pop_front();
+                continue;
+            }
             let n = chunk.range.len();
-            if !group.is_empty() && (items + n > GROUP_MAX_ITEMS || group.len() >= GROUP_MAX_CHUNKS)
+            let b: usize = chunk.items().iter().map(|i| i.bytes).sum();
+            if !group.is_empty()
+                && (items + n > GROUP_MAX_ITEMS
+                    || bytes + b > GROUP_MAX_BYTES
+                    || group.len() >= GROUP_MAX_CHUNKS)
             {
                 break;
             }
             items += n;
+            bytes += b;
             group.extend(queue.pop_front());
         }
         group
@@ -77,6 +99,17 @@ pub(super) fn groupable(chunk: &WriteChunk) -> bool {
 }
 
 impl MongoStore {
+    /// Writes `chunk` alone, in one of the `execute.write_concurrency` slots for that.
+    pub(super) async fn write_alone(&self, chunk: &WriteChunk) -> Result<ChunkCommit, StoreError> {
+        let _slot = self
+            .groups
+            .alone
+            .acquire()
+            .await
+            .map_err(|e| StoreError::permanent("closed", e.to_string()))?;
+        self.write(chunk).await
+    }
+
     /// Writes `chunk` in a group transaction with the chunks waiting beside it.
     pub(super) async fn write_grouped(
         &self,
@@ -96,7 +129,7 @@ impl MongoStore {
                     // whether that group committed it).
                     return match got {
                         Ok(result) => result,
-                        Err(_) => self.write(&chunk).await,
+                        Err(_) => self.write_alone(&chunk).await,
                     };
                 }
                 permit = self.groups.slots.acquire() => {
@@ -107,7 +140,7 @@ impl MongoStore {
                         drop(_permit);
                         return match answer.await {
                             Ok(result) => result,
-                            Err(_) => self.write(&chunk).await,
+                            Err(_) => self.write_alone(&chunk).await,
                         };
                     }
                     self.commit_group(group).await;
@@ -118,10 +151,13 @@ impl MongoStore {
 
     /// Writes `group` in one transaction and answers each chunk. A chunk that cannot be
     /// grouped (in the ledger already, an existing key, a refused item) leaves the group and
-    /// runs alone, and the rest try again; any other failure sends every chunk alone.
+    /// runs alone, and the rest try again, [`GROUP_ATTEMPTS`] times at most; any other
+    /// failure sends every chunk alone.
     async fn commit_group(&self, mut group: Vec<(Arc<WriteChunk>, Reply)>) {
         let mut alone = Vec::new();
-        while group.len() > 1 {
+        let mut attempts = 0;
+        while group.len() > 1 && attempts < GROUP_ATTEMPTS {
+            attempts += 1;
             let chunks: Vec<&WriteChunk> = group.iter().map(|(c, _)| c.as_ref()).collect();
             match self.try_group(&chunks).await {
                 Ok(commits) => {
@@ -142,7 +178,7 @@ impl MongoStore {
         }
         alone.append(&mut group);
         let alone = alone.into_iter().map(|(chunk, reply)| async move {
-            let _ = reply.send(self.write(&chunk).await);
+            let _ = reply.send(self.write_alone(&chunk).await);
         });
         futures::future::join_all(alone).await;
     }
@@ -207,7 +243,7 @@ impl MongoStore {
                 .await
                 .map_err(|e| match e {
                     ApplyError::Item(_, e) => (vec![i], e),
-                    // An existing key (or a write conflict) is met by this chunk's writes.
+                    // This chunk's optimistic insert met an existing key.
                     ApplyError::Chunk(e) if e.code == writer::EXISTING_KEYS => (vec![i], e),
                     ApplyError::Chunk(e) => whole(e),
                 })?;

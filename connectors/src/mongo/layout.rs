@@ -10,7 +10,9 @@
 //! Collections written by versions of sluice before this layout (an ObjectId `_id` and a unique
 //! index `{key: 1}`) keep their layout: found at start-up by that index, or by a document with
 //! an ObjectId `_id`, they are keyed by the field as before. A collection is decided once, when
-//! sluice first sees it; both layouts hold the key field, so reads never depend on the layout.
+//! sluice first sees it, and the decision is recorded in `sluice_collections`, so every
+//! instance and every restart keys it the same way whatever appears in it later. A collection
+//! keyed by `_id` cannot change its key field (its `_id`s hold the old key): start-up refuses.
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
@@ -73,7 +75,7 @@ pub async fn prepare(
     parent_field: Option<&str>,
 ) -> Result<Keyed, StoreError> {
     let coll: Collection<Document> = db.collection(name);
-    let by_id = !older_layout(&coll, key).await?;
+    let by_id = recorded_layout(db, &coll, name, key).await?;
     let index = |keys: Document, unique: bool| {
         IndexModel::builder()
             .keys(keys)
@@ -94,6 +96,62 @@ pub async fn prepare(
         field: key.to_string(),
         by_id,
     })
+}
+
+/// The collections' layouts, as first decided.
+const LAYOUTS: &str = "sluice_collections";
+
+/// Whether `name` is keyed by `_id`: as recorded, or decided now from what the collection
+/// holds and recorded (the first instance to record it decides for all).
+async fn recorded_layout(
+    db: &Database,
+    coll: &Collection<Document>,
+    name: &str,
+    key: &str,
+) -> Result<bool, StoreError> {
+    let layouts: Collection<Document> = db.collection(LAYOUTS);
+    let recorded = match layouts
+        .find_one(doc! {"_id": name})
+        .await
+        .map_err(|e| classify(&e))?
+    {
+        Some(d) => d,
+        None => {
+            let by_id = !older_layout(coll, key).await?;
+            layouts
+                .update_one(
+                    doc! {"_id": name},
+                    doc! {"$setOnInsert": {"by_id": by_id, "key": key}},
+                )
+                .upsert(true)
+                .await
+                .map_err(|e| classify(&e))?;
+            layouts
+                .find_one(doc! {"_id": name})
+                .await
+                .map_err(|e| classify(&e))?
+                .ok_or_else(|| StoreError::transient("layout", "the recorded layout vanished"))?
+        }
+    };
+    let by_id = recorded.get_bool("by_id").unwrap_or(false);
+    let was = recorded.get_str("key").unwrap_or(key);
+    if by_id && was != key {
+        return Err(StoreError::permanent(
+            "key_changed",
+            format!(
+                "collection `{name}` keys its documents' _id by `{was}`, but its key is now \
+                 `{key}`: documents would not be found by the new key (restore the key, or \
+                 migrate the collection and delete its entry in {LAYOUTS})"
+            ),
+        ));
+    }
+    if !by_id && was != key {
+        layouts
+            .update_one(doc! {"_id": name}, doc! {"$set": {"key": key}})
+            .await
+            .map_err(|e| classify(&e))?;
+    }
+    Ok(by_id)
 }
 
 /// Whether `coll` was written in the older layout: it has a unique index on exactly `{key: 1}`,

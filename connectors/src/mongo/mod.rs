@@ -227,8 +227,9 @@ impl Store for MongoStore {
         self.claim_requests(claims, expires_at).await
     }
 
-    /// Up to `configured` transactions at once, and small create chunks waiting meanwhile
-    /// (up to `configured` groups' worth of items) to group into them ([`group`]).
+    /// Up to `configured` group transactions and `configured` chunks written alone at once,
+    /// and small create chunks waiting meanwhile (up to `configured` × 500 items) to be
+    /// grouped ([`group`]).
     fn write_limit(&self, configured: usize) -> WriteLimit {
         WriteLimit::Items(configured.saturating_mul(group::GROUP_MAX_ITEMS / 2))
     }
@@ -237,7 +238,7 @@ impl Store for MongoStore {
         if group::groupable(&chunk) {
             return self.write_grouped(chunk).await;
         }
-        self.write(&chunk).await
+        self.write_alone(&chunk).await
     }
 
     async fn settle(

@@ -199,3 +199,45 @@ async fn a_collection_of_the_older_layout_keeps_it() {
 async fn an_older_collection_without_its_index_keeps_its_layout() {
     older_layout_is_kept(false).await;
 }
+
+/// The layout is decided once per collection and recorded: an ObjectId document that shows up
+/// later (a manual insert, an older sluice) does not make the next instance key it otherwise,
+/// which would hide every document the first one wrote. A changed key field is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs SLUICE_TEST_MONGO: run scripts/test-all.sh"]
+async fn the_layout_is_recorded_once_for_every_instance() {
+    let db_name = fresh_database();
+    let first = mongo_connect_to(&mongo_uri(), &db_name).await;
+    seed(&first, "r-1", words(), vec![json!({"text": "apple"})]).await;
+    raw(&first, "words")
+        .insert_one(doc! {"_id": ObjectId::new(), "text": "odd"})
+        .await
+        .unwrap();
+    let second = mongo_connect_to(&mongo_uri(), &db_name).await;
+    let again = chunk(
+        "r-2",
+        Op::Create,
+        words(),
+        vec![json!({"text": "apple"})],
+        Options::default(),
+    );
+    let r = write(&second, again).await.unwrap();
+    assert_eq!(
+        code(&r, 0),
+        Some("exists"),
+        "the second instance finds the first one's document"
+    );
+    assert_eq!(
+        index_names(&raw(&second, "words")).await,
+        ["_id_"],
+        "no key index was added"
+    );
+    let moved = sluice_config::from_toml_str(&format!(
+        "[mongo]\nuri = '{}'\ndatabase = '{db_name}'\n[collections.words]\nkey = 'word'\n",
+        mongo_uri()
+    ))
+    .unwrap();
+    let refused = MongoStore::connect(moved.mongo.as_ref().unwrap(), &moved).await;
+    let e = refused.err().expect("a changed key is refused");
+    assert_eq!(e.code, "key_changed", "{e}");
+}
