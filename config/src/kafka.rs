@@ -71,9 +71,10 @@ pub struct KafkaConfig {
     /// before this instance reports not ready and rejoins the group (leaving makes the
     /// coordinator rebalance, which assigns every partition), in milliseconds. Normal
     /// rebalances leave partitions unowned for up to `session_timeout_ms` plus
-    /// `revoke_drain_ms`. Also how long this instance's consumer may reach no broker while a
-    /// fresh client reaches one before it rejoins with fresh clients (librdkafka can drop
-    /// every broker it knows when a single broker shuts down, and never reconnect).
+    /// `revoke_drain_ms`. Also caps how long (30 s by default) this instance's consumer may
+    /// reach no broker while a fresh client reaches one before it rejoins with fresh clients
+    /// (librdkafka can drop every broker it knows when a single broker shuts down, and never
+    /// reconnect).
     pub unowned_timeout_ms: u64,
     /// Topic names.
     pub topics: KafkaTopics,

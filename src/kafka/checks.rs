@@ -102,18 +102,36 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let limit = Duration::from_millis(k.unowned_timeout_ms);
-        let (mut unowned_dog, mut cut_off_dog) = (Watchdog::new(limit), Watchdog::new(limit));
+        let mut unowned_dog = Watchdog::new(limit);
+        let mut cut_off_dog = Watchdog::new(limit.min(CUT_OFF_AFTER));
         let mut reported: BTreeSet<i32> = BTreeSet::new();
-        let timeout = sluice_connectors::kafka::op_timeout(&k);
+        let (probe, timeout) = (timeout, sluice_connectors::kafka::op_timeout(&k));
         loop {
             tick.tick().await;
             let Some(consumer) = current.consumer() else {
                 continue;
             };
+            // First, can this member's own client fetch the cluster's metadata at all (a
+            // healthy one answers in milliseconds)? If not, can a fresh client?
             let (k2, own) = (k.clone(), consumer.clone());
-            let looked = tokio::task::spawn_blocking(move || look(&k2, &own, timeout)).await;
-            let (unowned, cut_off) = match looked {
-                Ok(Some((view, member_lag))) => {
+            let (own_ok, fresh_ok) = tokio::task::spawn_blocking(move || {
+                let own_ok = own.fetch_metadata(None, probe).is_ok();
+                (own_ok, own_ok || admin::check(&k2, timeout).is_ok())
+            })
+            .await
+            .unwrap_or((true, false));
+            let cut_off = cut_off_dog.observe(cut_off(own_ok, fresh_ok), Instant::now());
+            let looked = if own_ok {
+                let (k2, own) = (k.clone(), consumer.clone());
+                tokio::task::spawn_blocking(move || look(&k2, &own, timeout))
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
+            let unowned = match looked {
+                Some((view, member_lag)) => {
                     report_member_lag(&member_lag, &mut reported);
                     metrics::gauge!(GROUP_MEMBERS).set(view.members as f64);
                     metrics::gauge!(GROUP_UNOWNED).set(view.unowned.len() as f64);
@@ -127,27 +145,10 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
                             view.unowned, view.state
                         )
                     });
-                    let unowned = unowned_dog.observe(trouble, Instant::now());
-                    (unowned, cut_off_dog.observe(None, Instant::now()))
+                    unowned_dog.observe(trouble, Instant::now())
                 }
-                _ => {
-                    // This member's client could not describe the group: is the cluster
-                    // down (a fresh client fails too), a partition without a leader (the
-                    // member's own metadata request works), or is this client cut off?
-                    let k2 = k.clone();
-                    let (own_ok, fresh_ok) = tokio::task::spawn_blocking(move || {
-                        let own_ok = consumer.fetch_metadata(None, timeout).is_ok();
-                        (own_ok, own_ok || admin::check(&k2, timeout).is_ok())
-                    })
-                    .await
-                    .unwrap_or((true, false));
-                    let trouble = cut_off(own_ok, fresh_ok);
-                    // The group is not seen: the unowned watchdog keeps what it knew.
-                    (
-                        unowned_dog.last(),
-                        cut_off_dog.observe(trouble, Instant::now()),
-                    )
-                }
+                // The group is not seen: the unowned watchdog keeps what it knew.
+                None => unowned_dog.last(),
             };
             health.set_group(unowned.problem.clone().or(cut_off.problem.clone()));
             if unowned.rejoin || cut_off.rejoin {
@@ -163,6 +164,12 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
         }
     });
 }
+
+/// How long this member's client may fail to fetch metadata that a fresh client fetches
+/// before the member restarts with fresh clients (at most `kafka.unowned_timeout_ms`). A
+/// healthy client reconnects within its reconnect back-off (10 s at most) of the broker's
+/// return.
+const CUT_OFF_AFTER: Duration = Duration::from_secs(30);
 
 /// The cut-off trouble: this member's client cannot even fetch the cluster's metadata
 /// (`own_ok` false) while a fresh client can (`fresh_ok`).
