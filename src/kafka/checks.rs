@@ -112,24 +112,19 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
                 continue;
             };
             // First, can this member's own client fetch the cluster's metadata at all (a
-            // healthy one answers in milliseconds)? If not, can a fresh client?
-            let (k2, own) = (k.clone(), consumer.clone());
-            let (own_ok, fresh_ok) = tokio::task::spawn_blocking(move || {
-                let own_ok = own.fetch_metadata(None, probe).is_ok();
-                (own_ok, own_ok || admin::check(&k2, timeout).is_ok())
+            // healthy one answers in milliseconds)? If so, look at the group; if not, can a
+            // fresh client fetch it?
+            let k2 = k.clone();
+            let (own_ok, fresh_ok, looked) = tokio::task::spawn_blocking(move || {
+                if consumer.fetch_metadata(None, probe).is_ok() {
+                    (true, true, look(&k2, &consumer, timeout))
+                } else {
+                    (false, admin::check(&k2, timeout).is_ok(), None)
+                }
             })
             .await
-            .unwrap_or((true, false));
+            .unwrap_or((true, false, None));
             let cut_off = cut_off_dog.observe(cut_off(own_ok, fresh_ok), Instant::now());
-            let looked = if own_ok {
-                let (k2, own) = (k.clone(), consumer.clone());
-                tokio::task::spawn_blocking(move || look(&k2, &own, timeout))
-                    .await
-                    .ok()
-                    .flatten()
-            } else {
-                None
-            };
             let unowned = match looked {
                 Some((view, member_lag)) => {
                     report_member_lag(&member_lag, &mut reported);

@@ -7,8 +7,9 @@
 //! from the ledger. Two exceptions end the service instead: shutdown, and a producer fenced by
 //! another live process with the same `kafka.instance_id` (restarting would fence it back, and
 //! the two would take turns forever). A fencing of a transaction open longer than
-//! `kafka.transaction_timeout_ms` is the broker's timeout, not a twin: that run restarts. [`checks`] watches the broker, this member and the whole
-//! group, and makes the run rejoin when the group leaves partitions unowned.
+//! `kafka.transaction_timeout_ms` is the broker's timeout, not a twin: that run restarts.
+//! [`checks`] watches the broker, this member and the whole group, and makes the run rejoin
+//! when the group leaves partitions unowned or this member's client is cut off.
 
 pub mod checks;
 pub mod cli;

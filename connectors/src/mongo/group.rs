@@ -24,7 +24,7 @@ use sluice_pipeline::StoreError;
 use tokio::sync::{oneshot, Semaphore};
 
 use super::ledger::{encode_event, ledger_id};
-use super::{begin, classify, expires, writer, MongoStore};
+use super::{classify, expires, writer, MongoStore};
 
 /// Items one group transaction takes at most (unless its first chunk alone brings more).
 pub const GROUP_MAX_ITEMS: usize = 1000;
@@ -121,31 +121,27 @@ impl MongoStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back((chunk.clone(), reply));
-        loop {
+        let got = loop {
             tokio::select! {
                 biased;
-                got = &mut answer => {
-                    // The writer of its group was cancelled: write it alone (the ledger says
-                    // whether that group committed it).
-                    return match got {
-                        Ok(result) => result,
-                        Err(_) => self.write_alone(&chunk).await,
-                    };
-                }
+                got = &mut answer => break got,
                 permit = self.groups.slots.acquire() => {
                     let _permit = permit.map_err(|e| StoreError::permanent("closed", e.to_string()))?;
                     let group = self.groups.take();
                     if group.is_empty() {
                         // Another writer took this chunk: its answer comes.
                         drop(_permit);
-                        return match answer.await {
-                            Ok(result) => result,
-                            Err(_) => self.write_alone(&chunk).await,
-                        };
+                        break (&mut answer).await;
                     }
                     self.commit_group(group).await;
                 }
             }
+        };
+        match got {
+            Ok(result) => result,
+            // The writer of its group was cancelled: write it alone (the ledger says whether
+            // that group committed it).
+            Err(_) => self.write_alone(&chunk).await,
         }
     }
 
@@ -189,16 +185,7 @@ impl MongoStore {
         &self,
         chunks: &[&WriteChunk],
     ) -> Result<Vec<ChunkCommit>, (Vec<usize>, StoreError)> {
-        let mut session = self
-            .client
-            .start_session()
-            .await
-            .map_err(|e| (Vec::new(), classify(&e)))?;
-        self.sessions
-            .note(&session)
-            .await
-            .map_err(|e| (Vec::new(), e))?;
-        begin(&mut session).await.map_err(|e| (Vec::new(), e))?;
+        let mut session = self.transaction().await.map_err(|e| (Vec::new(), e))?;
         let result = self.group_transaction(&mut session, chunks).await;
         if result.is_err() {
             let _ = session.abort_transaction().await;

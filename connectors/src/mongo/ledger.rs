@@ -192,13 +192,7 @@ impl MongoStore {
         // A create chunk first tries without reading its keys (see `writer`).
         let mut optimistic = true;
         loop {
-            let mut session = self
-                .client
-                .start_session()
-                .await
-                .map_err(|e| classify(&e))?;
-            self.sessions.note(&session).await?;
-            begin(&mut session).await?;
+            let mut session = self.transaction().await?;
             match self
                 .transact(&mut session, chunk, id, failed_before, &refused, optimistic)
                 .await

@@ -133,6 +133,20 @@ async fn begin(session: &mut ClientSession) -> Result<(), StoreError> {
         .map_err(|e| classify(&e))
 }
 
+impl MongoStore {
+    /// A session of this instance (recorded, see [`sessions`]) with a chunk transaction begun.
+    async fn transaction(&self) -> Result<ClientSession, StoreError> {
+        let mut session = self
+            .client
+            .start_session()
+            .await
+            .map_err(|e| classify(&e))?;
+        self.sessions.note(&session).await?;
+        begin(&mut session).await?;
+        Ok(session)
+    }
+}
+
 fn expires(at: i64) -> DateTime {
     DateTime::from_millis(at.saturating_mul(1000).min(253_402_300_799_000))
 }
