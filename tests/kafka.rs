@@ -216,6 +216,9 @@ fn a_transaction_aborted_for_its_timeout_restarts_the_run_not_the_process() {
         std::thread::sleep(Duration::from_secs(25)); // > timeout + the broker's check interval
         unsafe { libc::kill(pid, libc::SIGCONT) };
     });
+    // Liveness after the pause: the restarted run owns every partition again (its expired
+    // session, the run's restart back-off, a rejoin), and everything finishes.
+    env.until_every_partition_owned(Duration::from_secs(60));
     let events = env.results(w.total, Duration::from_secs(180));
     assert!(
         a.try_wait().unwrap().is_none(),
