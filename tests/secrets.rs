@@ -237,11 +237,7 @@ fn stop(mut child: Child, log: &std::path::Path) -> String {
 #[test]
 #[ignore = "needs SLUICE_TEST_KAFKA: run scripts/test-all.sh"]
 fn a_running_service_prints_no_secret() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::http::free_port();
     let env = setup(
         "secrets",
         1,

@@ -1,21 +1,13 @@
 //! A running `sluice run --follow` with its HTTP listener, and plain HTTP helpers.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use super::*;
 
-/// A free local port (for `observability.listen`).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use super::services::free_port;
 
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()

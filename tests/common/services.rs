@@ -42,18 +42,26 @@ pub fn script(script: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A free local port for a server a test starts (a SecantusDB, a metrics listener).
+pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
 /// A free port whose successor (a broker's controller port) is free too.
 pub fn free_port_pair() -> u16 {
-    // Below the kernel's ephemeral range (32768 and up on Linux): no client connection is
-    // ever given one of these as its source port, so a broker stopped mid-test can bind them
-    // again. A port from the ephemeral range once failed a chaos run's broker restart
-    // ("Address already in use" on the controller port, taken meanwhile by an outgoing
-    // connection).
+    free_ports(2)
+}
+
+/// The first of `n` consecutive free ports. Below the kernel's ephemeral range (32768 and
+/// up on Linux): no client connection is ever given one of these as its source port, so a
+/// server started (or restarted) on it a moment later can bind it. Ports from the ephemeral
+/// range (`bind(0)`) once failed a chaos run's broker restart ("Address already in use" on
+/// the controller port, taken meanwhile by an outgoing connection) and, under load, the
+/// start of a conformance test's own SecantusDB.
+fn free_ports(n: u16) -> u16 {
     loop {
         let port = 20_000 + rand::random::<u16>() % 12_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
-        {
+        if (port..port + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return port;
         }
     }
@@ -104,12 +112,7 @@ pub struct OwnSecantus {
 
 impl OwnSecantus {
     pub fn start() -> OwnSecantus {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-            .to_string();
+        let port = free_port().to_string();
         script("secantus.sh", &["start", &port]);
         let uri = script("secantus.sh", &["uri", &port]);
         let pid =

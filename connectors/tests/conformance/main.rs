@@ -11,6 +11,7 @@
 //! - `model`: the document model — cascades, key types, byte budgets, literal `$` names;
 //! - `mongo`: MongoDB-only cases (chunks too large for one transaction, refused items);
 //! - `group`: MongoDB group commit — concurrent small creates end as if written alone;
+//! - `own`: a SecantusDB of a test's own (server settings, freezing);
 //! - `layout`: how MongoDB keys documents (`_id` = key), and collections of the older layout;
 //! - `property` (with `property_model`): generated requests on both stores and on a model.
 
@@ -19,6 +20,7 @@ mod group;
 mod layout;
 mod model;
 mod mongo;
+mod own;
 mod property;
 mod property_model;
 mod replay;

@@ -11,51 +11,24 @@ use sluice_pipeline::store::WriteChunk;
 use sluice_pipeline::Store;
 
 use crate::common::*;
-use crate::{mongo_connect, mongo_store, mongo_uri};
+use crate::own::OwnServer;
+use crate::{mongo_connect, mongo_store};
 
 /// A SecantusDB of its own with a 24 MiB cache: a transaction whose writes pass ~3.6 MB
 /// (counted twice, documents and oplog) fails with 388 `TransactionTooLargeForCache`, as
 /// mongod does when a transaction outgrows its cache. Stopped on drop.
 struct SmallCache {
-    port: String,
     store: Arc<MongoStore>,
-}
-
-impl Drop for SmallCache {
-    fn drop(&mut self) {
-        let _ = secantus(&["stop", &self.port], &[]);
-    }
-}
-
-fn secantus(args: &[&str], env: &[(&str, &str)]) -> String {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/secantus.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "secantus.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    _server: OwnServer,
 }
 
 async fn small_cache() -> SmallCache {
-    // Gated like the suite: SLUICE_TEST_MONGO says SecantusDB is installed here.
-    mongo_uri();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
-    secantus(&["start", &port], &[("SECANTUS_ARGS", "--cache-size 24M")]);
-    let uri = secantus(&["uri", &port], &[]);
-    let store = Arc::new(mongo_connect(&uri).await);
-    SmallCache { port, store }
+    let server = OwnServer::start("--cache-size 24M");
+    let store = Arc::new(mongo_connect(&server.uri).await);
+    SmallCache {
+        store,
+        _server: server,
+    }
 }
 
 /// A create chunk of 400 items of 10 KiB (keys `{id}{i}`): too large for one transaction
