@@ -34,6 +34,9 @@ pub const CREATE_FALLBACKS: &str = "sluice_create_existing_key_reruns_total";
 /// Writes (chunks, settlements, claim batches) one SQLite transaction carried: the store
 /// group-commits what waits for its one writer. Its `_count` is the transactions. Labels: none.
 pub const WRITES_PER_TRANSACTION: &str = "sluice_sqlite_writes_per_transaction";
+/// Chunks one MongoDB chunk transaction committed: small `create` chunks waiting at the same
+/// time share one (group commit). Its `_count` is the transactions. Labels: none.
+pub const CHUNKS_PER_TRANSACTION: &str = "sluice_mongo_chunks_per_transaction";
 /// Store errors. Labels: `kind`, `error_code`.
 pub const STORE_ERRORS: &str = "sluice_store_errors_total";
 /// Records waiting in the channel in front of a stage. Labels: `stage`.
@@ -103,9 +106,10 @@ pub const UPTIME: &str = "sluice_uptime_seconds";
 pub const STAGES: [&str; 5] = ["validate", "dedupe", "chunk", "execute", "commit"];
 
 /// Histograms and their buckets (exporters set them explicitly from this list).
-pub fn buckets() -> [(&'static str, &'static [f64]); 5] {
+pub fn buckets() -> [(&'static str, &'static [f64]); 6] {
     [
         (WRITES_PER_TRANSACTION, GROUP_BUCKETS),
+        (CHUNKS_PER_TRANSACTION, GROUP_BUCKETS),
         (CHUNK_DURATION, DURATION_BUCKETS),
         (STAGE_DURATION, DURATION_BUCKETS),
         (COMMIT_DURATION, DURATION_BUCKETS),
@@ -218,6 +222,10 @@ pub fn describe() {
     describe_histogram!(
         WRITES_PER_TRANSACTION,
         "Writes one SQLite transaction carried (group commit); _count is the transactions."
+    );
+    describe_histogram!(
+        CHUNKS_PER_TRANSACTION,
+        "Chunks one MongoDB chunk transaction committed (group commit); _count is the transactions."
     );
     describe_counter!(STORE_ERRORS, "Store errors by kind and code.");
     describe_gauge!(QUEUE_DEPTH, "Records waiting in front of a stage.");

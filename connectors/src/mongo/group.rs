@@ -14,11 +14,15 @@
 //! never changes what a chunk's items become.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mongodb::bson::{doc, Bson};
+use metrics::histogram;
+
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::ClientSession;
 use sluice_pipeline::contract::Op;
+use sluice_pipeline::metrics::CHUNKS_PER_TRANSACTION;
 use sluice_pipeline::store::{apply_items_with, ApplyError, ChunkCommit, WriteChunk};
 use sluice_pipeline::StoreError;
 use tokio::sync::{oneshot, Semaphore};
@@ -48,6 +52,8 @@ pub(super) struct Groups {
     queue: Mutex<VecDeque<(Arc<WriteChunk>, Reply)>>,
     slots: Semaphore,
     alone: Semaphore,
+    /// Chunks committed in a group transaction with at least one other chunk.
+    grouped: AtomicU64,
 }
 
 impl Groups {
@@ -58,6 +64,7 @@ impl Groups {
             queue: Mutex::new(VecDeque::new()),
             slots: Semaphore::new(slots.max(1)),
             alone: Semaphore::new(slots.max(1)),
+            grouped: AtomicU64::new(0),
         }
     }
 
@@ -99,6 +106,11 @@ pub(super) fn groupable(chunk: &WriteChunk) -> bool {
 }
 
 impl MongoStore {
+    /// How many chunks were committed sharing a transaction with other chunks, since start.
+    pub fn grouped_chunks(&self) -> u64 {
+        self.groups.grouped.load(Ordering::Relaxed)
+    }
+
     /// Writes `chunk` alone, in one of the `execute.write_concurrency` slots for that.
     pub(super) async fn write_alone(&self, chunk: &WriteChunk) -> Result<ChunkCommit, StoreError> {
         let _slot = self
@@ -107,7 +119,11 @@ impl MongoStore {
             .acquire()
             .await
             .map_err(|e| StoreError::permanent("closed", e.to_string()))?;
-        self.write(chunk).await
+        let written = self.write(chunk).await;
+        if matches!(&written, Ok(c) if !c.replayed) {
+            histogram!(CHUNKS_PER_TRANSACTION).record(1.0);
+        }
+        written
     }
 
     /// Writes `chunk` in a group transaction with the chunks waiting beside it.
@@ -157,6 +173,10 @@ impl MongoStore {
             let chunks: Vec<&WriteChunk> = group.iter().map(|(c, _)| c.as_ref()).collect();
             match self.try_group(&chunks).await {
                 Ok(commits) => {
+                    histogram!(CHUNKS_PER_TRANSACTION).record(group.len() as f64);
+                    self.groups
+                        .grouped
+                        .fetch_add(group.len() as u64, Ordering::Relaxed);
                     for ((_, reply), commit) in group.drain(..).zip(commits) {
                         let _ = reply.send(Ok(commit));
                     }
@@ -221,17 +241,19 @@ impl MongoStore {
         }
         let mut entries = Vec::with_capacity(chunks.len());
         let mut commits = Vec::with_capacity(chunks.len());
+        // Every chunk's inserts, per collection, with the chunk each document came from:
+        // one `insertMany` per collection for the whole group.
+        let mut inserts: BTreeMap<String, (Vec<Document>, Vec<usize>)> = BTreeMap::new();
         let none = BTreeMap::new();
         for (i, (chunk, id)) in chunks.iter().zip(ids).enumerate() {
             let mut w = writer::MongoWriter::new(&self.db, &mut *session, &self.keys, chunk, true)
                 .await
                 .map_err(whole)?;
+            w.defer_inserts();
             let applied = apply_items_with(chunk, &mut w, false, &none)
                 .await
                 .map_err(|e| match e {
                     ApplyError::Item(_, e) => (vec![i], e),
-                    // This chunk's optimistic insert met an existing key.
-                    ApplyError::Chunk(e) if e.code == writer::EXISTING_KEYS => (vec![i], e),
                     ApplyError::Chunk(e) => whole(e),
                 })?;
             if applied.rollback {
@@ -239,6 +261,11 @@ impl MongoStore {
                     vec![i],
                     StoreError::transient("grouped_rollback", "goes alone"),
                 ));
+            }
+            if let Some(mine) = w.take_inserts() {
+                let (docs, owners) = inserts.entry(mine.collection).or_default();
+                owners.extend(std::iter::repeat_n(i, mine.docs.len()));
+                docs.extend(mine.docs);
             }
             entries.push(doc! {
                 "_id": id,
@@ -249,6 +276,27 @@ impl MongoStore {
                 event: applied.event,
                 replayed: false,
             });
+        }
+        for (collection, (docs, owners)) in inserts {
+            let written = self
+                .db
+                .collection::<Document>(&collection)
+                .insert_many(docs)
+                .session(&mut *session)
+                .await;
+            if let Err(e) = written {
+                // The chunk whose document met an existing key (maybe another chunk's of this
+                // group) or was refused leaves the group and runs alone, which decides its
+                // items exactly as without the group.
+                let failed = writer::insert_failed(&e, true);
+                let owner = failed.doc.and_then(|d| owners.get(d)).copied();
+                return Err(match owner {
+                    Some(i) if failed.refused || failed.error.code == writer::EXISTING_KEYS => {
+                        (vec![i], failed.error)
+                    }
+                    _ => whole(failed.error),
+                });
+            }
         }
         self.ledger()
             .insert_many(entries)

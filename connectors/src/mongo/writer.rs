@@ -53,6 +53,59 @@ pub struct MongoWriter<'a> {
     pending_collection: Option<String>,
     /// Existing keys were not read: a duplicate on insert is [`EXISTING_KEYS`].
     optimistic: bool,
+    /// `flush` leaves the inserts for [`MongoWriter::take_inserts`] (a group transaction
+    /// writes every chunk's inserts with one `insertMany`).
+    deferred: bool,
+}
+
+/// The inserts a chunk left for its group: the collection and the documents.
+pub struct Inserts {
+    pub collection: String,
+    pub docs: Vec<Document>,
+}
+
+/// What a failed `insertMany` was about.
+pub struct InsertFailed {
+    /// The batch index of the document the server named, when it is that document's own
+    /// failure: a duplicate key, or a document the server refuses ([`refused`](Self::refused)).
+    pub doc: Option<usize>,
+    /// The document itself is refused: its item fails alone.
+    pub refused: bool,
+    pub error: StoreError,
+}
+
+/// Reads a failed `insertMany` of a `create`: a duplicate key is [`EXISTING_KEYS`] when the
+/// existing keys were not read (`optimistic`), else `duplicate_key` (another transaction
+/// inserted one since the read); both transient, since the transaction is aborted and the
+/// chunk runs again.
+pub fn insert_failed(e: &mongodb::error::Error, optimistic: bool) -> InsertFailed {
+    let mut write_errors = match e.kind.as_ref() {
+        ErrorKind::InsertMany(m) => m.write_errors.as_deref().unwrap_or_default(),
+        _ => &[],
+    }
+    .iter();
+    if is_duplicate_key(e) {
+        let code = if optimistic {
+            EXISTING_KEYS
+        } else {
+            "duplicate_key"
+        };
+        return InsertFailed {
+            doc: write_errors.find(|w| w.code == 11000).map(|w| w.index),
+            refused: false,
+            error: StoreError::transient(code, e.to_string()),
+        };
+    }
+    let error = classify(e);
+    let doc = write_errors
+        .find(|w| w.code != 11000)
+        .filter(|_| refuses_item(&error))
+        .map(|w| w.index);
+    InsertFailed {
+        doc,
+        refused: doc.is_some(),
+        error,
+    }
 }
 
 impl<'a> MongoWriter<'a> {
@@ -113,7 +166,24 @@ impl<'a> MongoWriter<'a> {
             pending_items: Vec::new(),
             pending_collection: None,
             optimistic,
+            deferred: false,
         })
+    }
+
+    /// Leaves the chunk's inserts to the caller instead of writing them at `flush`.
+    pub fn defer_inserts(&mut self) {
+        self.deferred = true;
+    }
+
+    /// The inserts `flush` left (see [`MongoWriter::defer_inserts`]).
+    pub fn take_inserts(&mut self) -> Option<Inserts> {
+        let collection = self.pending_collection.take()?;
+        self.pending_items.clear();
+        Some(Inserts {
+            collection,
+            docs: std::mem::take(&mut self.pending),
+        })
+        .filter(|i| !i.docs.is_empty())
     }
 
     fn coll(&self, name: &str) -> Result<Collection<Document>, StoreError> {
@@ -167,33 +237,21 @@ impl ItemWriter for MongoWriter<'_> {
     }
 
     async fn flush(&mut self) -> Result<(), ApplyError> {
+        if self.deferred {
+            return Ok(());
+        }
         if let (Some(name), false) = (&self.pending_collection, self.pending.is_empty()) {
             let coll = self.coll(name)?;
             let docs = std::mem::take(&mut self.pending);
             let items = std::mem::take(&mut self.pending_items);
             if let Err(e) = coll.insert_many(docs).session(&mut *self.session).await {
-                if is_duplicate_key(&e) {
-                    // Optimistic: a key exists; pessimistic: another transaction inserted one
-                    // since our read. Either way the transaction is aborted and the chunk runs
-                    // again, reading (again) which keys exist.
-                    let code = if self.optimistic {
-                        EXISTING_KEYS
-                    } else {
-                        "duplicate_key"
-                    };
-                    return Err(StoreError::transient(code, e.to_string()).into());
+                let failed = insert_failed(&e, self.optimistic);
+                // A document the server refuses on its own fails alone.
+                let item = failed.doc.and_then(|d| items.get(d)).copied();
+                if let (true, Some(item)) = (failed.refused, item.filter(|i| *i != usize::MAX)) {
+                    return Err(ApplyError::Item(item, failed.error));
                 }
-                let classified = classify(&e);
-                if let ErrorKind::InsertMany(m) = e.kind.as_ref() {
-                    // A document the server refuses on its own fails alone.
-                    let refused = m.write_errors.iter().flatten().find(|w| w.code != 11000);
-                    if let (Some(w), true) = (refused, refuses_item(&classified)) {
-                        if let Some(&item) = items.get(w.index).filter(|i| **i != usize::MAX) {
-                            return Err(ApplyError::Item(item, classified));
-                        }
-                    }
-                }
-                return Err(classified.into());
+                return Err(failed.error.into());
             }
         }
         Ok(())

@@ -83,4 +83,232 @@ async fn concurrent_small_creates_each_end_as_if_alone() {
         41,
         "one ledger entry per chunk"
     );
+    assert!(
+        store.grouped_chunks() > 1,
+        "40 chunks written at once share transactions"
+    );
+}
+
+/// `n` chunks `{prefix}-{i}` of 5 new keys each, `edit` changing some of them.
+fn small_creates(
+    prefix: &str,
+    n: usize,
+    edit: impl Fn(usize, &mut Vec<serde_json::Value>, &mut Options),
+) -> Vec<Arc<sluice_pipeline::store::WriteChunk>> {
+    (0..n)
+        .map(|i| {
+            let mut items: Vec<_> = (0..5)
+                .map(|j| json!({"text": format!("{prefix}{i}-{j}")}))
+                .collect();
+            let mut options = Options::default();
+            edit(i, &mut items, &mut options);
+            chunk(
+                &format!("{prefix}-{i}"),
+                Op::Create,
+                words(),
+                items,
+                options,
+            )
+        })
+        .collect()
+}
+
+/// Writes every chunk at once, each in a task of its own, and returns their commits in order.
+async fn write_all(
+    store: &Arc<sluice_connectors::mongo::MongoStore>,
+    chunks: &[Arc<sluice_pipeline::store::WriteChunk>],
+) -> Vec<sluice_pipeline::store::ChunkCommit> {
+    let writes = chunks.iter().map(|c| {
+        let (store, c) = (store.clone(), c.clone());
+        tokio::spawn(async move { write(&*store, c).await.unwrap() })
+    });
+    futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+/// Two chunks of one group creating the same key: the second meets the first's document in
+/// the group's `insertMany`, leaves the group and ends as it would alone, `exists`, while the
+/// rest of the group commits. A `skip_existing` chunk reads its keys first, in the group as
+/// alone, and reports the existing one `skipped`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs SLUICE_TEST_MONGO: run scripts/test-all.sh"]
+async fn grouped_chunks_meeting_each_other_or_skip_existing_end_as_if_alone() {
+    let store = Arc::new(mongo_store().await);
+    seed(&*store, "k-seed", words(), vec![json!({"text": "taken"})]).await;
+    let chunks = small_creates("k", 30, |i, items, options| match i {
+        4 | 11 => items[1] = json!({"text": "twin"}),
+        20 => {
+            items[0] = json!({"text": "taken"});
+            options.skip_existing = true;
+        }
+        21 => options.skip_existing = true,
+        _ => {}
+    });
+    let commits = write_all(&store, &chunks).await;
+    let twins = [&commits[4], &commits[11]];
+    let twin_statuses: Vec<_> = twins.iter().map(|c| statuses(c)[1]).collect();
+    assert!(
+        twin_statuses.contains(&ItemStatus::Ok) && twin_statuses.contains(&ItemStatus::Failed),
+        "one twin applied, the other failed: {twin_statuses:?}"
+    );
+    let loser = twins.iter().find(|c| statuses(c)[1] == ItemStatus::Failed);
+    assert_eq!(code(loser.unwrap(), 1), Some("exists"));
+    for (i, commit) in commits.iter().enumerate() {
+        let want: Vec<ItemStatus> = (0..5)
+            .map(|j| match (i, j) {
+                (20, 0) => ItemStatus::Skipped,
+                (4 | 11, 1) => statuses(commit)[1],
+                _ => ItemStatus::Ok,
+            })
+            .collect();
+        assert_eq!(statuses(commit), want, "chunk {i}");
+        assert!(!commit.replayed, "chunk {i}");
+    }
+    let words = store.database().collection::<Document>("words");
+    assert_eq!(
+        words.count_documents(doc! {}).await.unwrap(),
+        1 + 30 * 5 - 2,
+        "every new key once: the twin once, the taken key not again"
+    );
+    assert!(
+        store.grouped_chunks() > 1,
+        "some chunks shared a transaction"
+    );
+}
+
+/// Writers cancelled at arbitrary points (in the queue, writing alone, in a group) leave no
+/// other chunk waiting, and writing a cancelled chunk again, as the pipeline's retry does,
+/// applies nothing twice: the ledger says what a cancelled transaction committed. (Timing
+/// decides which points are hit; the cancelled leader has a test of its own below.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs SLUICE_TEST_MONGO: run scripts/test-all.sh"]
+async fn cancelled_group_writers_strand_no_chunk_and_apply_nothing_twice() {
+    let store = Arc::new(mongo_store().await);
+    let mut all = Vec::new();
+    for (round, delay_ms) in [0u64, 2, 5, 10, 20].into_iter().enumerate() {
+        let chunks = small_creates(&format!("c{round}x"), 30, |_, _, _| {});
+        let tasks: Vec<_> = chunks
+            .iter()
+            .map(|c| {
+                let (store, c) = (store.clone(), c.clone());
+                tokio::spawn(async move { write(&*store, c).await.unwrap() })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        for task in tasks.iter().step_by(3) {
+            task.abort();
+        }
+        // The others finish within a bound, whoever led their group.
+        let finished = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            futures::future::join_all(tasks),
+        )
+        .await
+        .expect("every chunk not cancelled is answered within 60 s");
+        for (i, (done, chunk)) in finished.into_iter().zip(chunks).enumerate() {
+            all.push((chunk, done.is_ok()));
+            match done {
+                Ok(commit) => assert_eq!(statuses(&commit), vec![ItemStatus::Ok; 5]),
+                Err(e) => assert!(e.is_cancelled() && i % 3 == 0, "chunk {i}: {e}"),
+            }
+        }
+    }
+    // Every chunk written again, as a retry would: the answered ones replay their event,
+    // the cancelled ones replay or apply now, and none applies twice.
+    let chunks: Vec<_> = all.iter().map(|(c, _)| c.clone()).collect();
+    for (commit, (chunk, answered)) in write_all(&store, &chunks).await.iter().zip(&all) {
+        assert_eq!(statuses(commit), vec![ItemStatus::Ok; 5]);
+        if *answered {
+            assert!(
+                commit.replayed,
+                "{} committed before",
+                chunk.request.request_id
+            );
+        }
+    }
+    let db = store.database();
+    assert_eq!(
+        db.collection::<Document>("words")
+            .count_documents(doc! {})
+            .await
+            .unwrap(),
+        5 * 30 * 5,
+        "every key once"
+    );
+    assert_eq!(
+        db.collection::<Document>("sluice_ledger")
+            .count_documents(doc! {})
+            .await
+            .unwrap(),
+        5 * 30,
+        "one ledger entry per chunk"
+    );
+}
+
+/// The writer leading a group transaction is cancelled while the server does not answer:
+/// the chunks it took are not stranded — each is written alone once the server answers —
+/// and writing the cancelled chunks again, as a retry would, applies each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs SLUICE_TEST_MONGO: run scripts/test-all.sh"]
+async fn a_cancelled_group_leader_strands_none_of_its_chunks() {
+    use std::time::Duration;
+    use tokio::time::sleep;
+    let server = crate::own::OwnServer::start("");
+    // One group slot and one slot for chunks written alone: who leads is set by arrival.
+    let config = sluice_config::from_toml_str(&format!(
+        "[mongo]\nuri = '{}'\ndatabase = 'leader'\n[execute]\nwrite_concurrency = 1\n{COLLECTIONS}",
+        server.uri
+    ))
+    .unwrap();
+    let store = Arc::new(
+        sluice_connectors::mongo::MongoStore::connect(config.mongo.as_ref().unwrap(), &config)
+            .await
+            .unwrap(),
+    );
+    seed(&*store, "l-seed", words(), vec![json!({"text": "warm"})]).await;
+    let chunks = small_creates("l", 4, |_, _, _| {});
+    let spawn = |c: &Arc<sluice_pipeline::store::WriteChunk>| {
+        let (store, c) = (store.clone(), c.clone());
+        tokio::spawn(async move { write(&*store, c).await.unwrap() })
+    };
+    server.freeze(true);
+    // A takes the group slot and, a group of one, writes alone: it waits for the server.
+    let a = spawn(&chunks[0]);
+    sleep(Duration::from_millis(300)).await;
+    // B, C and D queue behind it, B first.
+    let b = spawn(&chunks[1]);
+    sleep(Duration::from_millis(100)).await;
+    let (c, d) = (spawn(&chunks[2]), spawn(&chunks[3]));
+    sleep(Duration::from_millis(200)).await;
+    // A gone: B takes the slot and leads the group B, C, D, which waits for the server.
+    a.abort();
+    sleep(Duration::from_millis(300)).await;
+    // B gone: C and D have lost their leader.
+    b.abort();
+    sleep(Duration::from_millis(100)).await;
+    server.freeze(false);
+    let (c, d) = tokio::time::timeout(Duration::from_secs(30), async {
+        (c.await.unwrap(), d.await.unwrap())
+    })
+    .await
+    .expect("the chunks of a cancelled leader are written within 30 s of the server's return");
+    for commit in [&c, &d] {
+        assert_eq!(statuses(commit), vec![ItemStatus::Ok; 5]);
+        assert!(!commit.replayed, "nothing committed them before");
+    }
+    for again in write_all(&store, &chunks).await {
+        assert_eq!(statuses(&again), vec![ItemStatus::Ok; 5]);
+    }
+    let db = store.database();
+    assert_eq!(
+        db.collection::<Document>("words")
+            .count_documents(doc! {})
+            .await
+            .unwrap(),
+        1 + 4 * 5,
+        "every key once"
+    );
 }
