@@ -5,15 +5,17 @@
 //! snapshot) besides the documents, which small requests pay per handful of documents. So a
 //! chunk joins a queue; whoever holds one of the `execute.write_concurrency` transaction slots
 //! takes every chunk queued (up to [`GROUP_MAX_ITEMS`] items) and writes them together: one
-//! ledger look-up for all, each chunk's items applied as if alone (the same `ItemWriter`), one
-//! `insertMany` of the ledger entries, one commit. The group is all or nothing and only for
-//! the plain case: a chunk already in the ledger, meeting an existing key or holding an item
-//! the server refuses aborts it, leaves it and runs alone, exactly as without grouping, while
-//! the rest try again together; any other failure (a conflict, the commit) sends every chunk
-//! alone (the ledger makes that safe even after a commit whose result was unknown). So a group
-//! never changes what a chunk's items become.
+//! ledger look-up for all, each chunk's items decided as if the chunks ran one after another
+//! (the same `ItemWriter`; a key an earlier chunk of the group inserts exists for the later
+//! ones), one `insertMany` per collection of every chunk's documents, one of the ledger
+//! entries, one commit. The group is all or nothing and only for the plain case: a chunk
+//! already in the ledger, meeting a key that exists in the store or holding an item the
+//! server refuses aborts it, leaves it and runs alone, exactly as without grouping, while the
+//! rest try again together; any other failure (a conflict, the commit) sends every chunk
+//! alone (the ledger makes that safe even after a commit whose result was unknown). So a
+//! group never changes what a chunk's items become.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +25,7 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::ClientSession;
 use sluice_pipeline::contract::Op;
 use sluice_pipeline::metrics::CHUNKS_PER_TRANSACTION;
+use sluice_pipeline::request::Key;
 use sluice_pipeline::store::{apply_items_with, ApplyError, ChunkCommit, WriteChunk};
 use sluice_pipeline::StoreError;
 use tokio::sync::{oneshot, Semaphore};
@@ -242,14 +245,19 @@ impl MongoStore {
         let mut entries = Vec::with_capacity(chunks.len());
         let mut commits = Vec::with_capacity(chunks.len());
         // Every chunk's inserts, per collection, with the chunk each document came from:
-        // one `insertMany` per collection for the whole group.
+        // one `insertMany` per collection for the whole group; and their keys, which exist
+        // for the chunks after (as they would if the chunks were written one by one).
         let mut inserts: BTreeMap<String, (Vec<Document>, Vec<usize>)> = BTreeMap::new();
+        let mut queued: HashMap<String, HashSet<Key>> = HashMap::new();
         let none = BTreeMap::new();
         for (i, (chunk, id)) in chunks.iter().zip(ids).enumerate() {
             let mut w = writer::MongoWriter::new(&self.db, &mut *session, &self.keys, chunk, true)
                 .await
                 .map_err(whole)?;
             w.defer_inserts();
+            if let Some(keys) = queued.get(&chunk.target.collection) {
+                w.also_existing(keys);
+            }
             let applied = apply_items_with(chunk, &mut w, false, &none)
                 .await
                 .map_err(|e| match e {
@@ -263,6 +271,10 @@ impl MongoStore {
                 ));
             }
             if let Some(mine) = w.take_inserts() {
+                queued
+                    .entry(mine.collection.clone())
+                    .or_default()
+                    .extend(mine.keys);
                 let (docs, owners) = inserts.entry(mine.collection).or_default();
                 owners.extend(std::iter::repeat_n(i, mine.docs.len()));
                 docs.extend(mine.docs);
@@ -285,16 +297,14 @@ impl MongoStore {
                 .session(&mut *session)
                 .await;
             if let Err(e) = written {
-                // The chunk whose document met an existing key (maybe another chunk's of this
-                // group) or was refused leaves the group and runs alone, which decides its
-                // items exactly as without the group.
+                // The chunk whose document met a key that exists in the store, or was refused,
+                // leaves the group and runs alone, which decides its items exactly as without
+                // the group. (`true`: what matters is the document the server names, not
+                // whether its chunk had read its keys.)
                 let failed = writer::insert_failed(&e, true);
-                let owner = failed.doc.and_then(|d| owners.get(d)).copied();
-                return Err(match owner {
-                    Some(i) if failed.refused || failed.error.code == writer::EXISTING_KEYS => {
-                        (vec![i], failed.error)
-                    }
-                    _ => whole(failed.error),
+                return Err(match failed.doc.and_then(|d| owners.get(d)) {
+                    Some(&i) => (vec![i], failed.error),
+                    None => whole(failed.error),
                 });
             }
         }

@@ -46,10 +46,12 @@ pub struct MongoWriter<'a> {
     /// The chunk's items by key (the first with each key), to name a refused insert's item.
     items: HashMap<Key, usize>,
     /// Inserts of the chunk, written with one `insertMany` at `flush` (a create chunk only
-    /// inserts, and the existence check above already decided each item's status), with the
-    /// index of the item each came from.
+    /// inserts, and the existence check above already decided each item's status) or left to
+    /// the chunk's group ([`MongoWriter::defer_inserts`]), with the index of the item each
+    /// came from, and (deferred) its key.
     pending: Vec<Document>,
     pending_items: Vec<usize>,
+    pending_keys: Vec<Key>,
     pending_collection: Option<String>,
     /// Existing keys were not read: a duplicate on insert is [`EXISTING_KEYS`].
     optimistic: bool,
@@ -58,16 +60,18 @@ pub struct MongoWriter<'a> {
     deferred: bool,
 }
 
-/// The inserts a chunk left for its group: the collection and the documents.
+/// The inserts a chunk left for its group: the collection, the documents and their keys.
 pub struct Inserts {
     pub collection: String,
     pub docs: Vec<Document>,
+    pub keys: Vec<Key>,
 }
 
 /// What a failed `insertMany` was about.
 pub struct InsertFailed {
-    /// The batch index of the document the server named, when it is that document's own
-    /// failure: a duplicate key, or a document the server refuses ([`refused`](Self::refused)).
+    /// The index (in the whole `insertMany` input) of the document the server named, when it
+    /// is that document's own failure: a duplicate key, or a document the server refuses
+    /// ([`refused`](Self::refused)).
     pub doc: Option<usize>,
     /// The document itself is refused: its item fails alone.
     pub refused: bool,
@@ -164,6 +168,7 @@ impl<'a> MongoWriter<'a> {
             items,
             pending: Vec::new(),
             pending_items: Vec::new(),
+            pending_keys: Vec::new(),
             pending_collection: None,
             optimistic,
             deferred: false,
@@ -175,6 +180,12 @@ impl<'a> MongoWriter<'a> {
         self.deferred = true;
     }
 
+    /// Counts `keys` as existing: inserted earlier in this transaction (by the chunks before
+    /// this one in its group), though not yet sent to the server.
+    pub fn also_existing<'k>(&mut self, keys: impl IntoIterator<Item = &'k Key>) {
+        self.existing.extend(keys.into_iter().cloned());
+    }
+
     /// The inserts `flush` left (see [`MongoWriter::defer_inserts`]).
     pub fn take_inserts(&mut self) -> Option<Inserts> {
         let collection = self.pending_collection.take()?;
@@ -182,6 +193,7 @@ impl<'a> MongoWriter<'a> {
         Some(Inserts {
             collection,
             docs: std::mem::take(&mut self.pending),
+            keys: std::mem::take(&mut self.pending_keys),
         })
         .filter(|i| !i.docs.is_empty())
     }
@@ -231,6 +243,9 @@ impl ItemWriter for MongoWriter<'_> {
         self.pending.push(stored);
         self.pending_items
             .push(self.items.get(key).copied().unwrap_or(usize::MAX));
+        if self.deferred {
+            self.pending_keys.push(key.clone());
+        }
         self.pending_collection = Some(t.collection.clone());
         self.existing.insert(key.clone());
         Ok(Inserted::Inserted)

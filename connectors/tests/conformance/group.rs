@@ -129,10 +129,9 @@ async fn write_all(
         .collect()
 }
 
-/// Two chunks of one group creating the same key: the second meets the first's document in
-/// the group's `insertMany`, leaves the group and ends as it would alone, `exists`, while the
-/// rest of the group commits. A `skip_existing` chunk reads its keys first, in the group as
-/// alone, and reports the existing one `skipped`.
+/// Two chunks written at once creating the same key: one applies it, the other reports
+/// `exists`, as if written one after the other (in one group, or in two). A `skip_existing`
+/// chunk reads its keys first, in a group as alone, and reports the stored one `skipped`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs SLUICE_TEST_MONGO: run scripts/test-all.sh"]
 async fn grouped_chunks_meeting_each_other_or_skip_existing_end_as_if_alone() {
@@ -248,6 +247,80 @@ async fn cancelled_group_writers_strand_no_chunk_and_apply_nothing_twice() {
     );
 }
 
+/// A store on `server` with one group slot and one slot for chunks written alone (who leads
+/// a group is set by arrival), warmed up by one write (`warm`).
+async fn one_slot_store(
+    server: &crate::own::OwnServer,
+) -> Arc<sluice_connectors::mongo::MongoStore> {
+    let config = sluice_config::from_toml_str(&format!(
+        "[mongo]\nuri = '{}'\ndatabase = 'one_slot'\n[execute]\nwrite_concurrency = 1\n{COLLECTIONS}",
+        server.uri
+    ))
+    .unwrap();
+    let store = Arc::new(
+        sluice_connectors::mongo::MongoStore::connect(config.mongo.as_ref().unwrap(), &config)
+            .await
+            .unwrap(),
+    );
+    seed(&*store, "seed", words(), vec![json!({"text": "warm"})]).await;
+    store
+}
+
+/// Chunks of one group that create the same key are decided as if written one after another,
+/// inside the group: the first applies it; a later plain create reports `exists` and a later
+/// `skip_existing` one `skipped`, though the earlier chunk's document has not reached the
+/// server yet (the group sends every document at the end). No chunk leaves the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs SLUICE_TEST_MONGO: run scripts/test-all.sh"]
+async fn a_key_an_earlier_chunk_of_the_group_creates_exists_for_the_later_ones() {
+    use std::time::Duration;
+    let server = crate::own::OwnServer::start("");
+    let store = one_slot_store(&server).await;
+    let chunks = small_creates("s", 5, |i, items, options| {
+        match i {
+            1 | 2 => items[0] = json!({"text": "shared"}),
+            3 | 4 => items[0] = json!({"text": "other"}),
+            _ => {}
+        }
+        options.skip_existing = i == 2;
+    });
+    let spawn = |c: &Arc<sluice_pipeline::store::WriteChunk>| {
+        let (store, c) = (store.clone(), c.clone());
+        tokio::spawn(async move { write(&*store, c).await.unwrap() })
+    };
+    server.freeze(true);
+    // Chunk 0 holds the one group slot, written alone, while 1–4 queue in order behind it.
+    let mut tasks = vec![spawn(&chunks[0])];
+    for c in &chunks[1..] {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tasks.push(spawn(c));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.freeze(false);
+    let mut commits = Vec::new();
+    for t in tasks {
+        commits.push(t.await.unwrap());
+    }
+    let first: Vec<_> = commits.iter().map(|c| statuses(c)[0]).collect();
+    assert_eq!(
+        first,
+        vec![
+            ItemStatus::Ok,
+            ItemStatus::Ok,
+            ItemStatus::Skipped,
+            ItemStatus::Ok,
+            ItemStatus::Failed
+        ],
+        "chunk 1 creates `shared`, 2 skips it; 3 creates `other`, 4 finds it"
+    );
+    assert_eq!(code(&commits[4], 0), Some("exists"));
+    assert_eq!(
+        store.grouped_chunks(),
+        4,
+        "chunks 1-4 committed in one group, none left it"
+    );
+}
+
 /// The writer leading a group transaction is cancelled while the server does not answer:
 /// the chunks it took are not stranded — each is written alone once the server answers —
 /// and writing the cancelled chunks again, as a retry would, applies each once.
@@ -257,18 +330,7 @@ async fn a_cancelled_group_leader_strands_none_of_its_chunks() {
     use std::time::Duration;
     use tokio::time::sleep;
     let server = crate::own::OwnServer::start("");
-    // One group slot and one slot for chunks written alone: who leads is set by arrival.
-    let config = sluice_config::from_toml_str(&format!(
-        "[mongo]\nuri = '{}'\ndatabase = 'leader'\n[execute]\nwrite_concurrency = 1\n{COLLECTIONS}",
-        server.uri
-    ))
-    .unwrap();
-    let store = Arc::new(
-        sluice_connectors::mongo::MongoStore::connect(config.mongo.as_ref().unwrap(), &config)
-            .await
-            .unwrap(),
-    );
-    seed(&*store, "l-seed", words(), vec![json!({"text": "warm"})]).await;
+    let store = one_slot_store(&server).await;
     let chunks = small_creates("l", 4, |_, _, _| {});
     let spawn = |c: &Arc<sluice_pipeline::store::WriteChunk>| {
         let (store, c) = (store.clone(), c.clone());
