@@ -35,7 +35,8 @@ pub const CREATE_FALLBACKS: &str = "sluice_create_existing_key_reruns_total";
 /// group-commits what waits for its one writer. Its `_count` is the transactions. Labels: none.
 pub const WRITES_PER_TRANSACTION: &str = "sluice_sqlite_writes_per_transaction";
 /// Chunks one MongoDB chunk transaction committed: small `create` chunks waiting at the same
-/// time share one (group commit). Its `_count` is the transactions. Labels: none.
+/// time share one (group commit). Its `_count` is the transactions (a chunk too large for one
+/// transaction, written in parts, counts as one). Labels: none.
 pub const CHUNKS_PER_TRANSACTION: &str = "sluice_mongo_chunks_per_transaction";
 /// Store errors. Labels: `kind`, `error_code`.
 pub const STORE_ERRORS: &str = "sluice_store_errors_total";
@@ -225,7 +226,7 @@ pub fn describe() {
     );
     describe_histogram!(
         CHUNKS_PER_TRANSACTION,
-        "Chunks one MongoDB chunk transaction committed (group commit); _count is the transactions."
+        "Chunks one MongoDB chunk transaction committed (group commit); _count is the transactions (a chunk written in parts counts once)."
     );
     describe_counter!(STORE_ERRORS, "Store errors by kind and code.");
     describe_gauge!(QUEUE_DEPTH, "Records waiting in front of a stage.");
