@@ -113,13 +113,18 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
             };
             // First, can this member's own client fetch the cluster's metadata at all (a
             // healthy one answers in milliseconds)? If so, look at the group; if not, can a
-            // fresh client fetch it?
+            // fresh client fetch it? And when the member's client fetches metadata but cannot
+            // describe its group, can a fresh client? (After a broker restart a member's
+            // client was seen answering metadata requests while every look at its partitions
+            // timed out, assigned and consuming nothing, for minutes.)
             let k2 = k.clone();
             let (own_ok, fresh_ok, looked) = tokio::task::spawn_blocking(move || {
-                if consumer.fetch_metadata(None, probe).is_ok() {
-                    (true, true, look(&k2, &consumer, timeout))
-                } else {
-                    (false, admin::check(&k2, timeout).is_ok(), None)
+                if consumer.fetch_metadata(None, probe).is_err() {
+                    return (false, admin::check(&k2, timeout).is_ok(), None);
+                }
+                match look(&k2, &consumer, timeout) {
+                    Some(looked) => (true, true, Some(looked)),
+                    None => (false, admin::can_describe_group(&k2, timeout), None),
                 }
             })
             .await
@@ -166,11 +171,13 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
 /// return.
 const CUT_OFF_AFTER: Duration = Duration::from_secs(30);
 
-/// The cut-off trouble: this member's client cannot even fetch the cluster's metadata
-/// (`own_ok` false) while a fresh client can (`fresh_ok`).
+/// The cut-off trouble: this member's client cannot fetch the cluster's metadata or describe
+/// its group (`own_ok` false) while a fresh client can (`fresh_ok`).
 fn cut_off(own_ok: bool, fresh_ok: bool) -> Option<String> {
     (!own_ok && fresh_ok).then(|| {
-        "this member's Kafka client reaches no broker, while a fresh client does".to_string()
+        "this member's Kafka client cannot reach the cluster (its metadata or its group), \
+         while a fresh client can"
+            .to_string()
     })
 }
 

@@ -66,6 +66,18 @@ pub fn check(k: &KafkaConfig, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// Whether a fresh client (a consumer of the group that does not join it) can describe `k`'s
+/// group on the requests topic within `timeout`: the yardstick for a member whose own client
+/// fails to (a cut-off client, or the cluster: a partition without a leader fails both).
+pub fn can_describe_group(k: &KafkaConfig, timeout: Duration) -> bool {
+    let mut c = base_config(k);
+    c.set("group.id", &k.group_id);
+    let Ok(consumer) = c.create::<BaseConsumer>() else {
+        return false;
+    };
+    super::group::describe(&consumer, &k.group_id, &k.topics.requests, timeout).is_ok()
+}
+
 /// Overhead of one record besides its value (key, headers, batch framing) that must fit the
 /// limits too.
 const RECORD_OVERHEAD: usize = 16 * 1024;
