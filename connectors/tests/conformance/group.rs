@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use mongodb::bson::{doc, Document};
 use serde_json::json;
+use sluice_connectors::mongo::MongoStore;
 use sluice_pipeline::contract::{ItemStatus, Op, Options};
+use sluice_pipeline::store::{ChunkCommit, WriteChunk};
+use tokio::task::JoinHandle;
 
 use crate::common::*;
 use crate::mongo_store;
@@ -16,35 +19,14 @@ use crate::mongo_store;
 async fn concurrent_small_creates_each_end_as_if_alone() {
     let store = Arc::new(mongo_store().await);
     seed(&*store, "g-seed", words(), vec![json!({"text": "taken"})]).await;
-    let chunks: Vec<_> = (0..40)
-        .map(|i| {
-            let mut items: Vec<_> = (0..5)
-                .map(|j| json!({"text": format!("g{i}-{j}")}))
-                .collect();
-            if i == 7 {
-                items[2] = json!({"text": "taken"});
-            }
-            chunk(
-                &format!("g-{i}"),
-                Op::Create,
-                words(),
-                items,
-                Options::default(),
-            )
-        })
-        .collect();
+    let chunks = small_creates("g", 40, |i, items, _| {
+        if i == 7 {
+            items[2] = json!({"text": "taken"});
+        }
+    });
     // Chunk 3 was written before: the group must replay it, not apply it again.
     let first = write(&*store, chunks[3].clone()).await.unwrap();
-    let writes = chunks.iter().map(|c| {
-        let store = store.clone();
-        let c = c.clone();
-        tokio::spawn(async move { write(&*store, c).await.unwrap() })
-    });
-    let commits: Vec<_> = futures::future::join_all(writes)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect();
+    let commits = write_all(&store, &chunks).await;
     for (i, commit) in commits.iter().enumerate() {
         assert_eq!(
             commit.event.request_id,
@@ -68,18 +50,13 @@ async fn concurrent_small_creates_each_end_as_if_alone() {
         commits[3].event, first.event,
         "the replay publishes the first event"
     );
-    let db = store.database();
-    let words = db.collection::<Document>("words");
     assert_eq!(
-        words.count_documents(doc! {}).await.unwrap(),
+        count(&store, "words").await,
         1 + 40 * 5 - 1,
         "every new key once, the taken one not again"
     );
     assert_eq!(
-        db.collection::<Document>("sluice_ledger")
-            .count_documents(doc! {})
-            .await
-            .unwrap(),
+        count(&store, "sluice_ledger").await,
         41,
         "one ledger entry per chunk"
     );
@@ -94,7 +71,7 @@ fn small_creates(
     prefix: &str,
     n: usize,
     edit: impl Fn(usize, &mut Vec<serde_json::Value>, &mut Options),
-) -> Vec<Arc<sluice_pipeline::store::WriteChunk>> {
+) -> Vec<Arc<WriteChunk>> {
     (0..n)
         .map(|i| {
             let mut items: Vec<_> = (0..5)
@@ -113,20 +90,30 @@ fn small_creates(
         .collect()
 }
 
+/// Writes `chunk` (transient errors retried) in a task of its own.
+fn spawn_write(store: &Arc<MongoStore>, chunk: &Arc<WriteChunk>) -> JoinHandle<ChunkCommit> {
+    let (store, chunk) = (store.clone(), chunk.clone());
+    tokio::spawn(async move { write(&*store, chunk).await.unwrap() })
+}
+
 /// Writes every chunk at once, each in a task of its own, and returns their commits in order.
-async fn write_all(
-    store: &Arc<sluice_connectors::mongo::MongoStore>,
-    chunks: &[Arc<sluice_pipeline::store::WriteChunk>],
-) -> Vec<sluice_pipeline::store::ChunkCommit> {
-    let writes = chunks.iter().map(|c| {
-        let (store, c) = (store.clone(), c.clone());
-        tokio::spawn(async move { write(&*store, c).await.unwrap() })
-    });
+async fn write_all(store: &Arc<MongoStore>, chunks: &[Arc<WriteChunk>]) -> Vec<ChunkCommit> {
+    let writes = chunks.iter().map(|c| spawn_write(store, c));
     futures::future::join_all(writes)
         .await
         .into_iter()
         .map(|r| r.unwrap())
         .collect()
+}
+
+/// The documents in `collection` of the store's database.
+async fn count(store: &MongoStore, collection: &str) -> u64 {
+    store
+        .database()
+        .collection::<Document>(collection)
+        .count_documents(doc! {})
+        .await
+        .unwrap()
 }
 
 /// Two chunks written at once creating the same key: one applies it, the other reports
@@ -166,9 +153,8 @@ async fn grouped_chunks_meeting_each_other_or_skip_existing_end_as_if_alone() {
         assert_eq!(statuses(commit), want, "chunk {i}");
         assert!(!commit.replayed, "chunk {i}");
     }
-    let words = store.database().collection::<Document>("words");
     assert_eq!(
-        words.count_documents(doc! {}).await.unwrap(),
+        count(&store, "words").await,
         1 + 30 * 5 - 2,
         "every new key once: the twin once, the taken key not again"
     );
@@ -189,13 +175,7 @@ async fn cancelled_group_writers_strand_no_chunk_and_apply_nothing_twice() {
     let mut all = Vec::new();
     for (round, delay_ms) in [0u64, 2, 5, 10, 20].into_iter().enumerate() {
         let chunks = small_creates(&format!("c{round}x"), 30, |_, _, _| {});
-        let tasks: Vec<_> = chunks
-            .iter()
-            .map(|c| {
-                let (store, c) = (store.clone(), c.clone());
-                tokio::spawn(async move { write(&*store, c).await.unwrap() })
-            })
-            .collect();
+        let tasks: Vec<_> = chunks.iter().map(|c| spawn_write(&store, c)).collect();
         tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
         for task in tasks.iter().step_by(3) {
             task.abort();
@@ -228,20 +208,9 @@ async fn cancelled_group_writers_strand_no_chunk_and_apply_nothing_twice() {
             );
         }
     }
-    let db = store.database();
+    assert_eq!(count(&store, "words").await, 5 * 30 * 5, "every key once");
     assert_eq!(
-        db.collection::<Document>("words")
-            .count_documents(doc! {})
-            .await
-            .unwrap(),
-        5 * 30 * 5,
-        "every key once"
-    );
-    assert_eq!(
-        db.collection::<Document>("sluice_ledger")
-            .count_documents(doc! {})
-            .await
-            .unwrap(),
+        count(&store, "sluice_ledger").await,
         5 * 30,
         "one ledger entry per chunk"
     );
@@ -249,16 +218,14 @@ async fn cancelled_group_writers_strand_no_chunk_and_apply_nothing_twice() {
 
 /// A store on `server` with one group slot and one slot for chunks written alone (who leads
 /// a group is set by arrival), warmed up by one write (`warm`).
-async fn one_slot_store(
-    server: &crate::own::OwnServer,
-) -> Arc<sluice_connectors::mongo::MongoStore> {
+async fn one_slot_store(server: &crate::own::OwnServer) -> Arc<MongoStore> {
     let config = sluice_config::from_toml_str(&format!(
         "[mongo]\nuri = '{}'\ndatabase = 'one_slot'\n[execute]\nwrite_concurrency = 1\n{COLLECTIONS}",
         server.uri
     ))
     .unwrap();
     let store = Arc::new(
-        sluice_connectors::mongo::MongoStore::connect(config.mongo.as_ref().unwrap(), &config)
+        MongoStore::connect(config.mongo.as_ref().unwrap(), &config)
             .await
             .unwrap(),
     );
@@ -284,10 +251,7 @@ async fn a_key_an_earlier_chunk_of_the_group_creates_exists_for_the_later_ones()
         }
         options.skip_existing = i == 2;
     });
-    let spawn = |c: &Arc<sluice_pipeline::store::WriteChunk>| {
-        let (store, c) = (store.clone(), c.clone());
-        tokio::spawn(async move { write(&*store, c).await.unwrap() })
-    };
+    let spawn = |c: &Arc<WriteChunk>| spawn_write(&store, c);
     server.freeze(true);
     // Chunk 0 holds the one group slot, written alone, while 1–4 queue in order behind it.
     let mut tasks = vec![spawn(&chunks[0])];
@@ -332,10 +296,7 @@ async fn a_cancelled_group_leader_strands_none_of_its_chunks() {
     let server = crate::own::OwnServer::start("");
     let store = one_slot_store(&server).await;
     let chunks = small_creates("l", 4, |_, _, _| {});
-    let spawn = |c: &Arc<sluice_pipeline::store::WriteChunk>| {
-        let (store, c) = (store.clone(), c.clone());
-        tokio::spawn(async move { write(&*store, c).await.unwrap() })
-    };
+    let spawn = |c: &Arc<WriteChunk>| spawn_write(&store, c);
     server.freeze(true);
     // A takes the group slot and, a group of one, writes alone: it waits for the server.
     let a = spawn(&chunks[0]);
@@ -364,13 +325,5 @@ async fn a_cancelled_group_leader_strands_none_of_its_chunks() {
     for again in write_all(&store, &chunks).await {
         assert_eq!(statuses(&again), vec![ItemStatus::Ok; 5]);
     }
-    let db = store.database();
-    assert_eq!(
-        db.collection::<Document>("words")
-            .count_documents(doc! {})
-            .await
-            .unwrap(),
-        1 + 4 * 5,
-        "every key once"
-    );
+    assert_eq!(count(&store, "words").await, 1 + 4 * 5, "every key once");
 }
