@@ -15,12 +15,11 @@
 //! alone (the ledger makes that safe even after a commit whose result was unknown). So a
 //! group never changes what a chunk's items become.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use metrics::histogram;
-
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::ClientSession;
 use sluice_pipeline::contract::Op;
@@ -97,6 +96,16 @@ impl Groups {
         }
         group
     }
+}
+
+/// One collection's inserts in a group transaction: the documents, the chunk (its index in the
+/// group) each came from, and their keys, which exist for the chunks after (as they would if
+/// the chunks were written one by one).
+#[derive(Default)]
+struct Batch {
+    docs: Vec<Document>,
+    owners: Vec<usize>,
+    keys: HashSet<Key>,
 }
 
 /// Whether `chunk` may share a transaction: a plain `create` (not atomic) of a claim with a
@@ -244,19 +253,16 @@ impl MongoStore {
         }
         let mut entries = Vec::with_capacity(chunks.len());
         let mut commits = Vec::with_capacity(chunks.len());
-        // Every chunk's inserts, per collection, with the chunk each document came from:
-        // one `insertMany` per collection for the whole group; and their keys, which exist
-        // for the chunks after (as they would if the chunks were written one by one).
-        let mut inserts: BTreeMap<String, (Vec<Document>, Vec<usize>)> = BTreeMap::new();
-        let mut queued: HashMap<String, HashSet<Key>> = HashMap::new();
+        // Every chunk's inserts, per collection: one `insertMany` each for the whole group.
+        let mut inserts: BTreeMap<String, Batch> = BTreeMap::new();
         let none = BTreeMap::new();
         for (i, (chunk, id)) in chunks.iter().zip(ids).enumerate() {
             let mut w = writer::MongoWriter::new(&self.db, &mut *session, &self.keys, chunk, true)
                 .await
                 .map_err(whole)?;
             w.defer_inserts();
-            if let Some(keys) = queued.get(&chunk.target.collection) {
-                w.also_existing(keys);
+            if let Some(batch) = inserts.get(&chunk.target.collection) {
+                w.also_existing(&batch.keys);
             }
             let applied = apply_items_with(chunk, &mut w, false, &none)
                 .await
@@ -271,13 +277,10 @@ impl MongoStore {
                 ));
             }
             if let Some(mine) = w.take_inserts() {
-                queued
-                    .entry(mine.collection.clone())
-                    .or_default()
-                    .extend(mine.keys);
-                let (docs, owners) = inserts.entry(mine.collection).or_default();
-                owners.extend(std::iter::repeat_n(i, mine.docs.len()));
-                docs.extend(mine.docs);
+                let batch = inserts.entry(mine.collection).or_default();
+                batch.owners.extend(std::iter::repeat_n(i, mine.docs.len()));
+                batch.docs.extend(mine.docs);
+                batch.keys.extend(mine.keys);
             }
             entries.push(doc! {
                 "_id": id,
@@ -289,11 +292,11 @@ impl MongoStore {
                 replayed: false,
             });
         }
-        for (collection, (docs, owners)) in inserts {
+        for (collection, batch) in inserts {
             let written = self
                 .db
                 .collection::<Document>(&collection)
-                .insert_many(docs)
+                .insert_many(batch.docs)
                 .session(&mut *session)
                 .await;
             if let Err(e) = written {
@@ -302,7 +305,7 @@ impl MongoStore {
                 // the group. (`true`: what matters is the document the server names, not
                 // whether its chunk had read its keys.)
                 let failed = writer::insert_failed(&e, true);
-                return Err(match failed.doc.and_then(|d| owners.get(d)) {
+                return Err(match failed.doc.and_then(|d| batch.owners.get(d)) {
                     Some(&i) => (vec![i], failed.error),
                     None => whole(failed.error),
                 });
