@@ -121,6 +121,46 @@ async fn pipeline(config: Arc<Config>, n: usize) -> anyhow::Result<(Duration, Ar
     Ok((elapsed, stats))
 }
 
+/// One row of the table.
+struct Row {
+    name: &'static str,
+    /// The timed part (see [`raw_copy`] and [`pipeline`]).
+    timed: Duration,
+    stats: Option<Arc<RunStats>>,
+    peak_mib: Option<f64>,
+    cost: Cost,
+}
+
+/// The process's CPU and wall time over a whole row.
+struct Cost {
+    cpu_secs: f64,
+    wall_secs: f64,
+}
+
+/// A [`Cost`] being measured.
+struct Started {
+    cpu: f64,
+    at: Instant,
+}
+
+impl Cost {
+    fn start() -> Started {
+        Started {
+            cpu: crate::rss::cpu_secs(),
+            at: Instant::now(),
+        }
+    }
+}
+
+impl Started {
+    fn end(self) -> Cost {
+        Cost {
+            cpu_secs: crate::rss::cpu_secs() - self.cpu,
+            wall_secs: self.at.elapsed().as_secs_f64(),
+        }
+    }
+}
+
 /// `sluice bench --kafka BROKERS`.
 pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> anyhow::Result<()> {
     let tag = format!("{:08x}", rand::random::<u32>());
@@ -184,13 +224,15 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
             .map(|k| k as f64 / 1024.0)
     };
     let reset = crate::rss::reset_peak_rss();
+    let cost = Cost::start();
     let raw = raw_copy(&k, &k.topics.requests, &topic("raw-out"), requests).await?;
-    let mut rows = vec![(
-        "raw rdkafka consume → produce".to_string(),
-        raw,
-        None,
-        peak_mib(reset),
-    )];
+    let mut rows = vec![Row {
+        name: "raw rdkafka consume → produce",
+        timed: raw,
+        stats: None,
+        peak_mib: peak_mib(reset),
+        cost: cost.end(),
+    }];
     for (name, delivery, input, results) in [
         (
             "sluice at-least-once",
@@ -230,19 +272,27 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
         config.limits.max_items.create = config.limits.max_items.create.max(items);
         config.validate()?;
         let reset = crate::rss::reset_peak_rss();
-        let (t, stats) = pipeline(Arc::new(config), requests).await?;
-        rows.push((name.to_string(), t, Some(stats), peak_mib(reset)));
+        let cost = Cost::start();
+        let (timed, stats) = pipeline(Arc::new(config), requests).await?;
+        rows.push(Row {
+            name,
+            timed,
+            stats: Some(stats),
+            peak_mib: peak_mib(reset),
+            cost: cost.end(),
+        });
     }
     println!(
         "sluice bench --kafka: {requests} requests × {items} items, 3 partitions, broker {brokers}"
     );
     println!(
-        "{:<32} {:>12} {:>14} {:>10} {:>10} {:>14}",
-        "", "requests/s", "items/s", "p50 ms", "p99 ms", "peak RSS MiB"
+        "{:<32} {:>12} {:>14} {:>10} {:>10} {:>14} {:>12} {:>6}",
+        "", "requests/s", "items/s", "p50 ms", "p99 ms", "peak RSS MiB", "CPU µs/req", "cores"
     );
-    for (name, t, stats, rss) in &rows {
-        let secs = t.as_secs_f64().max(1e-9);
-        let (p50, p99) = stats
+    for row in &rows {
+        let secs = row.timed.as_secs_f64().max(1e-9);
+        let (p50, p99) = row
+            .stats
             .as_ref()
             .map(|s| {
                 (
@@ -253,14 +303,21 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
             .map_or(("-".to_string(), "-".to_string()), |(a, b)| {
                 (format!("{a:.1}"), format!("{b:.1}"))
             });
-        let rss = rss.map_or("-".to_string(), |m| format!("{m:.1}"));
+        let rss = row.peak_mib.map_or("-".to_string(), |m| format!("{m:.1}"));
         println!(
-            "{name:<32} {:>12.0} {:>14.0} {p50:>10} {p99:>10} {rss:>14}",
+            "{:<32} {:>12.0} {:>14.0} {p50:>10} {p99:>10} {rss:>14} {:>12.1} {:>6.2}",
+            row.name,
             requests as f64 / secs,
-            (requests * items) as f64 / secs
+            (requests * items) as f64 / secs,
+            row.cost.cpu_secs * 1e6 / requests as f64,
+            row.cost.cpu_secs / row.cost.wall_secs.max(1e-9),
         );
     }
-    let rate = |i: usize| requests as f64 / rows[i].1.as_secs_f64().max(1e-9);
+    println!(
+        "(CPU: the whole process, all threads, over the whole row — client set-up, group join \
+         and the last commit included; cores: that CPU over the row's wall time)"
+    );
+    let rate = |i: usize| requests as f64 / rows[i].timed.as_secs_f64().max(1e-9);
     println!(
         "exactly-once / at-least-once: {:.0} % (goal ≥ 90 %)",
         100.0 * rate(2) / rate(1)

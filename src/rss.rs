@@ -1,5 +1,5 @@
 //! Peak resident set size of this process (Linux), for the benchmarks' memory column (the
-//! embedded one, `bench`, and the Kafka one, `bench_kafka`), and its CPU time (`bench`).
+//! embedded one, `bench`, and the Kafka one, `bench_kafka`), and its CPU time (both).
 
 /// Resets this process's peak resident set size (Linux ≥ 4.0), so that the next
 /// [`peak_rss_kib`] covers what ran since.
