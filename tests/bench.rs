@@ -5,6 +5,11 @@
 mod common;
 use common::*;
 
+/// The standard output of `sluice bench ARGS`, which must exit 0.
+fn bench(args: &[&str]) -> String {
+    String::from_utf8_lossy(&sluice_ok("bench", args).stdout).into_owned()
+}
+
 /// The number right after `label` on the line that starts with it.
 fn figure_after(out: &str, label: &str) -> f64 {
     let line = out
@@ -22,16 +27,7 @@ fn figure_after(out: &str, label: &str) -> f64 {
 
 #[test]
 fn embedded_bench_prints_pipeline_next_to_its_baseline() {
-    let out = sluice()
-        .args(["bench", "--requests", "20", "--items", "5"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = bench(&["--requests", "20", "--items", "5"]);
     assert!(figure_after(&stdout, "raw SQLite insert (baseline)") > 0.0);
     assert!(figure_after(&stdout, "sluice embedded pipeline") > 0.0);
     assert!(figure_after(&stdout, "pipeline / baseline:") > 0.0);
@@ -44,24 +40,7 @@ fn embedded_bench_prints_pipeline_next_to_its_baseline() {
 #[ignore = "needs a Kafka broker (SLUICE_TEST_KAFKA); scripts/test-all.sh runs it"]
 fn kafka_bench_prints_four_rows_with_cpu_per_request() {
     let broker = common::kafka::broker();
-    let out = sluice()
-        .args([
-            "bench",
-            "--kafka",
-            &broker,
-            "--requests",
-            "20",
-            "--items",
-            "3",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench --kafka failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = bench(&["--kafka", &broker, "--requests", "20", "--items", "3"]);
     let header = stdout
         .lines()
         .find(|l| l.contains("requests/s"))

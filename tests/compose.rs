@@ -103,16 +103,7 @@ fn compose_file_lines_up_with_the_repository() {
 }
 
 fn sluice_config_listen() -> String {
-    let out = sluice()
-        .args(["config", "check", "deploy/sluice.toml"])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = sluice_ok("config", &["check", "deploy/sluice.toml"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let line = text
         .lines()

@@ -10,16 +10,7 @@ fn every_example_config_is_valid() {
     for entry in std::fs::read_dir(root().join("examples")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = sluice()
-                .args(["config", "check", path.to_str().unwrap()])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = sluice_ok("config", &["check", path.to_str().unwrap()]);
             let printed = String::from_utf8_lossy(&out.stdout);
             assert!(
                 printed.contains("[collections.words]"),

@@ -124,8 +124,7 @@ fn validator(name: &str) -> jsonschema::Validator {
 
 #[test]
 fn committed_schemas_are_current() {
-    let out = sluice().args(["schema"]).output().unwrap();
-    assert!(out.status.success());
+    sluice_ok::<&str>("schema", &[]);
     for (name, schema) in sluice_schemas() {
         let committed = std::fs::read_to_string(root().join("schema").join(&name)).unwrap();
         assert_eq!(
@@ -138,11 +137,7 @@ fn committed_schemas_are_current() {
 /// The schemas as `sluice schema --out` writes them.
 fn sluice_schemas() -> Vec<(String, String)> {
     let dir = tempfile::tempdir().unwrap();
-    let st = sluice()
-        .args(["schema", "--out", dir.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(st.status.success());
+    sluice_ok("schema", &["--out", dir.path().to_str().unwrap()]);
     let mut files: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| {

@@ -53,15 +53,20 @@ pub fn run_args(
 
 /// Runs `sluice run` with `args` and asserts it exits 0.
 pub fn run_ok<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> Output {
+    sluice_ok("run", args)
+}
+
+/// Runs `sluice SUBCOMMAND ARGS` from the repository root and asserts it exits 0.
+pub fn sluice_ok<S: AsRef<OsStr> + std::fmt::Debug>(subcommand: &str, args: &[S]) -> Output {
     let out = sluice()
         .current_dir(root())
-        .arg("run")
+        .arg(subcommand)
         .args(args)
         .output()
         .expect("sluice runs");
     assert!(
         out.status.success(),
-        "sluice run {args:?} failed: {}\n{}",
+        "sluice {subcommand} {args:?} failed: {}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
