@@ -14,7 +14,7 @@ use sluice_connectors::sqlite::{connect, key_text, table};
 use sluice_pipeline::request::Key;
 use sluice_pipeline::RunStats;
 
-use crate::rss::{cpu_secs, peak_rss_kib};
+use crate::rss::{peak_rss_kib, Cost};
 use crate::BenchArgs;
 
 fn doc(r: usize, i: usize) -> serde_json::Value {
@@ -69,12 +69,13 @@ pub async fn run(args: BenchArgs, mut config: Config) -> anyhow::Result<()> {
     let stats = Arc::new(RunStats::default());
     let chunk_items = config.chunk.max_items;
     let config = Arc::new(config);
-    let started = Instant::now();
-    let cpu_before = cpu_secs();
+    let cost = Cost::start();
     crate::embedded::run_pipeline(config.clone(), io, stats.clone(), std::future::pending())
         .await?;
-    let pipeline_secs = started.elapsed().as_secs_f64();
-    let pipeline_cpu = cpu_secs() - cpu_before;
+    let Cost {
+        cpu_secs: pipeline_cpu,
+        wall_secs: pipeline_secs,
+    } = cost.end();
     let peak_rss = peak_rss_kib().unwrap_or(0);
     let ok = RunStats::get(&stats.items) - RunStats::get(&stats.items_failed);
     anyhow::ensure!(

@@ -18,6 +18,8 @@ use sluice_pipeline::health::Health;
 use sluice_pipeline::{RunStats, Store};
 use tokio_util::sync::CancellationToken;
 
+use crate::rss::Cost;
+
 async fn produce_all(
     k: &KafkaConfig,
     topic: &str,
@@ -129,36 +131,6 @@ struct Row {
     stats: Option<Arc<RunStats>>,
     peak_mib: Option<f64>,
     cost: Cost,
-}
-
-/// The process's CPU and wall time over a whole row.
-struct Cost {
-    cpu_secs: f64,
-    wall_secs: f64,
-}
-
-/// A [`Cost`] being measured.
-struct Started {
-    cpu: f64,
-    at: Instant,
-}
-
-impl Cost {
-    fn start() -> Started {
-        Started {
-            cpu: crate::rss::cpu_secs(),
-            at: Instant::now(),
-        }
-    }
-}
-
-impl Started {
-    fn end(self) -> Cost {
-        Cost {
-            cpu_secs: crate::rss::cpu_secs() - self.cpu,
-            wall_secs: self.at.elapsed().as_secs_f64(),
-        }
-    }
 }
 
 /// `sluice bench --kafka BROKERS`.

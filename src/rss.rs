@@ -1,5 +1,8 @@
 //! Peak resident set size of this process (Linux), for the benchmarks' memory column (the
-//! embedded one, `bench`, and the Kafka one, `bench_kafka`), and its CPU time (both).
+//! embedded one, `bench`, and the Kafka one, `bench_kafka`), and its CPU and wall time over a
+//! measured stretch ([`Cost`], both).
+
+use std::time::Instant;
 
 /// Resets this process's peak resident set size (Linux ≥ 4.0), so that the next
 /// [`peak_rss_kib`] covers what ran since.
@@ -34,4 +37,34 @@ pub(crate) fn cpu_secs() -> f64 {
 #[cfg(not(unix))]
 pub(crate) fn cpu_secs() -> f64 {
     0.0
+}
+
+/// The process's CPU time (all threads) and the wall time over a measured stretch.
+pub(crate) struct Cost {
+    pub cpu_secs: f64,
+    pub wall_secs: f64,
+}
+
+/// A [`Cost`] being measured.
+pub(crate) struct Started {
+    cpu: f64,
+    at: Instant,
+}
+
+impl Cost {
+    pub fn start() -> Started {
+        Started {
+            cpu: cpu_secs(),
+            at: Instant::now(),
+        }
+    }
+}
+
+impl Started {
+    pub fn end(self) -> Cost {
+        Cost {
+            cpu_secs: cpu_secs() - self.cpu,
+            wall_secs: self.at.elapsed().as_secs_f64(),
+        }
+    }
 }
