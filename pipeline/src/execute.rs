@@ -364,25 +364,40 @@ impl Job {
     /// Records a chunk outcome decided without the store's writes (deadline, stop, store
     /// failure) in the ledger, and returns what the ledger holds: an earlier attempt's
     /// outcome wins, so a replay publishes what the first attempt did (an unknown commit
-    /// result that in fact committed is found here too). `None` when aborted meanwhile.
+    /// result that in fact committed is found here too). A store that keeps failing is
+    /// waited for, round after round of retries: an outcome the ledger does not hold is never
+    /// published — the chunk may have committed — unless the store refuses it for good.
+    /// `None` when aborted meanwhile.
     async fn settle(&self, chunk: Arc<WriteChunk>, event: ProgressEvent) -> Option<ProgressEvent> {
         let store = &self.shared.store;
-        let settled = self
-            .shared
-            .retry
-            .run("settle", &self.shared.abort, || {
-                store.settle(chunk.clone(), event.clone())
-            })
-            .await;
-        match settled {
-            Ok(commit) => Some(commit.event),
-            Err(_) if self.shared.abort.is_cancelled() => None,
-            Err(e) => {
-                // Nothing was applied and nothing could be recorded: the outcome stands, but a
-                // replay may decide the chunk again.
-                counter!(PIPELINE_ERRORS, "component" => "settle").increment(1);
-                tracing::error!(chunk = chunk.index, error = %e, "could not record a chunk's outcome in the ledger");
-                Some(event)
+        loop {
+            let settled = self
+                .shared
+                .retry
+                .run("settle", &self.shared.abort, || {
+                    store.settle(chunk.clone(), event.clone())
+                })
+                .await;
+            match settled {
+                Ok(commit) => return Some(commit.event),
+                Err(_) if self.shared.abort.is_cancelled() => return None,
+                Err(e) if e.kind == StoreErrorKind::Permanent => {
+                    // Refused for good (nothing to wait for): the outcome stands, but a replay
+                    // may decide the chunk again.
+                    counter!(PIPELINE_ERRORS, "component" => "settle").increment(1);
+                    tracing::error!(chunk = chunk.index, error = %e, "could not record a chunk's outcome in the ledger");
+                    return Some(event);
+                }
+                Err(e) => {
+                    counter!(PIPELINE_ERRORS, "component" => "settle").increment(1);
+                    if crate::logs::allow() {
+                        tracing::warn!(chunk = chunk.index, error = %e, "recording a chunk's outcome keeps failing; retrying");
+                    }
+                    tokio::select! {
+                        () = self.shared.abort.cancelled() => return None,
+                        () = tokio::time::sleep(self.shared.retry.max) => {}
+                    }
+                }
             }
         }
     }
