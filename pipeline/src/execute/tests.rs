@@ -54,12 +54,23 @@ async fn execute_with(
     request: Request,
     claim: Claimed,
 ) -> Vec<ResultEvent> {
+    execute_as(config, store, request, claim, meta()).await
+}
+
+/// [`execute_with`] for a record with the given metadata (a re-read's `skip_*`).
+async fn execute_as(
+    config: Arc<sluice_config::Config>,
+    store: Arc<dyn Store>,
+    request: Request,
+    claim: Claimed,
+    meta: Meta,
+) -> Vec<ResultEvent> {
     let stage = Execute::new(config, store, CancellationToken::new(), TaskTracker::new());
     let (tx, rx) = channel("execute", 4);
     let (out, mut pending) = channel("commit", 4);
     let driver = tokio::spawn(crate::stage::run_stage(stage, rx, out));
     tx.send(Work::Claimed {
-        meta: meta(),
+        meta,
         request,
         claim,
     })
@@ -234,4 +245,69 @@ async fn a_possibly_committed_chunk_is_resolved_from_the_ledger_never_reported_f
         "the commit happened: the ledger says ok"
     );
     assert_eq!(store.inner.count("words"), 2);
+}
+
+/// Issue 24 §3: lookups are not in the ledger, so a re-read after a partial commit reads its
+/// chunks again — the store may say something else by then. The terminal event's counts
+/// start from what the position recorded of the published events, so they equal what
+/// consumers received; the published chunks are not read again.
+#[tokio::test]
+async fn a_lookup_replay_counts_what_was_published() {
+    let store = Arc::new(MemStore::default());
+    let keys = |n: usize| -> Vec<Item> {
+        (0..n)
+            .map(|i| Item {
+                index: i,
+                key: Some(Key::Str(format!("k-{i}"))),
+                body: ItemBody::Key,
+                bytes: 10,
+                decided: None,
+            })
+            .collect()
+    };
+    let request = Request {
+        request_id: "l".into(),
+        collection: "words".into(),
+        op: Op::Lookup,
+        items: keys(4),
+        options: Options::default(),
+    };
+    // The first run published chunk 0 (both keys found) and committed a partial position;
+    // the documents were deleted since.
+    let published = Counts {
+        total: 2,
+        ok: 2,
+        ..Counts::default()
+    };
+    let mut reread = meta();
+    reread.skip_progress = 1;
+    reread.skip_counts = Some(published);
+    let claim = Claimed {
+        claimed_at_ms: crate::dedupe::unix_now_ms(),
+        plan: vec![0..2, 2..4],
+        expires_at: None,
+    };
+    let events = execute_as(testkit::config(""), store, request, claim, reread).await;
+    assert_eq!(
+        events.len(),
+        3,
+        "two progress events and the terminal: {events:?}"
+    );
+    assert_eq!(
+        statuses(&events[1]),
+        vec![ItemStatus::NotFound, ItemStatus::NotFound]
+    );
+    let ResultEvent::Completed(done) = &events[2] else {
+        panic!("completed: {:?}", events[2])
+    };
+    assert_eq!(
+        done.counts,
+        Counts {
+            total: 4,
+            ok: 2,
+            not_found: 2,
+            ..Counts::default()
+        },
+        "the counts of what consumers received, not of a second read"
+    );
 }
