@@ -108,8 +108,10 @@ impl<S: Sink> Commit<S> {
                 Step::Event(event, op) => self.unit.publish(&event, op).await?,
                 Step::Last(event, op, meta) => {
                     self.unit.publish(&event, op).await?;
-                    if let (ResultEvent::Completed(c), Some(generation)) = (&event, meta.generation)
+                    if let (ResultEvent::Completed(c), Some(generation), true) =
+                        (&event, meta.generation, self.unit.sink.owns(&meta.source))
                     {
+                        // (A request handed over is released by its new owner.)
                         self.unit.finished.push(Finished {
                             request_id: c.request_id.clone(),
                             generation,

@@ -386,6 +386,16 @@ impl ResultEvent {
         }
     }
 
+    /// The record the event answers.
+    pub fn source(&self) -> &SourceRef {
+        match self {
+            ResultEvent::Progress(e) => &e.source,
+            ResultEvent::Completed(e) => &e.source,
+            ResultEvent::Rejected(e) => &e.source,
+            ResultEvent::Duplicate(e) => &e.source,
+        }
+    }
+
     /// The event name as on the wire.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -79,10 +79,17 @@ pub const REBALANCES: &str = "sluice_rebalances_total";
 /// partitions are paused). Labels: none.
 pub const SOURCE_PAUSED: &str = "sluice_source_paused";
 /// Partition revocations, by how in-flight work was handled (Kafka). Labels: `outcome` =
-/// drained (committed before the hand-over) | deadline, commit_failed (a commit failed or the
-/// run ended first; aborted, restart from committed offsets) | lost (the partitions were
-/// already gone).
+/// drained (committed before the hand-over) | handed_over (a request still running past
+/// `kafka.revoke_drain_ms`: what it published committed with its partial position, the rest
+/// left to the new owner) | deadline, commit_failed (neither happened, or the run ended
+/// first; aborted, restart from committed offsets) | lost (the partitions were already gone)
+/// | reassigned (a partition handed over earlier in the run came back: the run restarts).
 pub const REVOKE_DRAINS: &str = "sluice_revoke_drains_total";
+/// Kafka runs that ended and started again (the process stays up). Labels: `reason` =
+/// revoked (partitions revoked undrained, or one handed over came back) | rejoin (the
+/// watchdog made the member rejoin) | error (another failure) | stopped (the pipeline ended
+/// without a shutdown request).
+pub const RUN_RESTARTS: &str = "sluice_kafka_run_restarts_total";
 /// 1 when `/readyz` would answer ready. Labels: none.
 pub const READY: &str = "sluice_ready";
 /// 1 when the last store health check passed. Labels: none.
@@ -167,8 +174,18 @@ pub fn register() {
     for kind in ["assign", "revoke"] {
         counter!(REBALANCES, "kind" => kind).absolute(0);
     }
-    for outcome in ["drained", "deadline", "commit_failed", "lost"] {
+    for outcome in [
+        "drained",
+        "handed_over",
+        "deadline",
+        "commit_failed",
+        "lost",
+        "reassigned",
+    ] {
         counter!(REVOKE_DRAINS, "outcome" => outcome).absolute(0);
+    }
+    for reason in ["revoked", "rejoin", "error", "stopped"] {
+        counter!(RUN_RESTARTS, "reason" => reason).absolute(0);
     }
     for stage in STAGES {
         gauge!(QUEUE_DEPTH, "stage" => stage).set(0.0);
@@ -274,7 +291,11 @@ pub fn describe() {
     );
     describe_counter!(
         REVOKE_DRAINS,
-        "Partition revocations by outcome: drained and committed, aborted at the deadline, or lost (Kafka)."
+        "Partition revocations by outcome: drained, handed over mid-request, aborted, or lost (Kafka)."
+    );
+    describe_counter!(
+        RUN_RESTARTS,
+        "Kafka runs restarted within the process, by reason."
     );
     describe_gauge!(READY, "1 when the instance is ready (see /readyz).");
     describe_gauge!(STORE_UP, "1 when the last store health check passed.");

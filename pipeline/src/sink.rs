@@ -40,4 +40,11 @@ pub trait Sink: Send + 'static {
 
     /// Makes the current unit durable: its events, dead letters and positions together.
     async fn commit(&mut self) -> Result<(), SinkError>;
+
+    /// Whether what this run publishes for the record at `source` still reaches consumers:
+    /// `false` once its partition was handed over to another consumer mid-run (the sink
+    /// then drops its events and positions). Default: always.
+    fn owns(&self, _source: &SourceRef) -> bool {
+        true
+    }
 }

@@ -27,7 +27,7 @@ use sluice_connectors::kafka::{
 };
 use sluice_connectors::sqlite::SqliteStore;
 use sluice_pipeline::health::Health;
-use sluice_pipeline::metrics::PIPELINE_ERRORS;
+use sluice_pipeline::metrics::{PIPELINE_ERRORS, RUN_RESTARTS};
 use sluice_pipeline::{RunStats, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -146,15 +146,25 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         match result {
             Ok(()) if shutdown.is_cancelled() => break,
             Ok(()) if rejoin => {
+                metrics::counter!(RUN_RESTARTS, "reason" => "rejoin").increment(1);
                 tracing::warn!("left the consumer group to make it rebalance; rejoining")
             }
-            Ok(()) => tracing::warn!("the pipeline stopped without a shutdown request; restarting"),
+            Ok(()) => {
+                metrics::counter!(RUN_RESTARTS, "reason" => "stopped").increment(1);
+                tracing::warn!("the pipeline stopped without a shutdown request; restarting")
+            }
             Err(e) if e.is::<Fenced>() => {
                 metrics::counter!(PIPELINE_ERRORS, "component" => "kafka_fenced").increment(1);
                 return Err(e);
             }
             Err(e) => {
                 metrics::counter!(PIPELINE_ERRORS, "component" => "kafka_run").increment(1);
+                let reason = if format!("{e:#}").contains("partitions were revoked") {
+                    "revoked"
+                } else {
+                    "error"
+                };
+                metrics::counter!(RUN_RESTARTS, "reason" => reason).increment(1);
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "Kafka run ended; restarting from the committed offsets"

@@ -1,8 +1,10 @@
 //! Client contexts. The consumer's counts rebalances, pauses newly assigned partitions while
 //! the source is paused, and on revocation drains: it holds the rebalance until every record
 //! read from the revoked partitions is committed (the hand-over is then clean; records of the
-//! partitions it keeps do not hold it up), or, past `kafka.revoke_drain_ms`, marks the run as
-//! revoked, which the sink turns into an abort-and-restart. Both the
+//! partitions it keeps do not hold it up), or, past `kafka.revoke_drain_ms`, hands the
+//! partition over mid-request ([`super::handover`]): the next commit covers what was
+//! published of it, and nothing more of it is published this run. Only when that fails too
+//! is the run marked revoked, which the sink turns into an abort-and-restart. Both the
 //! consumer's and the producer's route librdkafka's logs through sluice's counters and log
 //! rate limit.
 
@@ -16,6 +18,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_pipeline::metrics::{KAFKA_CLIENT_ERRORS, REBALANCES, REVOKE_DRAINS};
+
+use super::handover::Handover;
 
 /// The consumer type of the service.
 pub type SluiceConsumer = StreamConsumer<SluiceContext>;
@@ -36,6 +40,8 @@ pub struct SluiceContext {
     /// [`take_fresh`](SluiceContext::take_fresh)).
     fresh: Arc<Mutex<HashSet<(String, i32)>>>,
     drain: Arc<Drain>,
+    /// Partitions handed over mid-request ([`Handover`]).
+    handover: Arc<Handover>,
 }
 
 /// What a revocation waits for: per partition, the position after the last record handed
@@ -84,6 +90,11 @@ impl SluiceContext {
     /// Whether partitions were revoked before their in-flight records could be committed.
     pub fn revoked(&self) -> bool {
         self.revoked.load(Ordering::SeqCst)
+    }
+
+    /// The run's hand-over state: the sink asks it before publishing.
+    pub fn handover(&self) -> &Handover {
+        &self.handover
     }
 
     /// Whether this member has been assigned partitions at least once.
@@ -142,6 +153,7 @@ impl SluiceContext {
         }
         let result = commit();
         if result.is_ok() {
+            self.handover.committed();
             let mut progress = lock(&self.drain.progress);
             for e in offsets.elements() {
                 let (Offset::Offset(next), Some(p)) = (
@@ -179,6 +191,42 @@ impl SluiceContext {
         })
     }
 
+    /// Partitions assigned: their first records may be re-reads of partial positions. One
+    /// handed over earlier in this run restarts the run: its old records may still be in
+    /// flight here, indistinguishable from the new ones.
+    fn on_assign(&self, assigned: Vec<(String, i32)>) {
+        if self.handover.any_sealed(&assigned) {
+            metrics::counter!(REVOKE_DRAINS, "outcome" => "reassigned").increment(1);
+            tracing::warn!(
+                "a partition handed over earlier in this run came back; restarting the run"
+            );
+            self.mark_revoked();
+        }
+        lock(&self.fresh).extend(assigned);
+    }
+
+    /// [`Self::on_assign`] as the rebalance callback calls it (for tests).
+    #[cfg(test)]
+    fn pre_assign_for_test(&self, assigned: &[(String, i32)]) {
+        self.on_assign(assigned.to_vec());
+    }
+
+    /// Whether each of `partitions` is drained or handed over, and how (`handed_over` when
+    /// any was).
+    fn settled(&self, partitions: &[(String, i32)]) -> Option<&'static str> {
+        let mut how = "drained";
+        for p in partitions {
+            if self.drained(std::slice::from_ref(p)) {
+                continue;
+            }
+            if !self.handover.sealed(&p.0, p.1) {
+                return None;
+            }
+            how = "handed_over";
+        }
+        Some(how)
+    }
+
     /// Whether every record read from `partitions` is committed.
     fn drained(&self, partitions: &[(String, i32)]) -> bool {
         let progress = lock(&self.drain.progress);
@@ -191,21 +239,25 @@ impl SluiceContext {
     }
 
     /// Blocks the rebalance (it runs inside the consumer's poll) until every record read
-    /// from `partitions` is committed; `Err(why)` when the deadline passes or commits end
+    /// from `partitions` is committed (`Ok("drained")`), or, past the deadline, until what
+    /// was published of those still running is committed and they are sealed
+    /// (`Ok("handed_over")`, see [`Handover`]); `Err(why)` when that fails too or commits end
     /// first — the run is then marked revoked, under the commit lock, so that no commit
     /// lands after the partitions have been handed over. The partitions' progress is
     /// forgotten either way (a later assignment starts from the committed offset).
-    fn drain(&self, partitions: &[(String, i32)]) -> Result<(), &'static str> {
+    fn drain(&self, partitions: &[(String, i32)]) -> Result<&'static str, &'static str> {
         off_the_runtime(|| self.wait_drained(partitions))
     }
 
-    /// [`drain`](SluiceContext::drain)'s wait, on whatever thread may block.
-    fn wait_drained(&self, partitions: &[(String, i32)]) -> Result<(), &'static str> {
+    /// [`drain`](SluiceContext::drain)'s wait, on whatever thread may block. A partition
+    /// still not drained at the deadline is handed over once a commit covers what was
+    /// published of it ([`Handover`]): the wait ends then, whatever its head request still
+    /// has to do.
+    fn wait_drained(&self, partitions: &[(String, i32)]) -> Result<&'static str, &'static str> {
         let d = &self.drain;
-        let until = Instant::now() + d.deadline;
-        let outcome = loop {
-            if self.drained(partitions) {
-                break Ok(());
+        let wait = |until: Instant| loop {
+            if let Some(how) = self.settled(partitions) {
+                break Ok(how);
             }
             // An earlier give-up (or lost assignment): no commit will be accepted any more.
             if self.revoked() || d.ended.load(Ordering::SeqCst) || !d.open.load(Ordering::SeqCst) {
@@ -216,15 +268,36 @@ impl SluiceContext {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
+        let mut outcome = wait(Instant::now() + d.deadline);
+        if outcome == Err("deadline") {
+            // A head request outlives the deadline: hand its partition over instead — at once
+            // when nothing of it is uncommitted, else after the next commit (within another
+            // deadline; only then does the run give up and restart).
+            let undrained: Vec<(String, i32)> = partitions
+                .iter()
+                .filter(|p| !self.drained(std::slice::from_ref(*p)))
+                .cloned()
+                .collect();
+            self.handover.begin(&undrained);
+            outcome = wait(Instant::now() + d.deadline);
+        }
         let outcome = outcome.or_else(|why| {
             let _held = lock(&d.commit);
-            // A commit that held the lock may have completed the drain after all.
-            if self.drained(partitions) {
-                return Ok(());
+            // A commit that held the lock may have settled them after all.
+            if let Some(how) = self.settled(partitions) {
+                return Ok(how);
             }
+            self.handover.forget(partitions);
             self.revoked.store(true, Ordering::SeqCst);
             Err(why)
         });
+        // Partitions that drained need no hand-over.
+        self.handover.forget(partitions);
+        for p in partitions {
+            if self.drained(std::slice::from_ref(p)) {
+                self.handover.unseal(p);
+            }
+        }
         let mut progress = lock(&d.progress);
         for (topic, partition) in partitions {
             if let Some(t) = progress.get_mut(topic) {
@@ -336,12 +409,13 @@ impl ConsumerContext for SluiceContext {
                 } else {
                     let started = Instant::now();
                     match self.drain(&revoked) {
-                        Ok(()) => {
-                            metrics::counter!(REVOKE_DRAINS, "outcome" => "drained").increment(1);
+                        Ok(how) => {
+                            metrics::counter!(REVOKE_DRAINS, "outcome" => how).increment(1);
                             tracing::info!(
                                 partitions,
+                                how,
                                 waited_ms = started.elapsed().as_millis() as u64,
-                                "partitions revoked: in-flight records drained and committed before the hand-over"
+                                "partitions revoked: what was published of them is committed before the hand-over"
                             );
                         }
                         Err(why) => {
@@ -359,11 +433,12 @@ impl ConsumerContext for SluiceContext {
             Rebalance::Assign(tpl) => {
                 metrics::counter!(REBALANCES, "kind" => "assign").increment(1);
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
-                lock(&self.fresh).extend(
-                    tpl.elements()
-                        .iter()
-                        .map(|e| (e.topic().to_string(), e.partition())),
-                );
+                let assigned: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                self.on_assign(assigned);
                 self.assigned.store(true, Ordering::SeqCst);
             }
             Rebalance::Error(e) => {
@@ -412,11 +487,11 @@ mod tests {
         assert_eq!(commit(&ctx, 0, 10), Some(Ok(())));
         // Partition 1 still has records in flight; revoking 0 does not wait for them.
         let started = Instant::now();
-        assert_eq!(ctx.drain(&p(0)), Ok(()));
+        assert_eq!(ctx.drain(&p(0)), Ok("drained"));
         assert!(started.elapsed() < Duration::from_secs(1));
         assert!(!ctx.revoked());
         // A partition never read from has nothing to drain.
-        assert_eq!(ctx.drain(&p(5)), Ok(()));
+        assert_eq!(ctx.drain(&p(5)), Ok("drained"));
     }
 
     #[test]
@@ -434,16 +509,60 @@ mod tests {
             })
         };
         let started = Instant::now();
-        assert_eq!(ctx.drain(&p(0)), Ok(()));
+        assert_eq!(ctx.drain(&p(0)), Ok("drained"));
         assert!(started.elapsed() >= Duration::from_millis(400));
         committer.join().unwrap();
         assert!(!ctx.revoked());
     }
 
     #[test]
-    fn a_drain_gives_up_at_its_deadline_and_later_commits_are_refused() {
+    fn past_its_deadline_a_partition_with_nothing_uncommitted_is_handed_over() {
+        // Issue 24 §5: a head request outliving the deadline used to restart the whole run.
         let ctx = SluiceContext::new(Duration::from_millis(100));
         ctx.record_read("requests", 0, 3);
+        ctx.record_read("requests", 1, 3);
+        assert_eq!(ctx.drain(&p(0)), Ok("handed_over"));
+        assert!(!ctx.revoked(), "the run goes on");
+        assert!(
+            !ctx.handover().admit("requests", 0),
+            "its late output is dropped"
+        );
+        assert!(
+            ctx.handover().admit("requests", 1),
+            "other partitions publish as before"
+        );
+        // Back to this member in the same run: its old records may still be in flight.
+        ctx.pre_assign_for_test(&p(0));
+        assert!(ctx.revoked(), "the run restarts from the committed offsets");
+    }
+
+    #[test]
+    fn past_its_deadline_a_partition_with_output_in_the_open_unit_waits_for_the_commit() {
+        let ctx = SluiceContext::new(Duration::from_millis(100));
+        ctx.record_read("requests", 0, 3);
+        assert!(
+            ctx.handover().admit("requests", 0),
+            "a progress event in the open unit"
+        );
+        let committer = {
+            let ctx = ctx.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(150));
+                // The unit commits (the head's partial position with its events).
+                assert_eq!(commit(&ctx, 0, 2), Some(Ok(())));
+            })
+        };
+        assert_eq!(ctx.drain(&p(0)), Ok("handed_over"));
+        committer.join().unwrap();
+        assert!(!ctx.revoked());
+    }
+
+    #[test]
+    fn a_drain_gives_up_when_neither_drain_nor_hand_over_happens() {
+        let ctx = SluiceContext::new(Duration::from_millis(100));
+        ctx.record_read("requests", 0, 3);
+        // Output in the open unit that never commits.
+        assert!(ctx.handover().admit("requests", 0));
         assert_eq!(ctx.drain(&p(0)), Err("deadline"));
         assert!(ctx.revoked());
         // The partitions are handed over: nothing commits for them any more.
@@ -487,10 +606,11 @@ mod tests {
                 })
             })
         };
+        assert!(ctx.handover().admit("requests", 0), "the commit's output");
         std::thread::sleep(Duration::from_millis(20));
         // The deadline passes while the commit holds the lock; giving up waits for it, sees
         // the partition committed, and hands it over cleanly.
-        assert_eq!(ctx.drain(&p(0)), Ok(()));
+        assert_eq!(ctx.drain(&p(0)), Ok("drained"));
         assert!(!ctx.revoked());
         assert_eq!(committer.join().unwrap(), Some(Ok(())));
     }
@@ -511,10 +631,12 @@ mod tests {
         let ctx = SluiceContext::new(Duration::from_millis(50));
         ctx.record_read("requests", 0, 100);
         assert_eq!(commit(&ctx, 0, 100), Some(Ok(())));
-        assert_eq!(ctx.drain(&p(0)), Ok(()));
+        assert_eq!(ctx.drain(&p(0)), Ok("drained"));
         // Assigned again and read from an earlier position (e.g. an offset reset): the old
-        // committed position must not make the new record look committed.
+        // committed position must not make the new record look committed (output of it in
+        // the open unit, so that the drain cannot end by a hand-over either).
         ctx.record_read("requests", 0, 41);
+        assert!(ctx.handover().admit("requests", 0));
         assert_eq!(ctx.drain(&p(0)), Err("deadline"));
     }
 
@@ -524,6 +646,10 @@ mod tests {
         ctx.record_read("requests", 0, 3);
         let r = ctx.commit_owned(&offsets(0, 3), || Err::<(), _>("fenced"));
         assert_eq!(r, Some(Err("fenced")));
+        assert!(
+            ctx.handover().admit("requests", 0),
+            "the failed unit's output"
+        );
         assert_eq!(ctx.drain(&p(0)), Err("deadline"));
     }
 
@@ -558,7 +684,7 @@ mod tests {
             assert_eq!(commit_stage.await.unwrap(), Some(Ok(())));
             drained
         });
-        assert_eq!(outcome, Ok(()));
+        assert_eq!(outcome, Ok("drained"));
         assert!(
             waited < Duration::from_secs(2),
             "the drain waited {waited:?} for a task stuck behind it"

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod context;
 pub mod group;
+pub mod handover;
 pub mod position;
 pub mod sink;
 pub mod source;

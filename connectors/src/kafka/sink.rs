@@ -434,6 +434,9 @@ impl KafkaSink {
 #[async_trait]
 impl Sink for KafkaSink {
     async fn publish(&mut self, event: &ResultEvent) -> Result<(), SinkError> {
+        if !self.admit(event.source()) {
+            return Ok(());
+        }
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         serde_json::to_writer(&mut buf, event).map_err(|e| SinkError(e.to_string()))?;
@@ -456,6 +459,9 @@ impl Sink for KafkaSink {
 
     async fn dead_letter(&mut self, raw: &[u8], letter: &DeadLetter) -> Result<(), SinkError> {
         let s = &letter.source;
+        if !self.admit(s) {
+            return Ok(());
+        }
         let mut fields = vec![
             ("sluice.error.code", letter.error.code.as_str().to_string()),
             (
@@ -488,6 +494,9 @@ impl Sink for KafkaSink {
     }
 
     async fn record_done(&mut self, source: &SourceRef, resume_at: u64) -> Result<(), SinkError> {
+        if !self.admit(source) {
+            return Ok(());
+        }
         self.offsets.insert(
             (source.topic.clone(), source.partition),
             (resume_at as i64, None),
@@ -502,11 +511,22 @@ impl Sink for KafkaSink {
         published: usize,
         counts: &Counts,
     ) -> Result<(), SinkError> {
+        if !self.admit(source) {
+            return Ok(());
+        }
         self.offsets.insert(
             (source.topic.clone(), source.partition),
             (start_at as i64, Some((published, counts.clone()))),
         );
         Ok(())
+    }
+
+    fn owns(&self, source: &SourceRef) -> bool {
+        !self
+            .consumer
+            .context()
+            .handover()
+            .sealed(&source.topic, source.partition)
     }
 
     async fn commit(&mut self) -> Result<(), SinkError> {
@@ -531,6 +551,26 @@ impl Sink for KafkaSink {
         committed?;
         self.offsets.clear();
         Ok(())
+    }
+}
+
+impl KafkaSink {
+    /// Whether the record at `source` may still put events and positions in the unit: not
+    /// once its partition was handed over mid-run ([`super::handover`]).
+    fn admit(&self, source: &SourceRef) -> bool {
+        let admitted = self
+            .consumer
+            .context()
+            .handover()
+            .admit(&source.topic, source.partition);
+        if !admitted {
+            tracing::debug!(
+                partition = source.partition,
+                offset = source.offset,
+                "partition handed over: its late output is dropped (its new owner publishes it)"
+            );
+        }
+        admitted
     }
 }
 
