@@ -12,6 +12,15 @@
 //!   leaves out, and a single broker shutting down answers with none; such a client never
 //!   reconnects (confluentinc/librdkafka#5301), while the run's fresh clients do. Each
 //!   repeats at most once per timeout while its condition lasts.
+//!
+//! Every member sees the same unowned partitions at the same time: were they all to rejoin
+//! at the timeout, they would leave and rejoin together (seen with static membership: two
+//! members within 0.5 s), which repairs nothing faster and restarts every member's run. So
+//! each member waits a random extra delay (up to half the timeout) before it rejoins: the
+//! first rejoin rebalances the group, and the others see their partitions owned again and
+//! stay. Readiness still names the trouble from the timeout on. The watchdogs start over
+//! with each run (a new consumer, a new member): a trouble the previous run saw is not held
+//! against a member that has just joined.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,6 +37,8 @@ use sluice_pipeline::metrics::{
 };
 use tokio_util::sync::CancellationToken;
 
+use super::watchdog::Watchdog;
+
 /// The current run's consumer, shared with the checks, and the watchdog's requests to it.
 #[derive(Clone, Default)]
 pub struct Current(Arc<Mutex<Slot>>);
@@ -35,6 +46,8 @@ pub struct Current(Arc<Mutex<Slot>>);
 #[derive(Default)]
 struct Slot {
     consumer: Option<Arc<SluiceConsumer>>,
+    /// Counts the runs started: the checks start their watchdogs over when it changes.
+    run: u64,
     /// Cancelled by the watchdog: the run ends gracefully and the service rejoins.
     rejoin: CancellationToken,
     /// The next run joins without static membership (see `run_once`).
@@ -50,6 +63,7 @@ impl Current {
     pub(crate) fn start_run(&self, consumer: Arc<SluiceConsumer>) -> CancellationToken {
         let mut slot = self.lock();
         slot.consumer = Some(consumer);
+        slot.run += 1;
         slot.rejoin = CancellationToken::new();
         slot.rejoin.clone()
     }
@@ -70,6 +84,12 @@ impl Current {
 
     fn consumer(&self) -> Option<Arc<SluiceConsumer>> {
         self.lock().consumer.clone()
+    }
+
+    /// The current run's number and consumer.
+    fn run(&self) -> Option<(u64, Arc<SluiceConsumer>)> {
+        let slot = self.lock();
+        Some((slot.run, slot.consumer.clone()?))
     }
 
     /// Ends the current run so that its consumer leaves the group and a new one joins
@@ -104,15 +124,21 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let limit = Duration::from_millis(k.unowned_timeout_ms);
-        let mut unowned_dog = Watchdog::new(limit);
+        // Spread: see the module docs. The cut-off trouble is this member's own.
+        let mut unowned_dog = Watchdog::new(limit).spread(limit / 2);
         let mut cut_off_dog = Watchdog::new(limit.min(CUT_OFF_AFTER));
         let mut reported: BTreeSet<i32> = BTreeSet::new();
         let (probe, timeout) = (timeout, sluice_connectors::kafka::op_timeout(&k));
+        let mut watched_run = None;
         loop {
             tick.tick().await;
-            let Some(consumer) = current.consumer() else {
+            let Some((run, consumer)) = current.run() else {
                 continue;
             };
+            if watched_run.replace(run) != Some(run) {
+                unowned_dog.reset();
+                cut_off_dog.reset();
+            }
             // First, can this member's own client fetch the cluster's metadata at all (a
             // healthy one answers in milliseconds)? If so, look at the group; if not, can a
             // fresh client fetch it? And when the member's client fetches metadata but cannot
@@ -245,73 +271,6 @@ fn report_member_lag(lag: &[(i32, i64)], reported: &mut BTreeSet<i32>) {
     *reported = now;
 }
 
-/// Decides, from successive looks, when a trouble (partitions unowned, this member's client
-/// cut off) has lasted too long: readiness then names it, and the member rejoins, at most once
-/// per timeout while it lasts.
-struct Watchdog {
-    timeout: Duration,
-    /// Since when the trouble has lasted (continuously).
-    since: Option<Instant>,
-    /// When this watchdog last asked to rejoin.
-    rejoined: Option<Instant>,
-    /// The last verdict's readiness problem.
-    problem: Option<String>,
-}
-
-/// The watchdog's verdict.
-#[derive(Debug, Clone, PartialEq)]
-struct Verdict {
-    /// The readiness reason, while the trouble has lasted too long.
-    problem: Option<String>,
-    /// Rejoin now.
-    rejoin: bool,
-}
-
-impl Watchdog {
-    fn new(timeout: Duration) -> Self {
-        Watchdog {
-            timeout,
-            since: None,
-            rejoined: None,
-            problem: None,
-        }
-    }
-
-    /// The last verdict's problem, without a new observation (nothing asks to rejoin).
-    fn last(&self) -> Verdict {
-        Verdict {
-            problem: self.problem.clone(),
-            rejoin: false,
-        }
-    }
-
-    /// One look: `trouble` describes what is wrong now (`None`: nothing).
-    fn observe(&mut self, trouble: Option<String>, now: Instant) -> Verdict {
-        let Some(trouble) = trouble else {
-            self.since = None;
-            self.problem = None;
-            return self.last();
-        };
-        let since = *self.since.get_or_insert(now);
-        let lasted = now.duration_since(since);
-        if lasted < self.timeout {
-            self.problem = None;
-            return self.last();
-        }
-        let rejoin = self
-            .rejoined
-            .is_none_or(|at| now.duration_since(at) >= self.timeout);
-        if rejoin {
-            self.rejoined = Some(now);
-        }
-        self.problem = Some(format!("{trouble} for {} s", lasted.as_secs()));
-        Verdict {
-            problem: self.problem.clone(),
-            rejoin,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,45 +287,6 @@ mod tests {
             cut_off(true, true),
             None,
             "it reaches the brokers (a leaderless partition)"
-        );
-    }
-
-    fn unowned(partitions: &[i32]) -> Option<String> {
-        (!partitions.is_empty()).then(|| format!("partitions {partitions:?} unowned"))
-    }
-
-    #[test]
-    fn the_watchdog_rejoins_once_per_timeout_while_partitions_stay_unowned() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        let mut w = Watchdog::new(s(60));
-        assert!(!w.observe(unowned(&[]), t0).rejoin);
-        // A rebalance: unowned for a while, then owned again — nothing happens.
-        assert_eq!(w.observe(unowned(&[0, 1]), t0 + s(1)).problem, None);
-        assert_eq!(w.observe(unowned(&[0, 1]), t0 + s(50)).problem, None);
-        assert_eq!(w.observe(unowned(&[]), t0 + s(52)).problem, None);
-        // A wedge: unowned past the timeout.
-        assert!(!w.observe(unowned(&[2]), t0 + s(100)).rejoin);
-        let v = w.observe(unowned(&[2]), t0 + s(161));
-        assert!(
-            v.rejoin && v.problem.as_deref().unwrap().contains("[2]"),
-            "{v:?}"
-        );
-        let v = w.observe(unowned(&[2]), t0 + s(170));
-        assert!(!v.rejoin && v.problem.is_some(), "not again at once: {v:?}");
-        assert_eq!(
-            w.last(),
-            Verdict { rejoin: false, ..v },
-            "kept while unseen"
-        );
-        assert!(
-            w.observe(unowned(&[2]), t0 + s(222)).rejoin,
-            "again after another timeout"
-        );
-        assert_eq!(
-            w.observe(unowned(&[]), t0 + s(223)).problem,
-            None,
-            "repaired"
         );
     }
 }

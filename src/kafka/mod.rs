@@ -13,6 +13,7 @@
 
 pub mod checks;
 pub mod cli;
+mod watchdog;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -92,10 +92,27 @@ impl OwnBroker {
     pub fn resume(&self) {
         script("kafka.sh", &["resume", &self.port]);
     }
+
+    /// Freezes (`true`) or thaws the broker: it stops answering while every connection to it
+    /// stays open (a coordinator that is unreachable, not gone).
+    pub fn freeze(&self, frozen: bool) {
+        let pid_file = root().join(format!(".cache/kafka/kafka-{}.pid", self.port));
+        let Some(pid) = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            assert!(!frozen, "no pid file for the broker on {}", self.port);
+            return;
+        };
+        let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: a signal to the broker process this test started.
+        unsafe { libc::kill(pid, sig) };
+    }
 }
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
+        self.freeze(false);
         let _ = Command::new("bash")
             .arg(root().join("scripts/kafka.sh"))
             .args(["stop", &self.port])

@@ -461,6 +461,10 @@ impl ConsumerContext for SluiceContext {
 }
 
 #[cfg(test)]
+#[path = "context_runtime_tests.rs"]
+mod runtime_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

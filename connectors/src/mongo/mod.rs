@@ -22,7 +22,7 @@ mod convert;
 mod group;
 mod layout;
 mod ledger;
-mod sessions;
+pub mod sessions;
 mod writer;
 
 use std::collections::HashMap;

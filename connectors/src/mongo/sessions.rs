@@ -8,6 +8,14 @@
 //!
 //! A session is recorded (one small upsert) the first time this process uses it, before its
 //! first transaction; the driver pools and reuses sessions, so that is once per pooled session.
+//!
+//! The record is bounded: it keeps the [`SESSIONS_MAX`] sessions noted last. The driver
+//! replaces a pooled session only after it sat idle for most of the server's session timeout
+//! (30 min), so a process running for months would otherwise grow its document until it
+//! passes 16 MB and every upsert — and so every chunk transaction — fails. The sessions in use
+//! are at most the store's concurrency (far below the bound), and the memory of sessions
+//! already noted is forgotten at the same bound, so a session still in use is noted again
+//! (and so kept) before it could be pruned.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -19,11 +27,12 @@ use sluice_pipeline::StoreError;
 use super::classify;
 
 const SESSIONS: &str = "sluice_sessions";
-/// Sessions remembered in memory before the set is forgotten (recording again is harmless).
-const SEEN_MAX: usize = 4096;
+/// Sessions kept in an instance's record (the last ones noted), and remembered in memory as
+/// noted before that memory is forgotten (noting again is harmless).
+pub const SESSIONS_MAX: usize = 512;
 
 /// The recorder of one instance's sessions.
-pub(super) struct Sessions {
+pub struct Sessions {
     coll: Collection<Document>,
     instance: Option<String>,
     seen: Mutex<HashSet<Vec<u8>>>,
@@ -32,7 +41,7 @@ pub(super) struct Sessions {
 impl Sessions {
     /// A recorder for `instance` (`None`: nothing is recorded — without a stable identity no
     /// later incarnation could find the sessions).
-    pub(super) fn new(db: &Database, instance: Option<String>) -> Self {
+    pub fn new(db: &Database, instance: Option<String>) -> Self {
         Sessions {
             coll: db.collection(SESSIONS),
             instance,
@@ -43,7 +52,7 @@ impl Sessions {
     /// Ends the sessions the previous incarnation of this instance recorded (aborting their
     /// open transactions) and forgets them. Returns how many were ended. A server that refuses
     /// `killSessions` only costs the wait it would have saved (logged).
-    pub(super) async fn end_predecessors(&self, db: &Database) -> Result<usize, StoreError> {
+    pub async fn end_predecessors(&self, db: &Database) -> Result<usize, StoreError> {
         let Some(instance) = &self.instance else {
             return Ok(0);
         };
@@ -80,8 +89,9 @@ impl Sessions {
         Ok(n)
     }
 
-    /// Records `session` under the instance before its first transaction.
-    pub(super) async fn note(&self, session: &ClientSession) -> Result<(), StoreError> {
+    /// Records `session` under the instance before its first transaction (last, pruning the
+    /// oldest beyond [`SESSIONS_MAX`]).
+    pub async fn note(&self, session: &ClientSession) -> Result<(), StoreError> {
         let Some(instance) = &self.instance else {
             return Ok(());
         };
@@ -96,13 +106,23 @@ impl Sessions {
                 return Ok(());
             }
         }
+        // Moved to the end if already there (noted again after `seen` was forgotten), so that
+        // the slice keeps the sessions noted last, once each.
         self.coll
-            .update_one(doc! {"_id": instance}, doc! {"$addToSet": {"lsids": lsid}})
+            .update_one(doc! {"_id": instance}, doc! {"$pull": {"lsids": &lsid}})
+            .await
+            .map_err(|e| classify(&e))?;
+        let max = -(SESSIONS_MAX as i64);
+        self.coll
+            .update_one(
+                doc! {"_id": instance},
+                doc! {"$push": {"lsids": {"$each": [lsid], "$slice": max}}},
+            )
             .upsert(true)
             .await
             .map_err(|e| classify(&e))?;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= SEEN_MAX {
+        if seen.len() >= SESSIONS_MAX {
             seen.clear();
         }
         seen.insert(key);

@@ -12,6 +12,7 @@
 //! - `mongo`: MongoDB-only cases (chunks too large for one transaction, refused items);
 //! - `group`: MongoDB group commit — concurrent small creates end as if written alone;
 //! - `own`: a SecantusDB of a test's own (server settings, freezing);
+//! - `sessions`: the bounded record of an instance's MongoDB sessions;
 //! - `layout`: how MongoDB keys documents (`_id` = key), and collections of the older layout;
 //! - `property` (with `property_model`): generated requests on both stores and on a model.
 
@@ -24,6 +25,7 @@ mod own;
 mod property;
 mod property_model;
 mod replay;
+mod sessions;
 mod suite;
 
 use std::sync::Arc;
