@@ -20,7 +20,6 @@
 #   scripts/kafka.sh tool CLASS [ARGS...]             any Kafka CLI class, e.g.
 #       org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server ...
 #
-#
 # A three-node cluster (KRaft, each node broker + controller: a combined quorum of 3;
 # replication 3, min.insync.replicas 2, internal topics replicated 3 with min ISR 2):
 #   scripts/kafka.sh cluster-start [BASE]             fresh cluster; prints its bootstrap servers
@@ -34,9 +33,9 @@
 #   scripts/kafka.sh coordinator BASE group ID        node coordinating consumer group ID
 # Node N's broker listens on BASE+2(N-1), its controller on the port after (BASE..BASE+5);
 # BASE defaults to $KAFKA_PORT or 19092. Heap per node: KAFKA_HEAP_OPTS (default
-# -Xms128m -Xmx384m).
+# -Xms128m -Xmx384m). The nodes' logs: .cache/kafka/kafka-PORT.log.
 #
-# PORT defaults to $KAFKA_PORT or 19092; the controller listens on PORT+1.
+# Single broker: PORT defaults to $KAFKA_PORT or 19092; the controller listens on PORT+1.
 # TLS (start/restart/resume; unset = no TLS listener): KAFKA_SSL_PORT adds an SSL
 # listener on 127.0.0.1:KAFKA_SSL_PORT beside PLAINTEXT (which stays the
 # inter-broker listener); KAFKA_SSL_KEYSTORE (PKCS12 with the broker's key and
