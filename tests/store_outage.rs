@@ -65,7 +65,7 @@ fn a_store_outage_of_minutes_fails_nothing_loses_nothing_and_finishes_after() {
     let mut thawed = Instant::now();
     let mut during = 0;
     std::thread::scope(|scope| {
-        // A third before the outage (work in flight when it starts), the rest during it.
+        // A third before the outage, the rest while it lasts.
         env.produce_over(&w.records[..third], Duration::from_secs(8));
         store.freeze(true);
         let frozen = Instant::now();
