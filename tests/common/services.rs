@@ -57,8 +57,15 @@ pub fn free_port_pair() -> u16 {
 /// server started (or restarted) on it a moment later can bind it. Ports from the ephemeral
 /// range (`bind(0)`) once failed a chaos run's broker restart ("Address already in use" on
 /// the controller port, taken meanwhile by an outgoing connection) and, under load, the
-/// start of a conformance test's own SecantusDB.
+/// start of a conformance test's own SecantusDB. `SLUICE_TEST_PORTS=LO-HI` keeps them in
+/// LO..HI instead (several people testing on one machine, each in a range of their own).
 fn free_ports(n: u16) -> u16 {
+    if let Some((lo, hi)) = std::env::var("SLUICE_TEST_PORTS").ok().and_then(|r| {
+        let (lo, hi) = r.split_once('-')?;
+        Some((lo.parse().ok()?, hi.parse().ok()?))
+    }) {
+        return free_ports_in(lo..hi, n);
+    }
     loop {
         let port = 20_000 + rand::random::<u16>() % 12_000;
         if (port..port + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
