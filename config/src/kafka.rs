@@ -82,7 +82,13 @@ pub struct KafkaConfig {
     pub delivery: Delivery,
     /// Partitions of topics made by `sluice topics create`.
     pub partitions: i32,
-    /// Replication factor of topics made by `sluice topics create`.
+    /// Replication factor of topics made by `sluice topics create`; `-1` (the default) takes
+    /// the cluster's `default.replication.factor`. The default is the broker's, not a fixed
+    /// number, because a fixed 1 would quietly create unreplicated topics on a production
+    /// cluster, where one dead broker then stops the service, while a fixed 3 fails on a
+    /// single development broker; the cluster's operator has already chosen. Set it (e.g. 3,
+    /// with `min.insync.replicas` 2 on the brokers) to insist. Existing topics are left as
+    /// they are.
     pub replication: i32,
     /// Consumer session timeout (ms): how fast a dead instance's partitions move.
     pub session_timeout_ms: u64,
@@ -115,7 +121,7 @@ impl Default for KafkaConfig {
             topics: KafkaTopics::default(),
             delivery: Delivery::ExactlyOnce,
             partitions: 6,
-            replication: 1,
+            replication: -1,
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 600_000,
             transaction_timeout_ms: 60_000,

@@ -194,10 +194,16 @@ fn kafka(k: &KafkaConfig, pipeline: &PipelineConfig) -> Result<(), ConfigError> 
             "requests, results and dlq must be three different topics",
         ));
     }
-    if k.partitions < 1 || k.replication < 1 {
+    if k.partitions < 1 {
         return Err(ConfigError::invalid(
             "kafka.partitions",
-            "partitions and replication must be at least 1",
+            "must be at least 1",
+        ));
+    }
+    if k.replication < 1 && k.replication != -1 {
+        return Err(ConfigError::invalid(
+            "kafka.replication",
+            "must be at least 1, or -1 for the brokers' default.replication.factor",
         ));
     }
     if k.transaction_timeout_ms < pipeline.commit_interval_ms * 2 {
@@ -448,5 +454,17 @@ mod tests {
             .to_string();
         assert!(err.contains("`kafka.revoke_drain_ms`"), "{err}");
         assert!(err.contains("max_poll_interval_ms"), "{err}");
+    }
+
+    #[test]
+    fn replication_is_at_least_one_or_the_brokers_default() {
+        from_toml_str("[kafka]\nreplication = 3\n").unwrap();
+        from_toml_str("[kafka]\nreplication = -1\n").unwrap();
+        for bad in ["0", "-2"] {
+            let err = from_toml_str(&format!("[kafka]\nreplication = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`kafka.replication`"), "{bad}: {err}");
+        }
     }
 }

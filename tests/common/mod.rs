@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// The chaos harness: a fleet of instances under random faults, and the checks.
+pub mod chaos;
 /// A `sluice run --follow` with its HTTP listener, and HTTP helpers.
 pub mod http;
 /// Kafka helpers (only the Kafka test binaries use them).

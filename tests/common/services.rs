@@ -57,8 +57,15 @@ pub fn free_port_pair() -> u16 {
 /// server started (or restarted) on it a moment later can bind it. Ports from the ephemeral
 /// range (`bind(0)`) once failed a chaos run's broker restart ("Address already in use" on
 /// the controller port, taken meanwhile by an outgoing connection) and, under load, the
-/// start of a conformance test's own SecantusDB.
+/// start of a conformance test's own SecantusDB. `SLUICE_TEST_PORTS=LO-HI` keeps them in
+/// LO..HI instead (several people testing on one machine, each in a range of their own).
 fn free_ports(n: u16) -> u16 {
+    if let Some((lo, hi)) = std::env::var("SLUICE_TEST_PORTS").ok().and_then(|r| {
+        let (lo, hi) = r.split_once('-')?;
+        Some((lo.parse().ok()?, hi.parse().ok()?))
+    }) {
+        return free_ports_in(lo..hi, n);
+    }
     loop {
         let port = 20_000 + rand::random::<u16>() % 12_000;
         if (port..port + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
@@ -177,5 +184,90 @@ impl OwnBroker {
             String::from_utf8_lossy(&out.stderr)
         );
         OwnBroker { port }
+    }
+}
+
+/// The first of `n` consecutive free ports in `range` (a range set aside for one kind of
+/// server, so that parallel test sessions on one machine stay apart).
+pub fn free_ports_in(range: std::ops::Range<u16>, n: u16) -> u16 {
+    for _ in 0..1000 {
+        let port = range.start + rand::random::<u16>() % (range.len() as u16 - n);
+        if (port..port + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return port;
+        }
+    }
+    panic!("no {n} consecutive free ports in {range:?}");
+}
+
+/// A three-node Kafka cluster of the test's own (`scripts/kafka.sh cluster-start`): each node
+/// broker and controller, replication 3, `min.insync.replicas` 2, internal topics replicated
+/// 3. Its nodes can be killed, frozen and restarted one at a time; stopped when dropped.
+pub struct OwnCluster {
+    /// Node 1's broker port; node N listens on `base + 2(N-1)`, its controller one above.
+    pub base: String,
+    /// `bootstrap.servers` for all three nodes.
+    pub bootstrap: String,
+}
+
+impl OwnCluster {
+    /// Starts a fresh cluster on six free ports of 21100..21200 (where this machine's test
+    /// clusters live).
+    pub fn start() -> OwnCluster {
+        let base = free_ports_in(21100..21200, 6).to_string();
+        let bootstrap = script("kafka.sh", &["cluster-start", &base]);
+        OwnCluster { base, bootstrap }
+    }
+
+    /// SIGKILL node `n` (1..=3).
+    pub fn kill(&self, n: u8) {
+        script("kafka.sh", &["cluster-kill", &self.base, &n.to_string()]);
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT node `n`.
+    pub fn freeze(&self, n: u8, frozen: bool) {
+        let cmd = if frozen {
+            "cluster-freeze"
+        } else {
+            "cluster-thaw"
+        };
+        script("kafka.sh", &[cmd, &self.base, &n.to_string()]);
+    }
+
+    /// Starts node `n` again on its data; returns once it serves.
+    pub fn restart(&self, n: u8) {
+        script("kafka.sh", &["cluster-restart", &self.base, &n.to_string()]);
+    }
+
+    /// The node that coordinates `id`, as the cluster answers FindCoordinator: `kind` is
+    /// `"transaction"` (a transactional.id) or `"group"` (a consumer group).
+    pub fn coordinator(&self, kind: &str, id: &str) -> u8 {
+        let out = script("kafka.sh", &["coordinator", &self.base, kind, id]);
+        out.parse()
+            .unwrap_or_else(|_| panic!("coordinator of {kind} {id}: {out:?}"))
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(root().join("scripts/kafka.sh"))
+            .args(["cluster-stop", &self.base])
+            .output();
+    }
+}
+
+impl OwnSecantus {
+    /// [`OwnSecantus::start`] on a free port of `range`.
+    pub fn start_in(range: std::ops::Range<u16>) -> OwnSecantus {
+        let port = free_ports_in(range, 1).to_string();
+        script("secantus.sh", &["start", &port]);
+        let uri = script("secantus.sh", &["uri", &port]);
+        let pid =
+            std::fs::read_to_string(root().join(format!(".cache/secantus/secantus-{port}.pid")))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+        OwnSecantus { port, uri, pid }
     }
 }
