@@ -11,7 +11,7 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::ErrorKind;
 use mongodb::Collection;
 use sluice_pipeline::dedupe::unix_now_ms;
-use sluice_pipeline::store::{plan_bounds, plan_from_bounds, Claim, ClaimInput, Claimed};
+use sluice_pipeline::store::{plan_bounds, plan_from_bounds, About, Claim, ClaimInput, Claimed};
 use sluice_pipeline::{SourceRef, StoreError};
 
 use super::{classify, expires, is_duplicate_key, MongoStore};
@@ -25,9 +25,10 @@ fn claim_doc(
     expires_at: i64,
     claimed_at: i64,
     plan: &[Range<usize>],
+    about: &About<'_>,
 ) -> Document {
     let bounds: Vec<Bson> = plan_bounds(plan).into_iter().map(Bson::Int64).collect();
-    doc! {
+    let mut d = doc! {
         "_id": request_id,
         "topic": &source.topic,
         "partition": source.partition,
@@ -35,7 +36,18 @@ fn claim_doc(
         "expires_at": expires(expires_at),
         "claimed_at": claimed_at,
         "plan": bounds,
+    };
+    // For the status API (`status`) only.
+    if !about.collection.is_empty() {
+        d.insert("collection", about.collection);
     }
+    if let Some(op) = about.op {
+        d.insert("op", op.as_str());
+    }
+    if let Some(ms) = about.deadline_ms {
+        d.insert("deadline_ms", ms.min(i64::MAX as u64) as i64);
+    }
+    d
 }
 
 impl MongoStore {
@@ -57,7 +69,14 @@ impl MongoStore {
             let coll: Collection<Document> = self.database().collection(REQUESTS);
             let docs = firsts.iter().map(|&i| {
                 let c = &claims[i];
-                claim_doc(c.request_id, c.source, expires_at, claimed_at, c.plan)
+                claim_doc(
+                    c.request_id,
+                    c.source,
+                    expires_at,
+                    claimed_at,
+                    c.plan,
+                    &c.about,
+                )
             });
             let failed: Option<HashSet<usize>> = match coll.insert_many(docs).ordered(false).await {
                 Ok(_) => Some(HashSet::new()),
@@ -83,7 +102,7 @@ impl MongoStore {
                     plan: c.plan.to_vec(),
                 })
             } else {
-                self.claim_request(c.request_id, c.source, expires_at, c.plan)
+                self.claim_request(c.request_id, c.source, expires_at, c.plan, &c.about)
                     .await?
             });
         }
@@ -96,12 +115,13 @@ impl MongoStore {
         source: &SourceRef,
         expires_at: i64,
         plan: &[Range<usize>],
+        about: &About<'_>,
     ) -> Result<Claim, StoreError> {
         let coll: Collection<Document> = self.database().collection(REQUESTS);
         let bounds: Vec<Bson> = plan_bounds(plan).into_iter().map(Bson::Int64).collect();
         let items = plan.last().map_or(0, |r| r.end);
         let claimed_at = unix_now_ms();
-        let mine = claim_doc(request_id, source, expires_at, claimed_at, plan);
+        let mine = claim_doc(request_id, source, expires_at, claimed_at, plan, about);
         let fresh = Claim::Owned(Claimed {
             claimed_at_ms: claimed_at,
             plan: plan.to_vec(),

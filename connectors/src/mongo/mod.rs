@@ -15,7 +15,8 @@
 //! previous incarnation's at start-up.
 //!
 //! Parts: this file (connection, start-up checks, `Store`), [`ledger`], [`claims`],
-//! [`writer`] (the `ItemWriter`, cascades), [`layout`], [`convert`], [`sessions`].
+//! [`writer`] (the `ItemWriter`, cascades), [`layout`], [`convert`], [`sessions`], and
+//! [`status`] (the status API's reads, [`MongoStatus`]).
 
 mod claims;
 mod convert;
@@ -23,6 +24,7 @@ mod group;
 mod layout;
 mod ledger;
 mod sessions;
+mod status;
 mod writer;
 
 use std::collections::HashMap;
@@ -47,6 +49,7 @@ use sluice_pipeline::store::{
 };
 use sluice_pipeline::{SourceRef, Store, StoreError};
 
+pub use status::MongoStatus;
 pub use writer::key_bson;
 
 /// Code of a chunk too large for one transaction (`TransactionTooLargeForCache`, …).
@@ -229,7 +232,7 @@ impl Store for MongoStore {
         expires_at: i64,
         plan: &[Range<usize>],
     ) -> Result<Claim, StoreError> {
-        self.claim_request(request_id, source, expires_at, plan)
+        self.claim_request(request_id, source, expires_at, plan, &Default::default())
             .await
     }
 

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use rusqlite::{params, Connection};
 use sluice_pipeline::dedupe::{unix_now, unix_now_ms};
-use sluice_pipeline::store::{plan_bounds, plan_from_bounds, Claim, ClaimInput, Claimed};
+use sluice_pipeline::store::{plan_bounds, plan_from_bounds, About, Claim, ClaimInput, Claimed};
 use sluice_pipeline::{SourceRef, StoreError};
 
 use super::{classify, PURGE_EVERY};
@@ -15,6 +15,8 @@ pub struct OwnedClaim {
     src: SourceRef,
     bounds: String,
     items: usize,
+    /// `About`: collection (`None` when not recorded), op and deadline, for the status API.
+    about: (Option<String>, Option<&'static str>, Option<i64>),
 }
 
 impl OwnedClaim {
@@ -23,6 +25,7 @@ impl OwnedClaim {
         request_id: &str,
         source: &SourceRef,
         plan: &[Range<usize>],
+        about: &About<'_>,
     ) -> Result<Self, StoreError> {
         let bounds = serde_json::to_string(&plan_bounds(plan))
             .map_err(|e| StoreError::permanent("encode", e.to_string()))?;
@@ -31,6 +34,11 @@ impl OwnedClaim {
             src: source.clone(),
             bounds,
             items: plan.last().map_or(0, |r| r.end),
+            about: (
+                Some(about.collection.to_string()).filter(|c| !c.is_empty()),
+                about.op.map(|op| op.as_str()),
+                about.deadline_ms.map(|d| d.min(i64::MAX as u64) as i64),
+            ),
         })
     }
 
@@ -38,7 +46,7 @@ impl OwnedClaim {
     pub fn all(claims: &[ClaimInput<'_>]) -> Result<Vec<Self>, StoreError> {
         claims
             .iter()
-            .map(|c| Self::new(c.request_id, c.source, c.plan))
+            .map(|c| Self::new(c.request_id, c.source, c.plan, &c.about))
             .collect()
     }
 }
@@ -70,6 +78,7 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<C
         src,
         bounds,
         items,
+        about,
     } = claim;
     let items = *items;
     let now = unix_now();
@@ -77,12 +86,14 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<C
     // generation, whose ledger keys the old request's chunks cannot match.
     c.prepare_cached(
         "INSERT INTO requests
-       (request_id, topic, partition, \"offset\", expires_at, claimed_at, plan)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+       (request_id, topic, partition, \"offset\", expires_at, claimed_at, plan,
+        collection, op, deadline_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10, ?11)
      ON CONFLICT (request_id) DO UPDATE SET topic = excluded.topic,
        partition = excluded.partition, \"offset\" = excluded.\"offset\",
        expires_at = excluded.expires_at, claimed_at = excluded.claimed_at,
-       plan = excluded.plan
+       plan = excluded.plan, collection = excluded.collection, op = excluded.op,
+       deadline_ms = excluded.deadline_ms
      WHERE requests.expires_at < ?8",
     )
     .and_then(|mut s| {
@@ -94,7 +105,10 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<C
             expires_at,
             unix_now_ms(),
             bounds,
-            now
+            now,
+            about.0,
+            about.1,
+            about.2
         ])
     })
     .map_err(classify)?;
