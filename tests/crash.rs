@@ -155,6 +155,21 @@ fn kill_9_at_random_points_loses_nothing_and_doubles_nothing() {
 /// event once, every item applied once.
 #[test]
 fn a_long_request_commits_as_it_goes_and_resumes_after_kill_9() {
+    long_request_killed("", Duration::ZERO);
+}
+
+/// Issue 24 §1: the same, with a dedupe window of 2 s and a restart 3 s after a kill — past
+/// the window. The unfinished request's claim and ledger have not expired: the restart
+/// replays its chunks instead of running it as a new request (whose creates would all say
+/// `exists`), and its counts equal the progress events published.
+#[test]
+fn a_request_resumed_after_its_dedupe_window_is_still_the_same_request() {
+    long_request_killed("[dedupe]\nwindow_secs = 2\n", Duration::from_secs(3));
+}
+
+/// One 10,000-item create request in 5,000 chunks, killed three times while it runs; the
+/// restarts wait `pause` first.
+fn long_request_killed(extra_config: &str, pause: Duration) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("requests.jsonl");
     let items: Vec<_> = (0..10_000)
@@ -164,7 +179,10 @@ fn a_long_request_commits_as_it_goes_and_resumes_after_kill_9() {
     std::fs::write(&input, format!("{rec}\n")).unwrap();
     let cfg = write_config(
         dir.path(),
-        "[chunk]\nmax_items = 2\n[pipeline]\ncommit_interval_ms = 50\n[collections.words]\nkey = \"text\"\n",
+        &format!(
+            "{extra_config}[chunk]\nmax_items = 2\n[pipeline]\ncommit_interval_ms = 50\n\
+             [collections.words]\nkey = \"text\"\n"
+        ),
     );
     let (out, state) = (dir.path().join("out.jsonl"), dir.path().join("state.db"));
     let args = run_args(&cfg, &input, &out, None, &state);
@@ -204,6 +222,7 @@ fn a_long_request_commits_as_it_goes_and_resumes_after_kill_9() {
             "kill {kill}: the unfinished request's events are committed ({last} → {now})"
         );
         last = now;
+        std::thread::sleep(pause);
     }
     run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let events = read_lines(&out);
@@ -217,6 +236,16 @@ fn a_long_request_commits_as_it_goes_and_resumes_after_kill_9() {
         events.len(),
         5001,
         "5000 progress events and one terminal event"
+    );
+    let published_ok = events
+        .iter()
+        .filter(|e| e["event"] == "progress")
+        .flat_map(|e| e["items"].as_array().unwrap().iter())
+        .filter(|i| i["status"] == "ok")
+        .count();
+    assert_eq!(
+        published_ok, 10_000,
+        "every published item is ok: none was applied twice"
     );
     assert_eq!(count_docs(&state, "words"), 10_000);
 }

@@ -318,7 +318,7 @@ mod tests {
                 key_field: "text".into(),
                 children: vec![],
             }),
-            expires_at: 0,
+            window_secs: 0,
             generation: 1,
         }
     }

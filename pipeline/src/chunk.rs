@@ -141,6 +141,7 @@ mod tests {
             skip_progress: 0,
             received: std::time::Instant::now(),
             permit: None,
+            generation: None,
         };
         tx.send(Work::Execute {
             meta: meta(),

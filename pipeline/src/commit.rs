@@ -14,6 +14,9 @@
 //! it in that partition is marked done; the restart re-reads it.
 
 mod lanes;
+mod release;
+
+pub use release::Releaser;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +33,7 @@ use crate::record::Meta;
 use crate::report::RunStats;
 use crate::sink::Sink;
 use crate::stage::{Outbox, Stage, StageError};
+use crate::store::Finished;
 use crate::work::Pending;
 
 use lanes::{Lanes, Step};
@@ -38,6 +42,8 @@ use lanes::{Lanes, Step};
 pub struct Commit<S: Sink> {
     lanes: Lanes,
     unit: Unit<S>,
+    /// Releases finished requests once their terminal events are committed.
+    releaser: Option<Releaser>,
 }
 
 /// The sink and what the current unit holds.
@@ -49,6 +55,8 @@ struct Unit<S: Sink> {
     done: usize,
     /// Events published or positions recorded since the last commit.
     dirty: bool,
+    /// The claimed requests whose terminal events the unit holds: released once it commits.
+    finished: Vec<Finished>,
     last_commit: Instant,
     stats: Arc<RunStats>,
     in_flight: Arc<InFlight>,
@@ -74,13 +82,22 @@ impl<S: Sink> Commit<S> {
                 interval: Duration::from_millis(config.commit_interval_ms),
                 done: 0,
                 dirty: false,
+                finished: Vec::new(),
                 last_commit: Instant::now(),
                 stats,
                 in_flight,
                 health,
                 end_to_end: histogram!(END_TO_END),
             },
+            releaser: None,
         }
+    }
+
+    /// Releases each claimed request through `releaser` once the unit holding its terminal
+    /// event has committed.
+    pub fn with_releaser(mut self, releaser: Releaser) -> Self {
+        self.releaser = Some(releaser);
+        self
     }
 
     /// Publishes what lane `lane` can publish now, marking finished records done.
@@ -91,6 +108,15 @@ impl<S: Sink> Commit<S> {
                 Step::Event(event, op) => self.unit.publish(&event, op).await?,
                 Step::Last(event, op, meta) => {
                     self.unit.publish(&event, op).await?;
+                    if let (ResultEvent::Completed(c), Some(generation)) = (&event, meta.generation)
+                    {
+                        self.unit.finished.push(Finished {
+                            request_id: c.request_id.clone(),
+                            generation,
+                            chunks: c.chunks,
+                            terminal: serde_json::to_string(&event).unwrap_or_default(),
+                        });
+                    }
                     self.unit.done(meta).await?;
                 }
                 Step::DeadLetter(raw, letter, meta) => {
@@ -122,7 +148,11 @@ impl<S: Sink> Commit<S> {
                 .await?;
             self.unit.dirty = true;
         }
-        self.unit.commit().await
+        self.unit.commit().await?;
+        if let Some(releaser) = &self.releaser {
+            releaser.send(std::mem::take(&mut self.unit.finished)).await;
+        }
+        Ok(())
     }
 }
 
@@ -255,7 +285,11 @@ impl<S: Sink> Stage for Commit<S> {
                 _ = tick.tick() => self.on_tick(out).await?,
             }
         }
-        self.commit().await
+        self.commit().await?;
+        if let Some(releaser) = self.releaser.take() {
+            releaser.close(Duration::from_secs(5)).await;
+        }
+        Ok(())
     }
 }
 

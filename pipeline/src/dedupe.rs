@@ -73,8 +73,9 @@ struct Batch {
 /// The dedupe stage.
 pub struct Dedupe {
     store: Arc<dyn Store>,
-    /// request_id → the record that claimed it, its claim when it is ours, and when cached.
-    cache: LruCache<String, (SourceRef, Option<Claimed>, Instant)>,
+    /// request_id → the record that owns it, its claim, and until when the store is sure to
+    /// answer the same (never later than the claim's expiry; hits do not extend it).
+    cache: LruCache<String, (SourceRef, Claimed, Instant)>,
     window: Duration,
     retry: RetryPolicy,
     abort: CancellationToken,
@@ -97,39 +98,48 @@ impl Dedupe {
         }
     }
 
-    /// The claim the cache still knows for `request_id` read from `source`, if any.
+    /// The claim the cache still knows for `request_id` read from `source`, if any: the same
+    /// answer the store would give now (see [`Dedupe::remember`]).
     fn cached(&mut self, request_id: &str, source: &SourceRef) -> Option<Claim> {
-        let (owner, claimed, at) = self.cache.get(request_id)?;
-        if at.elapsed() >= self.window {
+        let (owner, claimed, until) = self.cache.peek(request_id)?;
+        if Instant::now() >= *until {
+            self.cache.pop(request_id);
             return None;
         }
-        match claimed {
-            Some(c) if owner == source => Some(Claim::Owned(c.clone())),
-            _ if owner != source => Some(Claim::DuplicateOf(owner.clone())),
-            _ => None,
-        }
+        let answer = if owner == source {
+            Claim::Owned(claimed.clone())
+        } else {
+            Claim::DuplicateOf(owner.clone())
+        };
+        // A hit moves the entry up the LRU order, but never extends its life.
+        self.cache.promote(request_id);
+        Some(answer)
     }
 
+    /// Caches a claim the store just answered. Only owned claims are kept, and only as long as
+    /// the store is sure to answer the same: at most one window from now (an unfinished claim
+    /// never expires, and once released it lives a window from its release, which comes
+    /// later), and never past the expiry the store reported. A `DuplicateOf` is not cached:
+    /// its owner may be released by another process at any moment, starting a window this
+    /// process cannot see.
     fn remember(&mut self, request_id: &str, source: &SourceRef, claim: &Claim) {
-        if let (Claim::DuplicateOf(o), Some((owner, Some(_), _))) =
-            (claim, self.cache.peek(request_id))
-        {
-            if o == owner {
-                // The owner's own claim is cached (the same batch claimed it): keep it, so a
-                // re-read of the owner is answered from the cache.
-                return;
-            }
+        let Claim::Owned(c) = claim else { return };
+        let mut life = self.window;
+        if let Some(expires_at) = c.expires_at {
+            let left = expires_at.saturating_sub(unix_now()).max(0) as u64;
+            life = life.min(Duration::from_secs(left));
         }
-        let cached = match claim {
-            Claim::Owned(c) => (source.clone(), Some(c.clone()), Instant::now()),
-            Claim::DuplicateOf(o) => (o.clone(), None, Instant::now()),
-        };
-        self.cache.put(request_id.to_string(), cached);
+        if life.is_zero() {
+            self.cache.pop(request_id);
+            return;
+        }
+        let until = Instant::now() + life;
+        self.cache
+            .put(request_id.to_string(), (source.clone(), c.clone(), until));
     }
 
     /// Asks the store for `wanted` claims, retrying as for any store call.
     fn ask(&self, wanted: Vec<Wanted>) -> JoinHandle<Result<Vec<Claim>, StoreError>> {
-        let expires_at = unix_now() + self.window.as_secs() as i64;
         let (store, retry, abort) = (self.store.clone(), self.retry.clone(), self.abort.clone());
         tokio::spawn(async move {
             if wanted.is_empty() {
@@ -149,7 +159,7 @@ impl Dedupe {
                 })
                 .collect();
             let claims = retry
-                .run("claim", &abort, || store.claim_many(&inputs, expires_at))
+                .run("claim", &abort, || store.claim_many(&inputs))
                 .await?;
             if claims.len() != inputs.len() {
                 return Err(StoreError::permanent(
@@ -176,15 +186,20 @@ impl Dedupe {
         let asked =
             asked.map_err(|e| StageError::Fatal(format!("cannot read the request ledger: {e}")))?;
         let mut asked = asked.into_iter();
-        let claims: Vec<Claim> = known
-            .into_iter()
-            .map(|k| k.or_else(|| asked.next()))
-            .collect::<Option<_>>()
-            .ok_or_else(|| {
-                StageError::Fatal("a request without its claim (a dedupe bug)".into())
-            })?;
-        for (w, claim) in wanted.iter().zip(&claims) {
-            self.remember(w.request_id, w.source, claim);
+        let mut claims = Vec::with_capacity(known.len());
+        for (w, k) in wanted.iter().zip(known) {
+            let claim = match k {
+                Some(cached) => cached,
+                None => {
+                    let claim = asked.next().ok_or_else(|| {
+                        StageError::Fatal("a request without its claim (a dedupe bug)".into())
+                    })?;
+                    // Only what the store answered is cached: a hit never refreshes an entry.
+                    self.remember(w.request_id, w.source, &claim);
+                    claim
+                }
+            };
+            claims.push(claim);
         }
         Ok(claims)
     }

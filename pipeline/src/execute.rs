@@ -26,7 +26,7 @@ use crate::codes::{ItemErrorCode, StoreError, StoreErrorKind};
 use crate::contract::{
     CompletedEvent, Counts, ItemResult, ItemStatus, Op, ProgressEvent, ResultEvent,
 };
-use crate::dedupe::{unix_now, unix_now_ms};
+use crate::dedupe::unix_now_ms;
 use crate::metrics::{CHUNKS, CHUNK_DURATION, PIPELINE_ERRORS};
 use crate::record::SourceRef;
 use crate::request::SharedRequest;
@@ -142,10 +142,11 @@ impl Stage for Execute {
                 )))
             }
             Work::Claimed {
-                meta,
+                mut meta,
                 request,
                 claim,
             } => {
+                meta.generation = Some(claim.claimed_at_ms);
                 let key = self.ordering_key(meta.key.as_deref(), &request.request_id);
                 let (done_tx, done_rx) = oneshot::channel::<()>();
                 let previous = self.tails.insert(key, done_rx);
@@ -273,7 +274,7 @@ impl Job {
             range: self.chunks[index].clone(),
             source: self.source.clone(),
             target: self.shared.targets[&self.request.collection].clone(),
-            expires_at: unix_now() + self.shared.config.dedupe.window_secs as i64,
+            window_secs: self.shared.config.dedupe.window_secs as i64,
             generation: self.claimed_at_ms,
         }
     }

@@ -73,6 +73,9 @@ pub struct Meta {
     pub received: Instant,
     /// In-flight budget share; dropped at commit.
     pub permit: Option<Budget>,
+    /// The request's claim generation, once claimed: after its terminal event is committed,
+    /// the commit stage releases the claim (its dedupe window starts then).
+    pub generation: Option<i64>,
 }
 
 impl RawRecord {
@@ -89,6 +92,7 @@ impl RawRecord {
                 skip_progress: self.skip_progress,
                 received: self.received,
                 permit: self.permit,
+                generation: None,
             },
         )
     }

@@ -18,13 +18,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::budget::InFlight;
 use crate::chunk::Chunk;
-use crate::commit::Commit;
+use crate::commit::{Commit, Releaser};
 use crate::dedupe::Dedupe;
 use crate::execute::Execute;
 use crate::health::Health;
 use crate::metrics::{PIPELINE_ERRORS, SOURCE_PAUSED};
 use crate::record::RawRecord;
 use crate::report::RunStats;
+use crate::retry::RetryPolicy;
 use crate::sink::Sink;
 use crate::source::Source;
 use crate::stage::{channel, run_stage, Inbox, Outbox, Stage, StageError};
@@ -111,7 +112,14 @@ where
         commit_tx,
     );
     stages.spawn(
-        Commit::new(sink, p, stats, in_flight.clone(), health.clone()),
+        Commit::new(sink, p, stats, in_flight.clone(), health.clone()).with_releaser(
+            Releaser::spawn(
+                store.clone(),
+                config.dedupe.window_secs as i64,
+                RetryPolicy::from(&config.execute),
+                abort.clone(),
+            ),
+        ),
         commit_rx,
         done_tx,
     );
@@ -370,6 +378,17 @@ mod tests {
         health: Arc<Health>,
     ) -> Result<RunEnd, RunError> {
         let store = Arc::new(testkit::MemStore::default());
+        pipeline_on(store, config, source, sink, health).await
+    }
+
+    /// [`pipeline`] over a given memory store.
+    async fn pipeline_on(
+        store: Arc<testkit::MemStore>,
+        config: Arc<sluice_config::Config>,
+        source: testkit::VecSource,
+        sink: testkit::LogSink,
+        health: Arc<Health>,
+    ) -> Result<RunEnd, RunError> {
         let stats = Arc::new(RunStats::default());
         run(
             config,
@@ -420,5 +439,43 @@ mod tests {
         let r = health.readiness();
         assert!(r.ready, "an idle service is ready: {r:?}");
         run.abort();
+    }
+
+    /// Issue 24 §1: a request's dedupe window starts when its terminal event is published —
+    /// never before: a unit that fails to commit releases nothing; the next run's does, with
+    /// the terminal event as published.
+    #[tokio::test]
+    async fn a_request_is_released_only_once_its_terminal_event_is_committed() {
+        let config = testkit::config("");
+        let store = Arc::new(testkit::MemStore::default());
+        let record = || testkit::record(0, 0, &testkit::create("a", 3));
+        let failing = testkit::LogSink::default();
+        failing.log.lock().unwrap().fail_commits = true;
+        let health = || Arc::new(Health::new(Duration::from_secs(60)));
+        let source = testkit::VecSource::new(vec![record()], true);
+        let ended = pipeline_on(store.clone(), config.clone(), source, failing, health()).await;
+        assert!(ended.is_err(), "the commit failed: {ended:?}");
+        assert_eq!(
+            store.released(),
+            vec![],
+            "nothing published, nothing released"
+        );
+
+        let sink = testkit::LogSink::default();
+        let source = testkit::VecSource::new(vec![record()], true);
+        pipeline_on(store.clone(), config, source, sink.clone(), health())
+            .await
+            .unwrap();
+        let events = sink.log.lock().unwrap().events();
+        let terminal = events.last().expect("a terminal event");
+        let released = store.released();
+        assert_eq!(released.len(), 1, "{released:?}");
+        assert_eq!(released[0].request_id, "a");
+        assert_eq!(released[0].chunks, 2, "3 items, 2 per chunk");
+        assert_eq!(
+            released[0].terminal,
+            serde_json::to_string(terminal).unwrap(),
+            "the terminal event as published"
+        );
     }
 }

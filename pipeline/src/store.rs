@@ -82,6 +82,10 @@ pub struct Claimed {
     /// The chunk plan (item ranges) made when the request was first claimed: a replay under a
     /// different `chunk` config still cuts the request the same way.
     pub plan: Vec<Range<usize>>,
+    /// When the claim expires (unix seconds): `None` while the request is unfinished — an
+    /// unfinished request never expires — and its terminal event's publication plus the
+    /// dedupe window once [`Store::release`] recorded it.
+    pub expires_at: Option<i64>,
 }
 
 /// Whether a request_id is this record's to execute.
@@ -197,8 +201,11 @@ pub struct WriteChunk {
     pub source: SourceRef,
     /// Where to write.
     pub target: Arc<Target>,
-    /// When the ledger entry may be forgotten (unix seconds; the dedupe window).
-    pub expires_at: i64,
+    /// The dedupe window (seconds). A chunk's ledger entries never expire while the request
+    /// is unfinished ([`Store::release`] gives them the claim's expiry); the entries of a part
+    /// of a split chunk, superseded once the chunk's own entry holds the whole event, expire
+    /// this long after that.
+    pub window_secs: i64,
     /// The request's claim generation ([`Claimed::claimed_at_ms`]), part of the ledger key.
     pub generation: i64,
 }
@@ -230,6 +237,23 @@ pub struct ChunkCommit {
     pub replayed: bool,
 }
 
+/// A request whose terminal event was published: [`Store::release`] starts its dedupe window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// The request's id.
+    pub request_id: String,
+    /// Its claim's generation ([`Claimed::claimed_at_ms`]).
+    pub generation: i64,
+    /// Its number of chunks (the ledger entries to release).
+    pub chunks: usize,
+    /// The terminal event as published (JSON), kept for status queries.
+    pub terminal: String,
+}
+
+/// A claim's and ledger's expiry while the request is unfinished: never (SQLite stores this
+/// number; MongoDB leaves the field out, which its TTL index skips).
+pub const NEVER: i64 = i64::MAX;
+
 /// A database that executes chunks exactly once.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -248,34 +272,34 @@ pub trait Store: Send + Sync + 'static {
     async fn health(&self) -> Result<(), StoreError>;
 
     /// Records that `request_id` belongs to the record at `source`, with `plan` and the time
-    /// of this first claim, unless another record claimed it first (within the dedupe window).
-    /// Idempotent for the same `source`: a re-read gets the first claim's [`Claimed`] back
-    /// (its plan, not `plan`). A claim past its window is replaced (a new generation).
+    /// of this first claim, unless another record holds it. Idempotent for the same `source`:
+    /// a re-read gets the first claim's [`Claimed`] back (its plan, not `plan`), however long
+    /// it was away — a re-read is never a new request. A claim never expires while its request
+    /// is unfinished; once [`Store::release`]d, it expires one dedupe window later, and then
+    /// another record's claim replaces it (a new generation).
     async fn claim(
         &self,
         request_id: &str,
         source: &SourceRef,
-        expires_at: i64,
         plan: &[Range<usize>],
     ) -> Result<Claim, StoreError>;
 
     /// [`Store::claim`] for each of `claims`, in order, as if one after another (a request_id
     /// repeated in the batch: the later record is a duplicate of the earlier), sharing store
     /// round trips where the store can. Default: one [`Store::claim`] after another.
-    async fn claim_many(
-        &self,
-        claims: &[ClaimInput<'_>],
-        expires_at: i64,
-    ) -> Result<Vec<Claim>, StoreError> {
+    async fn claim_many(&self, claims: &[ClaimInput<'_>]) -> Result<Vec<Claim>, StoreError> {
         let mut out = Vec::with_capacity(claims.len());
         for c in claims {
-            out.push(
-                self.claim(c.request_id, c.source, expires_at, c.plan)
-                    .await?,
-            );
+            out.push(self.claim(c.request_id, c.source, c.plan).await?);
         }
         Ok(out)
     }
+
+    /// The terminal events of `finished` requests are published: from now on each request's
+    /// claim and ledger entries expire after `window_secs` (until now they never did), and
+    /// its terminal event is kept with the claim. Idempotent; a request whose claim is gone or
+    /// belongs to another generation is left alone.
+    async fn release(&self, finished: &[Finished], window_secs: i64) -> Result<(), StoreError>;
 
     /// In one transaction: if the ledger holds the chunk (request_id, generation, chunk), return
     /// its event unchanged; otherwise apply the chunk's items with [`apply_items`] and insert the

@@ -19,8 +19,8 @@ use crate::request::Key;
 use crate::sink::Sink;
 use crate::source::Source;
 use crate::store::{
-    apply_items, ApplyError, ChunkCommit, Claim, Claimed, Found, Inserted, ItemWriter, Store,
-    Target, WriteChunk,
+    apply_items, ApplyError, ChunkCommit, Claim, Claimed, Finished, Found, Inserted, ItemWriter,
+    Store, Target, WriteChunk,
 };
 
 /// A `delete` request `r` on collection `c` with the given items and options: the shape unit
@@ -199,6 +199,8 @@ pub struct MemStore {
 struct MemData {
     docs: HashMap<String, BTreeMap<Key, Value>>,
     claims: HashMap<String, (SourceRef, Claimed)>,
+    /// Every release asked, in order.
+    released: Vec<Finished>,
     ledger: HashMap<(String, i64, usize), ProgressEvent>,
 }
 
@@ -248,6 +250,11 @@ impl ItemWriter for MemWriter<'_> {
 }
 
 impl MemStore {
+    /// The releases asked of the store so far, in order.
+    pub fn released(&self) -> Vec<Finished> {
+        self.data.lock().unwrap().released.clone()
+    }
+
     /// Documents in `collection`.
     pub fn count(&self, collection: &str) -> usize {
         self.data
@@ -271,25 +278,46 @@ impl Store for MemStore {
         &self,
         request_id: &str,
         source: &SourceRef,
-        _expires_at: i64,
         plan: &[Range<usize>],
     ) -> Result<Claim, StoreError> {
         let mut data = self.data.lock().unwrap();
+        let fresh = || {
+            let claimed = Claimed {
+                claimed_at_ms: crate::dedupe::unix_now_ms(),
+                plan: plan.to_vec(),
+                expires_at: None,
+            };
+            (source.clone(), claimed)
+        };
+        let now = crate::dedupe::unix_now();
         let (owner, claimed) = data
             .claims
             .entry(request_id.to_string())
-            .or_insert_with(|| {
-                let claimed = Claimed {
-                    claimed_at_ms: crate::dedupe::unix_now_ms(),
-                    plan: plan.to_vec(),
-                };
-                (source.clone(), claimed)
-            });
+            .and_modify(|(owner, claimed)| {
+                // Released, past its window, and another record: replaced.
+                if owner != source && claimed.expires_at.is_some_and(|e| e < now) {
+                    (*owner, *claimed) = fresh();
+                }
+            })
+            .or_insert_with(fresh);
         Ok(if owner == source {
             Claim::Owned(claimed.clone())
         } else {
             Claim::DuplicateOf(owner.clone())
         })
+    }
+    async fn release(&self, finished: &[Finished], window_secs: i64) -> Result<(), StoreError> {
+        let mut data = self.data.lock().unwrap();
+        let at = crate::dedupe::unix_now().saturating_add(window_secs);
+        for f in finished {
+            if let Some((_, c)) = data.claims.get_mut(&f.request_id) {
+                if c.claimed_at_ms == f.generation {
+                    c.expires_at = Some(at);
+                }
+            }
+            data.released.push(f.clone());
+        }
+        Ok(())
     }
     async fn write_chunk(&self, chunk: Arc<WriteChunk>) -> Result<ChunkCommit, StoreError> {
         let mut data = self.data.lock().unwrap();

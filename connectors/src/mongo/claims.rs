@@ -1,28 +1,35 @@
 //! Request claims on MongoDB (`sluice_requests`, `_id` = request_id): the record that owns a
 //! request_id, when it first claimed it (the claim's generation, and where deadlines count
-//! from) and the chunk plan made then. A re-read of the same record gets them back; a claim
-//! past its window (`expires_at`) is replaced by a new one; the TTL index removes old claims
-//! eventually, but expiry is decided by `expires_at` here, not by the TTL monitor.
+//! from) and the chunk plan made then. A re-read of the same record gets them back, however
+//! late. A claim has no `expires_at` while its request is unfinished, so it never expires;
+//! [`MongoStore::release`] gives it one (the dedupe window after its terminal event), and
+//! only then may another record's claim replace it. The TTL index removes old claims
+//! eventually, but expiry is decided by `expires_at` here, not by the TTL monitor. Claims
+//! are written with majority write concern, like the ledger: an acknowledged claim survives
+//! an election.
 
 use std::collections::HashSet;
 use std::ops::Range;
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::ErrorKind;
+use mongodb::options::WriteConcern;
 use mongodb::Collection;
-use sluice_pipeline::dedupe::unix_now_ms;
-use sluice_pipeline::store::{plan_bounds, plan_from_bounds, About, Claim, ClaimInput, Claimed};
+use sluice_pipeline::dedupe::{unix_now, unix_now_ms};
+use sluice_pipeline::store::{
+    plan_bounds, plan_from_bounds, About, Claim, ClaimInput, Claimed, Finished,
+};
 use sluice_pipeline::{SourceRef, StoreError};
 
+use super::ledger::{entry_id, terminal_id};
 use super::{classify, expires, is_duplicate_key, MongoStore};
 
 pub(super) const REQUESTS: &str = "sluice_requests";
 
-/// A first claim's document.
+/// A first claim's document: no `expires_at` (unfinished).
 fn claim_doc(
     request_id: &str,
     source: &SourceRef,
-    expires_at: i64,
     claimed_at: i64,
     plan: &[Range<usize>],
     about: &About<'_>,
@@ -33,7 +40,6 @@ fn claim_doc(
         "topic": &source.topic,
         "partition": source.partition,
         "offset": source.offset,
-        "expires_at": expires(expires_at),
         "claimed_at": claimed_at,
         "plan": bounds,
     };
@@ -57,7 +63,6 @@ impl MongoStore {
     pub(super) async fn claim_requests(
         &self,
         claims: &[ClaimInput<'_>],
-        expires_at: i64,
     ) -> Result<Vec<Claim>, StoreError> {
         let mut seen = HashSet::new();
         let firsts: Vec<usize> = (0..claims.len())
@@ -69,16 +74,14 @@ impl MongoStore {
             let coll: Collection<Document> = self.database().collection(REQUESTS);
             let docs = firsts.iter().map(|&i| {
                 let c = &claims[i];
-                claim_doc(
-                    c.request_id,
-                    c.source,
-                    expires_at,
-                    claimed_at,
-                    c.plan,
-                    &c.about,
-                )
+                claim_doc(c.request_id, c.source, claimed_at, c.plan, &c.about)
             });
-            let failed: Option<HashSet<usize>> = match coll.insert_many(docs).ordered(false).await {
+            let failed: Option<HashSet<usize>> = match coll
+                .insert_many(docs)
+                .ordered(false)
+                .write_concern(WriteConcern::majority())
+                .await
+            {
                 Ok(_) => Some(HashSet::new()),
                 Err(e) => match e.kind.as_ref() {
                     ErrorKind::InsertMany(m) if m.write_concern_error.is_none() => {
@@ -100,9 +103,10 @@ impl MongoStore {
                 Claim::Owned(Claimed {
                     claimed_at_ms: claimed_at,
                     plan: c.plan.to_vec(),
+                    expires_at: None,
                 })
             } else {
-                self.claim_request(c.request_id, c.source, expires_at, c.plan, &c.about)
+                self.claim_request(c.request_id, c.source, c.plan, &c.about)
                     .await?
             });
         }
@@ -113,7 +117,6 @@ impl MongoStore {
         &self,
         request_id: &str,
         source: &SourceRef,
-        expires_at: i64,
         plan: &[Range<usize>],
         about: &About<'_>,
     ) -> Result<Claim, StoreError> {
@@ -121,23 +124,38 @@ impl MongoStore {
         let bounds: Vec<Bson> = plan_bounds(plan).into_iter().map(Bson::Int64).collect();
         let items = plan.last().map_or(0, |r| r.end);
         let claimed_at = unix_now_ms();
-        let mine = claim_doc(request_id, source, expires_at, claimed_at, plan, about);
+        let mine = claim_doc(request_id, source, claimed_at, plan, about);
         let fresh = Claim::Owned(Claimed {
             claimed_at_ms: claimed_at,
             plan: plan.to_vec(),
+            expires_at: None,
         });
-        match coll.insert_one(mine.clone()).await {
+        match coll
+            .insert_one(mine.clone())
+            .write_concern(WriteConcern::majority())
+            .await
+        {
             Ok(_) => return Ok(fresh),
             Err(e) if is_duplicate_key(&e) => {}
             Err(e) => return Err(classify(&e)),
         }
-        // Taken: by this record (a re-read), by another within the window, or expired (then
-        // replaced: a new generation, whose ledger keys the old request's chunks cannot match).
+        // Taken: by this record (a re-read, never replaced), by another within the window or
+        // unfinished, or released and expired (then replaced by another record's claim: a new
+        // generation, whose ledger keys the old request's chunks cannot match).
         let replaced = coll
             .find_one_and_replace(
-                doc! {"_id": request_id, "expires_at": {"$lt": DateTime::now()}},
+                doc! {
+                    "_id": request_id,
+                    "expires_at": {"$lt": DateTime::now()},
+                    "$nor": [{
+                        "topic": &source.topic,
+                        "partition": source.partition,
+                        "offset": source.offset,
+                    }],
+                },
                 mine,
             )
+            .write_concern(WriteConcern::majority())
             .await
             .map_err(|e| classify(&e))?;
         if replaced.is_some() {
@@ -163,6 +181,10 @@ impl MongoStore {
             .and_then(|b| plan_from_bounds(&b, items));
         // A claim made before claims held their time and plan: generation 0, and this plan.
         let claimed_at_ms = stored.get_i64("claimed_at").unwrap_or(0);
+        let expires_at = stored
+            .get_datetime("expires_at")
+            .ok()
+            .map(|d| d.timestamp_millis().div_euclid(1000));
         let plan = match stored_plan {
             Some(plan) => plan,
             None => {
@@ -175,6 +197,73 @@ impl MongoStore {
         Ok(Claim::Owned(Claimed {
             claimed_at_ms,
             plan,
+            expires_at,
         }))
+    }
+
+    /// Starts the dedupe window of `finished` requests (see `Store::release`), in three
+    /// statements whatever their number: the terminal events go into the ledger (under
+    /// [`terminal_id`]), then the ledger entries and the claims of those generations get
+    /// `expires_at`. The claims go last: a release interrupted half-way leaves claims that
+    /// never expire — safe, and the next release of the same requests completes it.
+    pub(super) async fn release(
+        &self,
+        finished: &[Finished],
+        window_secs: i64,
+    ) -> Result<(), StoreError> {
+        if finished.is_empty() {
+            return Ok(());
+        }
+        let at = expires(unix_now().saturating_add(window_secs));
+        let terminals = finished.iter().map(|f| {
+            doc! {
+                "_id": terminal_id(&f.request_id, f.generation),
+                "event": &f.terminal,
+                "expires_at": at,
+            }
+        });
+        match self.ledger().insert_many(terminals).ordered(false).await {
+            Ok(_) => {}
+            // Kept already by an earlier release of the same request: the first one stays.
+            Err(e) if only_duplicates(&e) => {}
+            Err(e) => return Err(classify(&e)),
+        }
+        let ids: Vec<Bson> = finished
+            .iter()
+            .flat_map(|f| (0..f.chunks).map(|i| entry_id(&f.request_id, f.generation, i, None)))
+            .collect();
+        self.ledger()
+            .update_many(
+                doc! {"_id": {"$in": ids}},
+                doc! {"$set": {"expires_at": at}},
+            )
+            .write_concern(WriteConcern::majority())
+            .await
+            .map_err(|e| classify(&e))?;
+        let claims: Vec<Document> = finished
+            .iter()
+            .map(|f| doc! {"_id": &f.request_id, "claimed_at": f.generation})
+            .collect();
+        self.database()
+            .collection::<Document>(REQUESTS)
+            .update_many(
+                doc! {"$or": claims},
+                doc! {"$set": {"expires_at": at, "finished_at": DateTime::now()}},
+            )
+            .write_concern(WriteConcern::majority())
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(())
+    }
+}
+
+/// An `insertMany` whose only failures are duplicate keys.
+fn only_duplicates(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(m) => {
+            m.write_concern_error.is_none()
+                && m.write_errors.iter().flatten().all(|w| w.code == 11000)
+        }
+        _ => false,
     }
 }

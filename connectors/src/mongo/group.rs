@@ -30,7 +30,7 @@ use sluice_pipeline::StoreError;
 use tokio::sync::{oneshot, Semaphore};
 
 use super::ledger::{encode_event, ledger_id};
-use super::{classify, expires, writer, MongoStore};
+use super::{classify, writer, MongoStore};
 
 /// Items one group transaction takes at most (unless its first chunk alone brings more).
 pub const GROUP_MAX_ITEMS: usize = 1000;
@@ -285,7 +285,6 @@ impl MongoStore {
             entries.push(doc! {
                 "_id": id,
                 "event": encode_event(&applied.event).map_err(whole)?,
-                "expires_at": expires(chunk.expires_at),
             });
             commits.push(ChunkCommit {
                 event: applied.event,

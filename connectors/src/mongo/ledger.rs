@@ -20,6 +20,8 @@ use sluice_pipeline::metrics::CREATE_FALLBACKS;
 use sluice_pipeline::store::{apply_items_with, ApplyError, ChunkCommit, WriteChunk};
 use sluice_pipeline::StoreError;
 
+use sluice_pipeline::dedupe::unix_now;
+
 use super::{begin, classify, expires, is_duplicate_key, writer, MongoStore, TOO_LARGE};
 
 pub(super) const LEDGER: &str = "sluice_ledger";
@@ -40,10 +42,10 @@ impl MongoStore {
         event: ProgressEvent,
     ) -> Result<ChunkCommit, StoreError> {
         let id = ledger_id(chunk, None);
+        // No `expires_at`: an unfinished request's entries never expire (`release`).
         let entry = doc! {
             "_id": id.clone(),
             "event": encode_event(&event)?,
-            "expires_at": expires(chunk.expires_at),
         };
         match self
             .ledger()
@@ -145,16 +147,17 @@ impl MongoStore {
         let mut items: Vec<ItemResult> = Vec::with_capacity(chunk.range.len());
         let mut replayed = true;
         let mut todo = Vec::from(halves(chunk.range.clone())?);
+        // The parts' entries: superseded once the chunk's own entry holds the whole event.
+        let mut parts = Vec::new();
         while let Some(range) = todo.pop() {
             let part = WriteChunk {
                 range: range.clone(),
                 ..chunk.clone()
             };
             let failed_before = items.iter().any(|i| i.status == ItemStatus::Failed);
-            match self
-                .attempt(&part, &ledger_id(chunk, Some(&range)), failed_before)
-                .await?
-            {
+            let part_id = ledger_id(chunk, Some(&range));
+            parts.push(part_id.clone());
+            match self.attempt(&part, &part_id, failed_before).await? {
                 Attempt::Done(commit) => {
                     replayed &= commit.replayed;
                     items.extend(commit.event.items);
@@ -174,6 +177,16 @@ impl MongoStore {
                 doc! {"$set": {"event": text}, "$unset": {"split": ""}},
             )
             .write_concern(WriteConcern::majority())
+            .await
+            .map_err(|e| classify(&e))?;
+        // The parts are needed only by an owner racing through this loop: they outlive the
+        // merge by the dedupe window, like a finished request's entries.
+        let expires_at = unix_now().saturating_add(chunk.window_secs);
+        self.ledger()
+            .update_many(
+                doc! {"_id": {"$in": parts}},
+                doc! {"$set": {"expires_at": expires(expires_at)}},
+            )
             .await
             .map_err(|e| classify(&e))?;
         Ok(ChunkCommit { event, replayed })
@@ -268,7 +281,6 @@ impl MongoStore {
         let entry = doc! {
             "_id": id.clone(),
             "event": encode_event(&applied.event)?,
-            "expires_at": expires(chunk.expires_at),
         };
         if let Err(e) = self.ledger().insert_one(entry).session(&mut *session).await {
             if is_duplicate_key(&e) {
@@ -328,8 +340,6 @@ impl MongoStore {
             );
             (doc! {"_id": id.clone(), "split": true}, Attempt::Split)
         };
-        let mut entry = entry;
-        entry.insert("expires_at", expires(chunk.expires_at));
         match self
             .ledger()
             .insert_one(entry)
@@ -367,9 +377,24 @@ enum Attempt {
 /// hold a `:`. Claims made before generations existed (generation 0) keep their old keys,
 /// the documents `{r, c[, from, to]}`.
 pub(super) fn ledger_id(chunk: &WriteChunk, part: Option<&Range<usize>>) -> Bson {
-    let rid = &chunk.request.request_id;
-    if chunk.generation == 0 {
-        let mut id = doc! {"r": rid, "c": chunk.index as i64};
+    entry_id(
+        &chunk.request.request_id,
+        chunk.generation,
+        chunk.index,
+        part,
+    )
+}
+
+/// The ledger key of chunk `index` (or of its `part`) of generation `generation` of `rid`
+/// (see [`ledger_id`]).
+pub(super) fn entry_id(
+    rid: &str,
+    generation: i64,
+    index: usize,
+    part: Option<&Range<usize>>,
+) -> Bson {
+    if generation == 0 {
+        let mut id = doc! {"r": rid, "c": index as i64};
         if let Some(r) = part {
             id.insert("from", r.start as i64);
             id.insert("to", r.end as i64);
@@ -377,12 +402,15 @@ pub(super) fn ledger_id(chunk: &WriteChunk, part: Option<&Range<usize>>) -> Bson
         return Bson::Document(id);
     }
     Bson::String(match part {
-        None => format!("{}:{}:{rid}", chunk.generation, chunk.index),
-        Some(r) => format!(
-            "{}:{}.{}-{}:{rid}",
-            chunk.generation, chunk.index, r.start, r.end
-        ),
+        None => format!("{generation}:{index}:{rid}"),
+        Some(r) => format!("{generation}:{index}.{}-{}:{rid}", r.start, r.end),
     })
+}
+
+/// The ledger key of the terminal event of generation `generation` of `rid`, kept when the
+/// request is released: `generation:t:request_id` (a string for generation 0 too).
+pub(super) fn terminal_id(rid: &str, generation: i64) -> Bson {
+    Bson::String(format!("{generation}:t:{rid}"))
 }
 
 /// The two halves of `range`, as a stack (the first half pops first).

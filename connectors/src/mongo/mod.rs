@@ -45,7 +45,7 @@ use sluice_config::{Config, MongoConfig};
 use sluice_pipeline::contract::ProgressEvent;
 use sluice_pipeline::request::Key;
 use sluice_pipeline::store::{
-    ChunkCommit, Claim, ClaimInput, Found, Target, WriteChunk, WriteLimit,
+    ChunkCommit, Claim, ClaimInput, Finished, Found, Target, WriteChunk, WriteLimit,
 };
 use sluice_pipeline::{SourceRef, Store, StoreError};
 
@@ -229,19 +229,18 @@ impl Store for MongoStore {
         &self,
         request_id: &str,
         source: &SourceRef,
-        expires_at: i64,
         plan: &[Range<usize>],
     ) -> Result<Claim, StoreError> {
-        self.claim_request(request_id, source, expires_at, plan, &Default::default())
+        self.claim_request(request_id, source, plan, &Default::default())
             .await
     }
 
-    async fn claim_many(
-        &self,
-        claims: &[ClaimInput<'_>],
-        expires_at: i64,
-    ) -> Result<Vec<Claim>, StoreError> {
-        self.claim_requests(claims, expires_at).await
+    async fn claim_many(&self, claims: &[ClaimInput<'_>]) -> Result<Vec<Claim>, StoreError> {
+        self.claim_requests(claims).await
+    }
+
+    async fn release(&self, finished: &[Finished], window_secs: i64) -> Result<(), StoreError> {
+        MongoStore::release(self, finished, window_secs).await
     }
 
     /// Up to `configured` group transactions and `configured` chunks written alone at once,

@@ -3,8 +3,9 @@
 //! the `{r, c}` documents of generation 0), on a client of its own — so any instance answers
 //! for a request another instance executes.
 //!
-//! Fields a claim gained later (`terminal`, `finished_at`, `collection`, `op`, `deadline_ms`)
-//! are taken as absent when a document lacks them.
+//! A released claim has `finished_at`; its terminal event is in the ledger under
+//! `generation:t:request_id`. Fields a claim gained later (`finished_at`, `collection`, `op`,
+//! `deadline_ms`) are taken as absent when a document lacks them.
 //!
 //! The in-flight list reads the index `sluice_in_flight {finished_at, claimed_at, _id}`
 //! ([`MongoStatus::ensure_index`]): unfinished claims have no `finished_at`, so they are the
@@ -25,7 +26,7 @@ use sluice_pipeline::{SourceRef, StoreError};
 
 use super::claims::REQUESTS;
 use super::classify;
-use super::ledger::LEDGER;
+use super::ledger::{entry_id, terminal_id, LEDGER};
 
 /// Connections the status reads may open.
 const POOL: u32 = 4;
@@ -113,19 +114,16 @@ fn claim_of(d: &Document) -> Option<ClaimRecord> {
             .map(|a| a.iter().filter_map(Bson::as_i64).collect())
             .unwrap_or_default(),
         expires_at,
-        terminal: text(d, "terminal"),
+        terminal: None,
         collection: text(d, "collection"),
         op: text(d, "op"),
         deadline_at_ms: int(d, "deadline_ms").map(|ms| claimed_at_ms.saturating_add(ms)),
     })
 }
 
-/// The ledger `_id` of chunk `chunk` of the claim `generation` (see `ledger::ledger_id`).
+/// The ledger `_id` of chunk `chunk` of the claim `generation`.
 fn ledger_id(request_id: &str, generation: i64, chunk: usize) -> Bson {
-    if generation == 0 {
-        return Bson::Document(doc! {"r": request_id, "c": chunk as i64});
-    }
-    Bson::String(format!("{generation}:{chunk}:{request_id}"))
+    entry_id(request_id, generation, chunk, None)
 }
 
 /// The chunk index of a ledger `_id` made by [`ledger_id`].
@@ -145,7 +143,18 @@ impl StatusReader for MongoStatus {
             .find_one(doc! {"_id": request_id})
             .await
             .map_err(|e| classify(&e))?;
-        Ok(found.as_ref().and_then(claim_of))
+        let Some(mut claim) = found.as_ref().and_then(claim_of) else {
+            return Ok(None);
+        };
+        if found.is_some_and(|d| d.contains_key("finished_at")) {
+            let ledger: Collection<Document> = self.db.collection(LEDGER);
+            let terminal = ledger
+                .find_one(doc! {"_id": terminal_id(request_id, claim.claimed_at_ms)})
+                .await
+                .map_err(|e| classify(&e))?;
+            claim.terminal = terminal.and_then(|d| text(&d, "event"));
+        }
+        Ok(Some(claim))
     }
 
     async fn ledger(
@@ -207,7 +216,7 @@ impl StatusReader for MongoStatus {
         after: Option<&Cursor>,
         limit: usize,
     ) -> Result<Vec<ClaimRecord>, StoreError> {
-        let mut filter = doc! {"finished_at": Bson::Null, "terminal": {"$exists": false}};
+        let mut filter = doc! {"finished_at": Bson::Null};
         if let Some(c) = after {
             filter.insert(
                 "$or",

@@ -4,7 +4,9 @@ use std::ops::Range;
 
 use rusqlite::{params, Connection};
 use sluice_pipeline::dedupe::{unix_now, unix_now_ms};
-use sluice_pipeline::store::{plan_bounds, plan_from_bounds, About, Claim, ClaimInput, Claimed};
+use sluice_pipeline::store::{
+    plan_bounds, plan_from_bounds, About, Claim, ClaimInput, Claimed, Finished, NEVER,
+};
 use sluice_pipeline::{SourceRef, StoreError};
 
 use super::{classify, PURGE_EVERY};
@@ -71,8 +73,10 @@ pub fn purge(c: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Claims one request inside the open transaction.
-pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<Claim, StoreError> {
+/// Claims one request inside the open transaction. A first claim never expires (until
+/// [`release_in`]); a claim replaced by another record must be past its window, and a claim
+/// of the same record is never replaced (a re-read is never a new request).
+pub fn claim_in(c: &Connection, claim: &OwnedClaim) -> Result<Claim, StoreError> {
     let OwnedClaim {
         id,
         src,
@@ -82,7 +86,7 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<C
     } = claim;
     let items = *items;
     let now = unix_now();
-    // A claim older than the dedupe window is replaced, as if it had been purged: a new
+    // A released claim past its window is replaced, as if it had been purged: a new
     // generation, whose ledger keys the old request's chunks cannot match.
     c.prepare_cached(
         "INSERT INTO requests
@@ -92,9 +96,10 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<C
      ON CONFLICT (request_id) DO UPDATE SET topic = excluded.topic,
        partition = excluded.partition, \"offset\" = excluded.\"offset\",
        expires_at = excluded.expires_at, claimed_at = excluded.claimed_at,
-       plan = excluded.plan, collection = excluded.collection, op = excluded.op,
-       deadline_ms = excluded.deadline_ms
-     WHERE requests.expires_at < ?8",
+       plan = excluded.plan, terminal = NULL, collection = excluded.collection,
+       op = excluded.op, deadline_ms = excluded.deadline_ms
+     WHERE requests.expires_at < ?8 AND NOT (requests.topic = excluded.topic
+       AND requests.partition = excluded.partition AND requests.\"offset\" = excluded.\"offset\")",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -102,7 +107,7 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<C
             src.topic,
             src.partition,
             src.offset,
-            expires_at,
+            NEVER,
             unix_now_ms(),
             bounds,
             now,
@@ -112,9 +117,9 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<C
         ])
     })
     .map_err(classify)?;
-    let (owner, claimed_at, stored): (SourceRef, i64, Option<String>) = c
+    let (owner, claimed_at, stored, expires_at): (SourceRef, i64, Option<String>, i64) = c
         .prepare_cached(
-            "SELECT topic, partition, \"offset\", claimed_at, plan FROM requests
+            "SELECT topic, partition, \"offset\", claimed_at, plan, expires_at FROM requests
          WHERE request_id = ?1",
         )
         .and_then(|mut s| {
@@ -124,7 +129,7 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<C
                     partition: r.get(1)?,
                     offset: r.get(2)?,
                 };
-                Ok((owner, r.get(3)?, r.get(4)?))
+                Ok((owner, r.get(3)?, r.get(4)?, r.get(5)?))
             })
         })
         .map_err(classify)?;
@@ -153,5 +158,36 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim, expires_at: i64) -> Result<C
     Ok(Claim::Owned(Claimed {
         claimed_at_ms: claimed_at,
         plan,
+        expires_at: (expires_at != NEVER).then_some(expires_at),
     }))
+}
+
+/// Starts the dedupe window of finished requests inside the open transaction: their claim
+/// (of that generation) and its ledger entries expire at `expires_at`; the claim keeps the
+/// terminal event.
+pub fn release_in(
+    c: &Connection,
+    finished: &[Finished],
+    expires_at: i64,
+) -> Result<(), StoreError> {
+    for f in finished {
+        let claimed = c
+            .prepare_cached(
+                "UPDATE requests SET expires_at = ?3, terminal = ?4
+                 WHERE request_id = ?1 AND claimed_at = ?2",
+            )
+            .and_then(|mut s| {
+                s.execute(params![f.request_id, f.generation, expires_at, f.terminal])
+            })
+            .map_err(classify)?;
+        if claimed == 0 {
+            continue;
+        }
+        c.prepare_cached(
+            "UPDATE chunk_ledger SET expires_at = ?3 WHERE request_id = ?1 AND generation = ?2",
+        )
+        .and_then(|mut s| s.execute(params![f.request_id, f.generation, expires_at]))
+        .map_err(classify)?;
+    }
+    Ok(())
 }

@@ -28,8 +28,8 @@ use sluice_pipeline::contract::ProgressEvent;
 use sluice_pipeline::dedupe::unix_now;
 use sluice_pipeline::request::Key;
 use sluice_pipeline::store::{
-    apply_items_with, ApplyError, ChunkCommit, Claim, ClaimInput, Found, Target, WriteChunk,
-    WriteLimit,
+    apply_items_with, ApplyError, ChunkCommit, Claim, ClaimInput, Finished, Found, Target,
+    WriteChunk, WriteLimit, NEVER,
 };
 use sluice_pipeline::{SourceRef, Store, StoreError};
 
@@ -193,7 +193,6 @@ impl Store for SqliteStore {
         &self,
         request_id: &str,
         source: &SourceRef,
-        expires_at: i64,
         plan: &[Range<usize>],
     ) -> Result<Claim, StoreError> {
         let input = ClaimInput {
@@ -202,17 +201,13 @@ impl Store for SqliteStore {
             plan,
             about: Default::default(),
         };
-        let mut claims = self.claim_many(&[input], expires_at).await?;
+        let mut claims = self.claim_many(&[input]).await?;
         claims
             .pop()
             .ok_or_else(|| StoreError::permanent("claim", "no claim answered"))
     }
 
-    async fn claim_many(
-        &self,
-        claims: &[ClaimInput<'_>],
-        expires_at: i64,
-    ) -> Result<Vec<Claim>, StoreError> {
+    async fn claim_many(&self, claims: &[ClaimInput<'_>]) -> Result<Vec<Claim>, StoreError> {
         let claims = claims::OwnedClaim::all(claims)?;
         let made = self.claims.fetch_add(claims.len(), Ordering::Relaxed);
         let purge = made / PURGE_EVERY != (made + claims.len()) / PURGE_EVERY;
@@ -224,8 +219,21 @@ impl Store for SqliteStore {
                 }
                 claims
                     .iter()
-                    .map(|claim| claims::claim_in(c, claim, expires_at))
+                    .map(|claim| claims::claim_in(c, claim))
                     .collect()
+            })
+            .await
+    }
+
+    async fn release(&self, finished: &[Finished], window_secs: i64) -> Result<(), StoreError> {
+        if finished.is_empty() {
+            return Ok(());
+        }
+        let finished = finished.to_vec();
+        let expires_at = unix_now().saturating_add(window_secs);
+        self.group
+            .run(finished.len(), move |c| {
+                claims::release_in(c, &finished, expires_at)
             })
             .await
     }
@@ -340,6 +348,10 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
              ALTER TABLE requests ADD COLUMN plan TEXT;",
         )?;
     }
+    if !has("requests", "terminal")? {
+        // The terminal event of a released request (NULL while it is unfinished).
+        c.execute_batch("ALTER TABLE requests ADD COLUMN terminal TEXT;")?;
+    }
     let old_ledger: bool = c
         .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger'")?
         .exists([])?;
@@ -394,7 +406,7 @@ fn insert_event(
             chunk.generation,
             chunk.index as i64,
             text,
-            chunk.expires_at
+            NEVER
         ])
     })
     .map_err(classify)?;

@@ -20,9 +20,6 @@ pub const COLLECTIONS: &str = "\
 [collections.definitions]\nkey = 'id'\nparent = 'words'\nparent_field = 'word'\n\
 [collections.examples]\nkey = 'id'\nparent = 'definitions'\nparent_field = 'definition'\n";
 
-/// An expiry far in the future: the claim or ledger entry outlives the test.
-pub const FAR: i64 = i64::MAX / 2;
-
 /// The claim generation of chunks built here (any fixed value: the ledger keys on it).
 pub const GENERATION: i64 = 1;
 
@@ -144,7 +141,7 @@ pub fn chunk_of(
         range: 0..n,
         source: src(1),
         target,
-        expires_at: FAR,
+        window_secs: 60,
         generation: GENERATION,
     })
 }

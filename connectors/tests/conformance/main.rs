@@ -115,6 +115,7 @@ macro_rules! conformance_suite {
             replay::a_settled_chunk_is_never_applied,
             replay::settle_and_write_racing_agree,
             replay::a_reused_request_id_after_expiry_is_a_new_generation,
+            replay::an_unfinished_claim_never_expires,
             model::cascades_reach_every_level_in_one_transaction,
             model::cascades_match_keys_by_type,
             model::lookups_match_keys_by_type,

@@ -373,7 +373,7 @@ async fn check(reqs: &[Req], mongo_uri: Option<&str>, case: u32) -> Result<(), T
                 range: range.clone(),
                 source: src(j as i64),
                 target: target(req.coll.name()),
-                expires_at: FAR,
+                window_secs: 60,
                 generation: j as i64 + 1,
             });
             let when = format!("{when} chunk {index}");

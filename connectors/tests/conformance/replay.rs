@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice_pipeline::contract::{ItemStatus, Op, Options};
 use sluice_pipeline::dedupe::unix_now_ms;
-use sluice_pipeline::store::{Claim, ClaimInput, Claimed};
+use sluice_pipeline::store::{Claim, ClaimInput, Claimed, Finished};
 use sluice_pipeline::Store;
 
 use crate::common::*;
@@ -18,14 +18,9 @@ async fn owned(
     store: &dyn Store,
     request_id: &str,
     offset: i64,
-    expires_at: i64,
     plan: &[std::ops::Range<usize>],
 ) -> Claimed {
-    match store
-        .claim(request_id, &src(offset), expires_at, plan)
-        .await
-        .unwrap()
-    {
+    match store.claim(request_id, &src(offset), plan).await.unwrap() {
         Claim::Owned(c) => c,
         other => panic!("{request_id} from offset {offset} should be owned: {other:?}"),
     }
@@ -35,7 +30,7 @@ async fn owned(
 /// another record gets `DuplicateOf` the first, and does not change the stored claim.
 pub async fn a_claim_keeps_its_first_plan_and_time(store: Arc<dyn Store>) {
     let first_plan = vec![0..2, 2..4, 4..5];
-    let first = owned(&*store, "plan-a", 7, FAR, &first_plan).await;
+    let first = owned(&*store, "plan-a", 7, &first_plan).await;
     assert_eq!(first.plan, first_plan);
     assert!(
         (first.claimed_at_ms - unix_now_ms()).abs() < 60_000,
@@ -44,18 +39,15 @@ pub async fn a_claim_keeps_its_first_plan_and_time(store: Arc<dyn Store>) {
     );
 
     // The chunk config changed before the re-read: the stored plan wins.
-    let again = owned(&*store, "plan-a", 7, FAR, &[0..3, 3..5]).await;
+    let again = owned(&*store, "plan-a", 7, &[0..3, 3..5]).await;
     assert_eq!(again, first, "a re-read gets the first claim back");
 
     assert_eq!(
-        store
-            .claim("plan-a", &src(8), FAR, &[0..4, 4..5])
-            .await
-            .unwrap(),
+        store.claim("plan-a", &src(8), &[0..4, 4..5]).await.unwrap(),
         Claim::DuplicateOf(src(7)),
         "another record with the same request_id is a duplicate of the first"
     );
-    let third = owned(&*store, "plan-a", 7, FAR, &[0..1, 1..5]).await;
+    let third = owned(&*store, "plan-a", 7, &[0..1, 1..5]).await;
     assert_eq!(third, first, "a duplicate leaves the claim as it was");
 }
 
@@ -65,8 +57,8 @@ pub async fn a_claim_keeps_its_first_plan_and_time(store: Arc<dyn Store>) {
 /// ones later re-reads get back.
 pub async fn a_claim_batch_answers_as_claims_one_by_one(store: Arc<dyn Store>) {
     // A re-read brings the same items, perhaps cut differently (the stored plan wins).
-    let taken = owned(&*store, "batch-taken", 1, FAR, &[0..1, 1..2]).await;
-    let mine = owned(&*store, "batch-mine", 5, FAR, &[0..2, 2..3]).await;
+    let taken = owned(&*store, "batch-taken", 1, &[0..1, 1..2]).await;
+    let mine = owned(&*store, "batch-mine", 5, &[0..2, 2..3]).await;
     // One-chunk plans: a single range each.
     let whole = |n| -> Vec<std::ops::Range<usize>> { std::iter::once(0..n).collect() };
     let (p1, p2, p3) = (vec![0..1, 1..3], whole(4), whole(2));
@@ -88,7 +80,7 @@ pub async fn a_claim_batch_answers_as_claims_one_by_one(store: Arc<dyn Store>) {
             about: Default::default(),
         })
         .collect();
-    let claims = store.claim_many(&batch, FAR).await.unwrap();
+    let claims = store.claim_many(&batch).await.unwrap();
     assert_eq!(
         claims.len(),
         batch.len(),
@@ -119,10 +111,10 @@ pub async fn a_claim_batch_answers_as_claims_one_by_one(store: Arc<dyn Store>) {
     assert_eq!(b.plan, p2);
     assert_eq!(claims[5], Claim::Owned(taken), "the owner's re-read");
     // What the batch stored is what a re-read gets.
-    assert_eq!(&owned(&*store, "batch-a", 10, FAR, &whole(3)).await, a);
-    assert_eq!(&owned(&*store, "batch-b", 13, FAR, &[0..2, 2..4]).await, b);
+    assert_eq!(&owned(&*store, "batch-a", 10, &whole(3)).await, a);
+    assert_eq!(&owned(&*store, "batch-b", 13, &[0..2, 2..4]).await, b);
     assert_eq!(
-        store.claim_many(&[], FAR).await.unwrap(),
+        store.claim_many(&[]).await.unwrap(),
         Vec::<Claim>::new(),
         "an empty batch"
     );
@@ -251,8 +243,7 @@ pub async fn settle_and_write_racing_agree(store: Arc<dyn Store>) {
 /// the new request's chunks apply (a replay of the old request's ledger would report the old
 /// outcome and apply nothing), and the old generation's entries still replay as they were.
 pub async fn a_reused_request_id_after_expiry_is_a_new_generation(store: Arc<dyn Store>) {
-    // Expired from the start (expires_at in 1970).
-    let old = owned(&*store, "reused", 1, 0, &[0..1, 1..2]).await;
+    let old = owned(&*store, "reused", 1, &[0..1, 1..2]).await;
     let old_chunk = with_generation(
         &chunk(
             "reused",
@@ -265,6 +256,8 @@ pub async fn a_reused_request_id_after_expiry_is_a_new_generation(store: Arc<dyn
     );
     let old_commit = write(&*store, old_chunk.clone()).await.unwrap();
     assert_eq!(statuses(&old_commit), vec![ItemStatus::Ok]);
+    // Finished, and its window already over.
+    expire(&*store, "reused", &old).await;
 
     // Generations are claim times in milliseconds: let the clock pass the old one.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -273,7 +266,7 @@ pub async fn a_reused_request_id_after_expiry_is_a_new_generation(store: Arc<dyn
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 
-    let new = owned(&*store, "reused", 2, FAR, &[0..2, 2..3]).await;
+    let new = owned(&*store, "reused", 2, &[0..2, 2..3]).await;
     assert!(
         new.claimed_at_ms > old.claimed_at_ms,
         "a new generation: {} after {}",
@@ -308,4 +301,101 @@ pub async fn a_reused_request_id_after_expiry_is_a_new_generation(store: Arc<dyn
     let old_again = write(&*store, old_chunk).await.unwrap();
     assert!(old_again.replayed);
     assert_eq!(old_again.event, old_commit.event);
+}
+
+/// Marks `claimed` finished with a window already over (a release with a negative window).
+async fn expire(store: &dyn Store, request_id: &str, claimed: &Claimed) {
+    let finished = Finished {
+        request_id: request_id.into(),
+        generation: claimed.claimed_at_ms,
+        chunks: claimed.plan.len(),
+        terminal: format!(r#"{{"request_id":"{request_id}","event":"completed"}}"#),
+    };
+    store.release(&[finished], -1).await.unwrap();
+}
+
+/// Waits until the wall clock is past `secs` from now (claims and windows count in seconds).
+async fn pass_seconds(secs: u64) {
+    let until = unix_now_ms() + secs as i64 * 1000 + 50;
+    let deadline = Instant::now() + Duration::from_secs(secs + 5);
+    while unix_now_ms() <= until {
+        assert!(Instant::now() < deadline, "the clock does not advance");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 24 §1: an unfinished request's claim and ledger never expire, however long it runs
+/// or is away — a re-read of the same record replays its chunks under the same generation, and
+/// another record is a duplicate. Its window starts at its release; even then, a re-read of
+/// the same record is never a new request; only another record's claim replaces it.
+pub async fn an_unfinished_claim_never_expires(store: Arc<dyn Store>) {
+    let first = owned(&*store, "long", 3, &[0..1, 1..2]).await;
+    assert_eq!(first.expires_at, None, "an unfinished claim has no expiry");
+    let c0 = with_generation(
+        &chunk(
+            "long",
+            Op::Upsert,
+            words(),
+            vec![json!({"text": "long-0", "n": 1})],
+            Options::default(),
+        ),
+        first.claimed_at_ms,
+    );
+    let applied = write(&*store, c0.clone()).await.unwrap();
+    assert!(!applied.replayed);
+    // Longer than a one-second window; the purge runs at open and every so many claims, so
+    // also claim enough other requests to trigger it.
+    pass_seconds(1).await;
+    for i in 0..1100 {
+        owned(&*store, &format!("filler-{i}"), 10_000 + i, &[0..1, 1..2]).await;
+    }
+    let again = owned(&*store, "long", 3, &[0..1, 1..2]).await;
+    assert_eq!(
+        again, first,
+        "a re-read of the same record is never a new request"
+    );
+    let replay = write(&*store, c0.clone()).await.unwrap();
+    assert!(replay.replayed, "the chunk replays from the ledger");
+    assert_eq!(replay.event, applied.event);
+    assert_eq!(
+        store.claim("long", &src(4), &[0..1, 1..2]).await.unwrap(),
+        Claim::DuplicateOf(src(3)),
+        "another record is a duplicate while the request is unfinished"
+    );
+
+    // Finished: the window starts now.
+    store
+        .release(
+            &[Finished {
+                request_id: "long".into(),
+                generation: first.claimed_at_ms,
+                chunks: 2,
+                terminal: r#"{"request_id":"long","event":"completed"}"#.into(),
+            }],
+            1,
+        )
+        .await
+        .unwrap();
+    let released = owned(&*store, "long", 3, &[0..1, 1..2]).await;
+    assert_eq!(released.claimed_at_ms, first.claimed_at_ms);
+    assert!(
+        released.expires_at.is_some(),
+        "a released claim has its expiry"
+    );
+    assert_eq!(
+        store.claim("long", &src(4), &[0..1, 1..2]).await.unwrap(),
+        Claim::DuplicateOf(src(3)),
+        "within the window another record is a duplicate"
+    );
+    pass_seconds(2).await;
+    assert_eq!(
+        owned(&*store, "long", 3, &[0..1, 1..2]).await.claimed_at_ms,
+        first.claimed_at_ms,
+        "past the window, the same record still gets its own claim back"
+    );
+    let new = owned(&*store, "long", 4, &[0..1, 1..2]).await;
+    assert!(
+        new.claimed_at_ms > first.claimed_at_ms,
+        "past the window another record's claim is a new generation"
+    );
 }

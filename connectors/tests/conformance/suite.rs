@@ -321,26 +321,32 @@ pub async fn cascade_deletes_children_atomically(store: Arc<dyn Store>) {
 
 pub async fn claims_recognise_duplicates(store: Arc<dyn Store>) {
     let plan = [0..2, 2..3];
-    let Claim::Owned(first) = store.claim("req-a", &src(5), FAR, &plan).await.unwrap() else {
+    let Claim::Owned(first) = store.claim("req-a", &src(5), &plan).await.unwrap() else {
         panic!("the first claim owns the request");
     };
     assert_eq!(first.plan, plan);
     assert_eq!(
-        store.claim("req-a", &src(5), FAR, &plan).await.unwrap(),
+        store.claim("req-a", &src(5), &plan).await.unwrap(),
         Claim::Owned(first),
         "re-read of the same record"
     );
     assert_eq!(
-        store.claim("req-a", &src(9), FAR, &plan).await.unwrap(),
+        store.claim("req-a", &src(9), &plan).await.unwrap(),
         Claim::DuplicateOf(src(5))
     );
-    // An expired claim is forgotten.
+    // A released claim past its window is forgotten.
+    let Claim::Owned(old) = store.claim("req-old", &src(1), &plan).await.unwrap() else {
+        panic!("a new request_id is owned");
+    };
+    let finished = sluice_pipeline::store::Finished {
+        request_id: "req-old".into(),
+        generation: old.claimed_at_ms,
+        chunks: plan.len(),
+        terminal: "{}".into(),
+    };
+    store.release(&[finished], -1).await.unwrap();
     assert!(matches!(
-        store.claim("req-old", &src(1), 0, &plan).await.unwrap(),
-        Claim::Owned(_)
-    ));
-    assert!(matches!(
-        store.claim("req-old", &src(2), FAR, &plan).await.unwrap(),
+        store.claim("req-old", &src(2), &plan).await.unwrap(),
         Claim::Owned(_)
     ));
 }

@@ -30,6 +30,7 @@ fn meta(partition: i32, offset: i64, skip_progress: usize) -> Meta {
         skip_progress,
         received: Instant::now(),
         permit: None,
+        generation: None,
     }
 }
 

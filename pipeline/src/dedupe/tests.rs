@@ -110,26 +110,25 @@ impl Store for Counting {
         &self,
         request_id: &str,
         source: &SourceRef,
-        expires_at: i64,
         plan: &[std::ops::Range<usize>],
     ) -> Result<Claim, crate::StoreError> {
-        self.inner.claim(request_id, source, expires_at, plan).await
+        self.inner.claim(request_id, source, plan).await
     }
-    async fn claim_many(
+    async fn release(
         &self,
-        claims: &[ClaimInput<'_>],
-        expires_at: i64,
-    ) -> Result<Vec<Claim>, crate::StoreError> {
+        finished: &[crate::store::Finished],
+        window_secs: i64,
+    ) -> Result<(), crate::StoreError> {
+        self.inner.release(finished, window_secs).await
+    }
+    async fn claim_many(&self, claims: &[ClaimInput<'_>]) -> Result<Vec<Claim>, crate::StoreError> {
         self.calls.lock().unwrap().push(claims.len());
         if claims.iter().any(|c| c.request_id.starts_with("slow")) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         let mut out = Vec::new();
         for c in claims {
-            out.push(
-                self.claim(c.request_id, c.source, expires_at, c.plan)
-                    .await?,
-            );
+            out.push(self.claim(c.request_id, c.source, c.plan).await?);
         }
         Ok(out)
     }
@@ -274,4 +273,62 @@ async fn batches_in_flight_pass_records_on_in_source_order() {
     let offsets: Vec<i64> = passed_on(out, rx).await.into_iter().map(|o| o.1).collect();
     assert_eq!(offsets, vec![1, 2, 3]);
     assert_eq!(*store.calls.lock().unwrap(), vec![1, 2]);
+}
+
+/// Issue 24 §2: the cache never answers differently from the store. A request released with a
+/// one-second window is a duplicate within it — and after it, a warm stage (whose cache saw
+/// the owner and answered a duplicate from it) executes a resend exactly like a cold one.
+#[tokio::test]
+async fn the_cache_answers_as_the_store_past_the_window() {
+    let config = crate::testkit::config("[dedupe]\nwindow_secs = 1");
+    let mem = Arc::new(crate::testkit::MemStore::default());
+    let store: Arc<dyn Store> = mem.clone();
+    let mut warm = Dedupe::new(&config, store.clone(), CancellationToken::new());
+    let src = |offset| SourceRef {
+        topic: "t".into(),
+        partition: 0,
+        offset,
+    };
+    let one: Vec<std::ops::Range<usize>> = std::iter::once(0..1).collect();
+    let Claim::Owned(first) = warm.claim("x", &src(1), &one).await.unwrap() else {
+        panic!("first claim")
+    };
+    store
+        .release(
+            &[crate::store::Finished {
+                request_id: "x".into(),
+                generation: first.claimed_at_ms,
+                chunks: 1,
+                terminal: "{}".into(),
+            }],
+            1,
+        )
+        .await
+        .unwrap();
+    // Hits within the window, from the cache and from the store alike.
+    for offset in [2, 3] {
+        assert_eq!(
+            warm.claim("x", &src(offset), &one).await.unwrap(),
+            Claim::DuplicateOf(src(1))
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    // Past the store's expiry (second resolution: wait until the clock has moved on).
+    let until = unix_now() + 2;
+    while unix_now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut cold = Dedupe::new(&config, store, CancellationToken::new());
+    let Claim::Owned(warm_answer) = warm.claim("x", &src(4), &one).await.unwrap() else {
+        panic!("a warm process must execute a resend after the window, as the store says")
+    };
+    assert!(
+        warm_answer.claimed_at_ms > first.claimed_at_ms,
+        "a new generation"
+    );
+    assert_eq!(
+        cold.claim("x", &src(4), &one).await.unwrap(),
+        Claim::Owned(warm_answer),
+        "cold and warm answer alike"
+    );
 }

@@ -85,6 +85,7 @@ async fn a_replay_past_the_deadline_publishes_the_chunks_the_first_attempt_appli
     let claim = Claimed {
         claimed_at_ms,
         plan: vec![0..2, 2..4],
+        expires_at: None,
     };
     let request = create("r", 4, Some(5_000));
     let first = WriteChunk {
@@ -94,7 +95,7 @@ async fn a_replay_past_the_deadline_publishes_the_chunks_the_first_attempt_appli
         range: 0..2,
         source: meta().source,
         target: Arc::new(Target::from_config(&testkit::config(""), "words")),
-        expires_at: i64::MAX / 2,
+        window_secs: 60,
         generation: claimed_at_ms,
     };
     store.write_chunk(Arc::new(first)).await.unwrap();
@@ -122,6 +123,7 @@ async fn a_replay_cuts_the_request_by_the_claimed_plan() {
     let claim = Claimed {
         claimed_at_ms: crate::dedupe::unix_now_ms(),
         plan: vec![0..1, 1..3],
+        expires_at: None,
     };
     // The config now says two items per chunk; the claim's plan wins.
     let events = execute(store.clone(), create("p", 3, None), claim).await;
