@@ -254,8 +254,9 @@ pub const UNKNOWN_NOTE: &str = "no claim in the store: never seen, still queued,
 its dedupe window, or rejected or dead-lettered (those claim nothing; their events are on the \
 results topic only)";
 
-/// Ledger events read per store call.
-pub const EVENTS_PAGE: usize = 64;
+/// Ledger events read per store call (events are up to `limits.max_event_bytes` each: this
+/// bounds what one read holds in memory).
+pub const EVENTS_PAGE: usize = 16;
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::permanent("corrupt", e.to_string())
@@ -316,16 +317,16 @@ pub async fn status(
             let mut done = 0;
             let mut from = 0;
             while from < planned {
+                let to = planned.min(from + EVENTS_PAGE);
                 let page = reader
-                    .ledger(request_id, claim.claimed_at_ms, from, planned)
+                    .ledger(request_id, claim.claimed_at_ms, from, to)
                     .await?;
-                let Some(&(last, _)) = page.last() else { break };
                 for (_, text) in &page {
                     let p: ProgressEvent = serde_json::from_str(text).map_err(corrupt)?;
                     p.items.iter().for_each(|i| counts.add(i.status));
                     done += 1;
                 }
-                from = last + 1;
+                from = to;
             }
             (State::InProgress, None, Some(counts), done)
         }
@@ -361,13 +362,14 @@ pub struct NumberedEvent {
     pub terminal: bool,
 }
 
-/// A request's events from position `from` on, that the store holds now, in order and
-/// without gaps: progress events until the first chunk not settled yet, then — once every
-/// chunk is — the terminal event. Also returns the claim (`None`: no claim).
+/// A request's events from position `from` on, at most `max`, that the store holds now, in
+/// order and without gaps: progress events until the first chunk not settled yet, then —
+/// once every chunk is — the terminal event. Also returns the claim (`None`: no claim).
 pub async fn events(
     reader: &dyn StatusReader,
     request_id: &str,
     from: usize,
+    max: usize,
 ) -> Result<(Option<ClaimRecord>, Vec<NumberedEvent>), StoreError> {
     let Some(claim) = reader.claim(request_id).await? else {
         return Ok((None, Vec::new()));
@@ -378,8 +380,8 @@ pub async fn events(
     let mut next = from;
     // A lookup stores no progress events: its terminal event alone, once published.
     let lookup = claim.op.as_deref() == Some("lookup");
-    while next < planned && !lookup {
-        let to = planned.min(next + EVENTS_PAGE);
+    while next < planned && !lookup && out.len() < max {
+        let to = planned.min(next + EVENTS_PAGE.min(max - out.len()));
         let page = reader.ledger(request_id, generation, next, to).await?;
         for (chunk, text) in page {
             if chunk != next {
@@ -398,7 +400,7 @@ pub async fn events(
         }
     }
     if let Some(text) = &claim.terminal {
-        if next >= planned || lookup {
+        if (next >= planned || lookup) && out.len() < max {
             out.push(NumberedEvent {
                 id: format!("{generation}:{planned}"),
                 position: planned,

@@ -40,15 +40,22 @@ pub async fn run(config: &Config, ask: Ask) -> anyhow::Result<()> {
         return watch(reader, &ask.request_id, config).await;
     }
     if ask.events {
-        let (claim, list) = status::events(reader, &ask.request_id, 0).await?;
-        if claim.is_none() {
-            eprintln!("{}: unknown — {}", ask.request_id, status::UNKNOWN_NOTE);
+        let mut next = 0;
+        loop {
+            let page = status::EVENTS_PAGE;
+            let (claim, list) = status::events(reader, &ask.request_id, next, page).await?;
+            if claim.is_none() {
+                eprintln!("{}: unknown — {}", ask.request_id, status::UNKNOWN_NOTE);
+            }
+            let mut out = std::io::stdout().lock();
+            for e in &list {
+                writeln!(out, "{}", e.text)?;
+            }
+            match list.last() {
+                Some(last) if list.len() == page && !last.terminal => next = last.position + 1,
+                _ => return Ok(()),
+            }
         }
-        let mut out = std::io::stdout().lock();
-        for e in list {
-            writeln!(out, "{}", e.text)?;
-        }
-        return Ok(());
     }
     let s = super::status_of(reader, &ask.request_id, config.execute.default_deadline_ms).await?;
     if ask.json {
@@ -64,7 +71,7 @@ async fn watch(reader: &dyn StatusReader, id: &str, config: &Config) -> anyhow::
     let poll = Duration::from_millis(config.status.poll_interval_ms);
     let (mut next, mut generation, mut waiting) = (0, None, false);
     loop {
-        let (claim, list) = status::events(reader, id, next).await?;
+        let (claim, list) = status::events(reader, id, next, status::EVENTS_PAGE).await?;
         match (&claim, generation) {
             (None, None) if !waiting => {
                 eprintln!("{id}: unknown — not claimed yet; waiting for it");

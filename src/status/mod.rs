@@ -229,19 +229,41 @@ async fn events(State(api): State<Api>, Path(id): Path<String>) -> Response {
     if let Some(r) = refused("events", &id) {
         return r;
     }
-    match status::events(api.reader.as_ref(), &id, 0).await {
-        Ok((None, _)) => error("events", StatusCode::NOT_FOUND, status::UNKNOWN_NOTE),
-        Ok((Some(_), list)) => {
-            count("events", StatusCode::OK);
-            let mut body = String::with_capacity(list.iter().map(|e| e.text.len() + 1).sum());
-            for e in list {
-                body.push_str(&e.text);
-                body.push('\n');
-            }
-            ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+    let first = match status::events(api.reader.as_ref(), &id, 0, status::EVENTS_PAGE).await {
+        Ok((None, _)) => return error("events", StatusCode::NOT_FOUND, status::UNKNOWN_NOTE),
+        Ok((Some(_), list)) => list,
+        Err(e) => return store_error("events", &e),
+    };
+    count("events", StatusCode::OK);
+    // Page by page as the client reads: a request's events are never all in memory.
+    let pages = futures::stream::unfold(Some((api, id, first)), |state| async move {
+        let (api, id, list) = state?;
+        let last = list.last()?;
+        let more = list.len() == status::EVENTS_PAGE && !last.terminal;
+        let next = last.position + 1;
+        let mut page = String::with_capacity(list.iter().map(|e| e.text.len() + 1).sum());
+        for e in &list {
+            page.push_str(&e.text);
+            page.push('\n');
         }
-        Err(e) => store_error("events", &e),
-    }
+        let state = if more {
+            match status::events(api.reader.as_ref(), &id, next, status::EVENTS_PAGE).await {
+                Ok((_, list)) => Some((api, id, list)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "status events: store read failed mid-answer");
+                    return Some((Err(std::io::Error::other(e.to_string())), None));
+                }
+            }
+        } else {
+            None
+        };
+        Some((Ok::<_, std::io::Error>(page), state))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(pages),
+    )
+        .into_response()
 }
 
 async fn list(State(api): State<Api>, RawQuery(query): RawQuery) -> Response {

@@ -74,7 +74,7 @@ pub(super) async fn stream(
         let _open = Open::new();
         let _permit = permit;
         loop {
-            let list = match status::events(api.reader.as_ref(), &id, next).await {
+            let list = match status::events(api.reader.as_ref(), &id, next, BUFFER).await {
                 // Gone (forgotten) or claimed anew (a new generation): this stream is over.
                 Ok((None, _)) => return,
                 Ok((Some(c), _)) if c.claimed_at_ms != generation => return,
@@ -84,6 +84,7 @@ pub(super) async fn stream(
                     Vec::new()
                 }
             };
+            let full = list.len() == BUFFER;
             for e in list {
                 let event = Event::default().id(&e.id).data(&e.text);
                 match tx.send_timeout(event, api.send_timeout).await {
@@ -100,6 +101,9 @@ pub(super) async fn stream(
                 if e.terminal {
                     return;
                 }
+            }
+            if full {
+                continue; // more may be there already
             }
             tokio::select! {
                 () = tokio::time::sleep(api.poll) => {}

@@ -88,7 +88,7 @@ async fn events_come_in_chunk_order_without_gaps_then_the_terminal_event() {
     let ledger = |c: usize| serde_json::to_string(&progress(c, 3)).unwrap();
     // Chunk 1 settled before chunk 0: nothing can be served yet.
     m.ledger.lock().unwrap().insert(1, ledger(1));
-    assert!(events(&m, "r-1", 0).await.unwrap().1.is_empty());
+    assert!(events(&m, "r-1", 0, 10).await.unwrap().1.is_empty());
     let s = status(&m, "r-1").await.unwrap();
     assert_eq!(s.state, State::InProgress);
     assert_eq!(
@@ -100,7 +100,7 @@ async fn events_come_in_chunk_order_without_gaps_then_the_terminal_event() {
     );
     assert_eq!(s.counts.as_ref().unwrap().failed, 1);
     m.ledger.lock().unwrap().insert(0, ledger(0));
-    let (_, got) = events(&m, "r-1", 0).await.unwrap();
+    let (_, got) = events(&m, "r-1", 0, 10).await.unwrap();
     assert_eq!(
         got.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
         ["1234:0", "1234:1"]
@@ -125,7 +125,12 @@ async fn events_come_in_chunk_order_without_gaps_then_the_terminal_event() {
         source: source(),
     });
     m.claim.lock().unwrap().as_mut().unwrap().terminal = Some(published(&done));
-    let (_, got) = events(&m, "r-1", 2).await.unwrap();
+    assert_eq!(
+        events(&m, "r-1", 2, 1).await.unwrap().1.len(),
+        1,
+        "at most max"
+    );
+    let (_, got) = events(&m, "r-1", 2, 10).await.unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!(got[1].text, published(&done));
     assert!(got[1].terminal && got[1].id == "1234:3");
