@@ -1,7 +1,7 @@
 //! The status page at `/`: one HTML file with its script and styles, shipped in the binary
 //! (no build step, no CDN). It holds no data: it asks for the bearer token (kept in the tab's
 //! `sessionStorage`, or taken once from the URL fragment `#token=…`, which never reaches the
-//! server) and reads the `/v1` API with it — the in-flight list every 2 s, a live progress
+//! server) and reads the `/v1` API with it — the in-flight list every second, a live progress
 //! stream per request shown, and one request's events from the search box.
 
 use axum::http::{header, StatusCode};
