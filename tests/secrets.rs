@@ -91,7 +91,10 @@ fn no_command_prints_a_secret_of_the_config() {
         "{text}"
     );
     assert!(text.contains("AKIAEXAMPLE:***@"), "{text}");
-    assert!(text.contains("token = \"***\""), "the status token is masked: {text}");
+    assert!(
+        text.contains("token = \"***\""),
+        "the status token is masked: {text}"
+    );
 
     // The same secrets from the environment.
     run(
