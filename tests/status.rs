@@ -73,6 +73,13 @@ fn http_and_cli_say_what_became_of_a_request_while_sluice_run_writes_the_state_f
     let streamed: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
     assert_eq!(streamed, out, "the stream carries the output's bytes");
 
+    // A client that saw event 4 resumes with the 5th; an id of another generation starts over.
+    let within = Duration::from_secs(30);
+    let (resumed, _) = stream_after(port, "r-10", Some(&events[4].id), within);
+    assert_eq!(resumed, events[5..]);
+    let (again, _) = stream_after(port, "r-10", Some("17:3"), within);
+    assert_eq!(again, events);
+
     let (code, body) = get(port, "/v1/requests/r-10");
     assert_eq!(code, 200, "{body}");
     let st: Value = serde_json::from_str(&body).unwrap();

@@ -50,6 +50,17 @@ pub struct SseEvent {
 /// waiting while the id is not claimed yet (404). Returns every event received and the
 /// number of connections it took.
 pub fn stream_to_end(port: u16, id: &str, within: Duration) -> (Vec<SseEvent>, usize) {
+    stream_after(port, id, None, within)
+}
+
+/// [`stream_to_end`] for a client that has seen the event `after` (`Last-Event-ID` from the
+/// first connection on).
+pub fn stream_after(
+    port: u16,
+    id: &str,
+    after: Option<&str>,
+    within: Duration,
+) -> (Vec<SseEvent>, usize) {
     let deadline = Instant::now() + within;
     let mut got: Vec<SseEvent> = Vec::new();
     let mut connections = 0;
@@ -60,8 +71,8 @@ pub fn stream_to_end(port: u16, id: &str, within: Duration) -> (Vec<SseEvent>, u
         );
         let mut req = agent(within).get(format!("http://127.0.0.1:{port}/v1/requests/{id}/stream"));
         req = req.header("Authorization", format!("Bearer {TOKEN}"));
-        if let Some(last) = got.last() {
-            req = req.header("Last-Event-ID", last.id.clone());
+        if let Some(last) = got.last().map(|e| e.id.as_str()).or(after) {
+            req = req.header("Last-Event-ID", last.to_string());
         }
         let Ok(mut resp) = req.call() else {
             std::thread::sleep(Duration::from_millis(200));
