@@ -103,16 +103,7 @@ fn another_instance_answers_and_its_stream_survives_a_kill_9_of_the_executing_on
         ("SLUICE__KAFKA__TOPICS__RESULTS", format!("{tag}.results")),
         ("SLUICE__KAFKA__TOPICS__DLQ", format!("{tag}.dlq")),
     ];
-    let out = common::sluice()
-        .args(["topics", "create", "-c", env.cfg.to_str().unwrap()])
-        .envs(b_env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    topics_create(&env.cfg, &b_env);
     let b = env.service_with("b", &b_env);
     let mut a = env.service("a");
     wait_healthy(port_a);
