@@ -79,6 +79,16 @@ fn http_and_cli_say_what_became_of_a_request_while_sluice_run_writes_the_state_f
     assert_eq!(resumed, events[5..]);
     let (again, _) = stream_after(port, "r-10", Some("17:3"), within);
     assert_eq!(again, events);
+    let mut past_end = ureq::get(format!("http://127.0.0.1:{port}/v1/requests/r-10/stream"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Last-Event-ID", events.last().unwrap().id.clone())
+        .call()
+        .unwrap();
+    let body = past_end.body_mut().read_to_string().unwrap();
+    assert!(
+        !body.contains("data:"),
+        "nothing after the terminal event: {body}"
+    );
 
     let (code, body) = get(port, "/v1/requests/r-10");
     assert_eq!(code, 200, "{body}");

@@ -400,7 +400,8 @@ pub async fn events(
         }
     }
     if let Some(text) = &claim.terminal {
-        if (next >= planned || lookup) && out.len() < max {
+        // Once: not again to a client past it.
+        if (next >= planned || lookup) && from <= planned && out.len() < max {
             out.push(NumberedEvent {
                 id: format!("{generation}:{planned}"),
                 position: planned,

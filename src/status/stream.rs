@@ -78,6 +78,10 @@ pub(super) async fn stream(
                 // Gone (forgotten) or claimed anew (a new generation): this stream is over.
                 Ok((None, _)) => return,
                 Ok((Some(c), _)) if c.claimed_at_ms != generation => return,
+                // Resumed after the terminal event: nothing more will come.
+                Ok((Some(c), list)) if list.is_empty() && c.finished() && next > c.chunks() => {
+                    return
+                }
                 Ok((Some(_), list)) => list,
                 Err(e) => {
                     tracing::debug!(error = %e, "progress stream: store read failed; retrying");

@@ -134,6 +134,10 @@ async fn events_come_in_chunk_order_without_gaps_then_the_terminal_event() {
     assert_eq!(got.len(), 2);
     assert_eq!(got[1].text, published(&done));
     assert!(got[1].terminal && got[1].id == "1234:3");
+    assert!(
+        events(&m, "r-1", 4, 10).await.unwrap().1.is_empty(),
+        "nothing after the terminal event"
+    );
     let s = status(&m, "r-1").await.unwrap();
     assert_eq!(s.state, State::Completed);
     assert_eq!(s.terminal.unwrap().get(), published(&done));
