@@ -339,12 +339,38 @@ fn streams_are_capped_and_readers_that_stop_reading_are_dropped_while_the_pipeli
         "memory grew by {grown} KiB for two unread streams"
     );
     // Their slots are free again: a reader that reads gets the events so far.
-    let mut c = unread_stream(port, "held");
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut head = [0u8; 12];
-    std::io::Read::read_exact(&mut c, &mut head).unwrap();
-    assert_eq!(&head[9..12], b"200");
-    let started = Instant::now();
+    // Their slots are free again: a reader past the 200 events it has waits for the rest.
+    let reader = std::thread::spawn(move || {
+        stream_after(port, "held", Some("1000:199"), Duration::from_secs(60)).0
+    });
+    wait_for("the reader's stream", Duration::from_secs(20), || {
+        series(port, "sluice_status_streams_open") == Some(1.0)
+    });
+    // The last chunk settles and the request is released, as the service would write them.
+    let c = rusqlite::Connection::open(dir.path().join("s.db")).unwrap();
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    let last = r#"{"request_id":"held","chunk":200,"chunks":201,"items":[{"index":200,"status":"ok"}],"source":{"topic":"elsewhere","partition":0,"offset":9}}"#;
+    let terminal = r#"{"event":"completed","request_id":"held","chunks":201,"counts":{"total":201,"ok":201,"skipped":0,"failed":0,"duplicate":0,"not_found":0,"not_attempted":0},"duration_ms":1,"source":{"topic":"elsewhere","partition":0,"offset":9}}"#;
+    let settled = Instant::now();
+    c.execute_batch(&format!(
+        "BEGIN; INSERT INTO chunk_ledger VALUES ('held', 1000, 200, '{last}', 4102444800);
+         UPDATE requests SET terminal = '{terminal}', expires_at = 4102444800 WHERE request_id = 'held';
+         COMMIT;"
+    ))
+    .unwrap();
+    let got = reader.join().unwrap();
+    let took = settled.elapsed();
+    assert_eq!(
+        got.len(),
+        2,
+        "the last chunk and the terminal event: {got:?}"
+    );
+    assert_eq!(
+        got[0].data,
+        format!("{{\"event\":\"progress\",{}", &last[1..])
+    );
+    assert_eq!(got[1].data, terminal);
+    // "Within ~1 s of the chunk's commit" (polling every 200 ms), generous for a busy machine.
+    assert!(took < Duration::from_secs(3), "the stream took {took:?}");
     s.finish();
-    assert!(started.elapsed() < Duration::from_secs(60));
 }
