@@ -91,7 +91,8 @@ impl Default for PipelineConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupeConfig {
-    /// How long a request_id and its chunk ledger entries are remembered, in seconds.
+    /// How long a request_id and its chunk ledger entries are remembered after the request's
+    /// terminal event is published, in seconds (an unfinished request is never forgotten).
     pub window_secs: u64,
     /// Entries of the in-memory cache in front of the store's request ledger.
     pub cache_entries: usize,

@@ -139,6 +139,7 @@ mod tests {
             resume_at: 0,
             start_at: 0,
             skip_progress: 0,
+            skip_counts: None,
             received: std::time::Instant::now(),
             permit: None,
             generation: None,

@@ -141,10 +141,10 @@ impl<S: Sink> Commit<S> {
 
     /// Commits the unit: first the partial positions of unfinished heads whose events it holds.
     async fn commit(&mut self) -> Result<(), StageError> {
-        for (source, start_at, published) in self.lanes.partials() {
+        for (source, start_at, published, counts) in self.lanes.partials() {
             self.unit
                 .sink
-                .record_partial(&source, start_at, published)
+                .record_partial(&source, start_at, published, &counts)
                 .await?;
             self.unit.dirty = true;
         }

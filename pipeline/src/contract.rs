@@ -284,6 +284,17 @@ impl Counts {
             ItemStatus::NotAttempted => &mut self.not_attempted,
         } += 1;
     }
+
+    /// Adds `other`'s counts.
+    pub fn merge(&mut self, other: &Counts) {
+        self.total += other.total;
+        self.ok += other.ok;
+        self.skipped += other.skipped;
+        self.failed += other.failed;
+        self.duplicate += other.duplicate;
+        self.not_found += other.not_found;
+        self.not_attempted += other.not_attempted;
+    }
 }
 
 /// One chunk's results, published once the chunk is committed.

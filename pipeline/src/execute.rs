@@ -162,6 +162,10 @@ impl Stage for Execute {
                 let job = Job {
                     shared: self.shared.clone(),
                     request: Arc::new(request),
+                    published: meta
+                        .skip_counts
+                        .clone()
+                        .map(|counts| (meta.skip_progress, counts)),
                     chunks: claim.plan,
                     claimed_at_ms: claim.claimed_at_ms,
                     source: meta.source.clone(),
@@ -194,6 +198,10 @@ impl Stage for Execute {
 struct Job {
     shared: Arc<Shared>,
     request: SharedRequest,
+    /// What earlier runs published of this request, when its position recorded it: that many
+    /// first progress events (not published again) and their item counts — the terminal
+    /// event's counts start from these, whatever a replay of those chunks would say now.
+    published: Option<(usize, Counts)>,
     chunks: Vec<Range<usize>>,
     /// When the request was first claimed (unix ms): its deadline counts from here on every
     /// attempt, and it is the claim's generation in the ledger keys.
@@ -217,21 +225,31 @@ impl Job {
     /// Runs every chunk and sends the events. Returns early (without a terminal event) when
     /// aborted or when the commit stage is gone.
     async fn run(self) {
-        let mut counts = Counts::default();
+        let (skip, mut counts) = self.published.clone().unwrap_or_default();
         let n = self.chunks.len();
         if self.request.op == Op::Lookup {
             let concurrency = self.shared.config.execute.lookup_concurrency;
+            let job = &self;
             let mut events = futures::stream::iter(0..n)
                 .map(|i| {
-                    self.lookup_chunk(i)
-                        .instrument(tracing::debug_span!("chunk", chunk = i))
+                    async move {
+                        if i < skip {
+                            // Published already and counted in `counts`: not read again. The
+                            // commit stage passes over this placeholder (chunk < skip).
+                            return Some(job.chunk(i).event(Vec::new()));
+                        }
+                        job.lookup_chunk(i).await
+                    }
+                    .instrument(tracing::debug_span!("chunk", chunk = i))
                 })
                 .buffered(concurrency);
+            let mut i = 0;
             while let Some(event) = events.next().await {
                 let Some(event) = event else { return };
-                if !self.emit(&mut counts, event).await {
+                if !self.emit(&mut counts, event, i >= skip).await {
                     return;
                 }
+                i += 1;
             }
         } else {
             let mut stopped = false;
@@ -242,7 +260,7 @@ impl Job {
                 };
                 stopped |= self.request.options.stop_on_error
                     && event.items.iter().any(|r| r.status == ItemStatus::Failed);
-                if !self.emit(&mut counts, event).await {
+                if !self.emit(&mut counts, event, i >= skip).await {
                     return;
                 }
             }
@@ -257,11 +275,14 @@ impl Job {
         let _ = self.events.send(completed).await;
     }
 
-    /// Sends a chunk's event, made to fit one message first (the same way on a replay).
-    async fn emit(&self, counts: &mut Counts, mut event: ProgressEvent) -> bool {
+    /// Sends a chunk's event, made to fit one message first (the same way on a replay), and
+    /// adds its items to `counts` unless an earlier run published (and counted) it.
+    async fn emit(&self, counts: &mut Counts, mut event: ProgressEvent, count: bool) -> bool {
         crate::fit::fit_progress(&mut event, self.shared.config.limits.max_event_bytes);
-        for item in &event.items {
-            counts.add(item.status);
+        if count {
+            for item in &event.items {
+                counts.add(item.status);
+            }
         }
         self.events.send(ResultEvent::Progress(event)).await.is_ok()
     }
@@ -364,25 +385,40 @@ impl Job {
     /// Records a chunk outcome decided without the store's writes (deadline, stop, store
     /// failure) in the ledger, and returns what the ledger holds: an earlier attempt's
     /// outcome wins, so a replay publishes what the first attempt did (an unknown commit
-    /// result that in fact committed is found here too). `None` when aborted meanwhile.
+    /// result that in fact committed is found here too). A store that keeps failing is
+    /// waited for, round after round of retries: an outcome the ledger does not hold is never
+    /// published — the chunk may have committed — unless the store refuses it for good.
+    /// `None` when aborted meanwhile.
     async fn settle(&self, chunk: Arc<WriteChunk>, event: ProgressEvent) -> Option<ProgressEvent> {
         let store = &self.shared.store;
-        let settled = self
-            .shared
-            .retry
-            .run("settle", &self.shared.abort, || {
-                store.settle(chunk.clone(), event.clone())
-            })
-            .await;
-        match settled {
-            Ok(commit) => Some(commit.event),
-            Err(_) if self.shared.abort.is_cancelled() => None,
-            Err(e) => {
-                // Nothing was applied and nothing could be recorded: the outcome stands, but a
-                // replay may decide the chunk again.
-                counter!(PIPELINE_ERRORS, "component" => "settle").increment(1);
-                tracing::error!(chunk = chunk.index, error = %e, "could not record a chunk's outcome in the ledger");
-                Some(event)
+        loop {
+            let settled = self
+                .shared
+                .retry
+                .run("settle", &self.shared.abort, || {
+                    store.settle(chunk.clone(), event.clone())
+                })
+                .await;
+            match settled {
+                Ok(commit) => return Some(commit.event),
+                Err(_) if self.shared.abort.is_cancelled() => return None,
+                Err(e) if e.kind == StoreErrorKind::Permanent => {
+                    // Refused for good (nothing to wait for): the outcome stands, but a replay
+                    // may decide the chunk again.
+                    counter!(PIPELINE_ERRORS, "component" => "settle").increment(1);
+                    tracing::error!(chunk = chunk.index, error = %e, "could not record a chunk's outcome in the ledger");
+                    return Some(event);
+                }
+                Err(e) => {
+                    counter!(PIPELINE_ERRORS, "component" => "settle").increment(1);
+                    if crate::logs::allow() {
+                        tracing::warn!(chunk = chunk.index, error = %e, "recording a chunk's outcome keeps failing; retrying");
+                    }
+                    tokio::select! {
+                        () = self.shared.abort.cancelled() => return None,
+                        () = tokio::time::sleep(self.shared.retry.max) => {}
+                    }
+                }
             }
         }
     }

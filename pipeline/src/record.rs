@@ -7,6 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::contract::Counts;
+
 /// Where a record came from: topic (or input name), partition and offset.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct SourceRef {
@@ -40,6 +42,10 @@ pub struct RawRecord {
     /// while the record was unfinished (see [`crate::Sink::record_partial`]): the commit stage
     /// does not publish them again. 0 for a record read for the first time.
     pub skip_progress: usize,
+    /// The item counts of those `skip_progress` events, when the position recorded them:
+    /// the terminal event's counts start from them, so they equal what consumers received
+    /// even where a replay would read differently (lookups are not in the ledger).
+    pub skip_counts: Option<Counts>,
     /// When the record entered the pipeline (for latency figures).
     pub received: Instant,
     /// The record's share of the in-flight budget, released when it is committed.
@@ -69,6 +75,8 @@ pub struct Meta {
     pub start_at: u64,
     /// Progress events already published (see [`RawRecord::skip_progress`]).
     pub skip_progress: usize,
+    /// Their item counts (see [`RawRecord::skip_counts`]).
+    pub skip_counts: Option<Counts>,
     /// When the record entered the pipeline.
     pub received: Instant,
     /// In-flight budget share; dropped at commit.
@@ -90,6 +98,7 @@ impl RawRecord {
                 resume_at: self.resume_at,
                 start_at: self.start_at,
                 skip_progress: self.skip_progress,
+                skip_counts: self.skip_counts,
                 received: self.received,
                 permit: self.permit,
                 generation: None,

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use crate::codes::SinkError;
-use crate::contract::{DeadLetter, ResultEvent};
+use crate::contract::{Counts, DeadLetter, ResultEvent};
 use crate::record::SourceRef;
 
 /// Publishes events and advances the source position atomically with them. Between two
@@ -28,12 +28,14 @@ pub trait Sink: Send + 'static {
     /// `skip_progress = published`, so a re-read publishes only what follows. This lets a
     /// long request's events commit while it runs (a unit never waits for a whole request)
     /// and an abandoned request keep what it published. Called in source order per
-    /// partition, after the partition's last `record_done` of the unit.
+    /// partition, after the partition's last `record_done` of the unit. `counts` are the item
+    /// counts of those `published` events, handed back as `skip_counts`.
     async fn record_partial(
         &mut self,
         source: &SourceRef,
         start_at: u64,
         published: usize,
+        counts: &Counts,
     ) -> Result<(), SinkError>;
 
     /// Makes the current unit durable: its events, dead letters and positions together.

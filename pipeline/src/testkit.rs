@@ -70,6 +70,7 @@ pub fn record(partition: i32, offset: i64, json: &str) -> RawRecord {
         resume_at: offset as u64 + 1,
         start_at: offset as u64,
         skip_progress: 0,
+        skip_counts: None,
         received: Instant::now(),
         permit: None,
     }
@@ -173,6 +174,7 @@ impl Sink for LogSink {
         source: &SourceRef,
         start_at: u64,
         published: usize,
+        _counts: &crate::contract::Counts,
     ) -> Result<(), SinkError> {
         self.push(Entry::Partial(source.clone(), start_at, published));
         Ok(())

@@ -54,11 +54,13 @@ impl Current {
         slot.rejoin.clone()
     }
 
-    /// The run ended; whether the watchdog asked for it.
-    pub(crate) fn end_run(&self) -> bool {
+    /// The run ended: whether the watchdog asked for it, and the run's consumer — for the
+    /// caller to drop off the async threads (the last handle's drop closes it, which waits
+    /// for the group leave: seconds when the coordinator is unreachable), never under this
+    /// lock, which the checks take on the runtime.
+    pub(crate) fn end_run(&self) -> (bool, Option<Arc<SluiceConsumer>>) {
         let mut slot = self.lock();
-        slot.consumer = None;
-        slot.rejoin.is_cancelled()
+        (slot.rejoin.is_cancelled(), slot.consumer.take())
     }
 
     /// Whether the next run must join without static membership (and forgets it).

@@ -137,8 +137,12 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
             &shutdown,
         )
         .await;
-        let rejoin = current.end_run();
+        let (rejoin, consumer) = current.end_run();
         health.set_source(false);
+        // Its close may wait for the coordinator: on the blocking pool, not a worker.
+        if let Some(consumer) = consumer {
+            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        }
         match result {
             Ok(()) if shutdown.is_cancelled() => break,
             Ok(()) if rejoin => {

@@ -3,9 +3,10 @@
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
+use sluice_pipeline::contract::Counts;
 
 /// Where a run resumes: the next line to read and how long the outputs were at that moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Position {
     /// 0-based number of the next input line.
     pub line: i64,
@@ -18,6 +19,9 @@ pub struct Position {
     /// Progress events of the request at `line` already in the output (a partial position:
     /// the request was unfinished at the checkpoint; a re-read publishes only what follows).
     pub published: u64,
+    /// The item counts of those `published` events (`None` in checkpoints from before they
+    /// were kept).
+    pub counts: Option<Counts>,
 }
 
 /// The checkpoint row of one (input, output) pair. It writes through the store's own writer
@@ -35,7 +39,7 @@ impl Checkpoint {
             "CREATE TABLE IF NOT EXISTS checkpoints (
                 input TEXT NOT NULL, output TEXT NOT NULL, line INTEGER NOT NULL,
                 byte INTEGER NOT NULL, output_len INTEGER NOT NULL, dead_letter_len INTEGER NOT NULL,
-                published INTEGER NOT NULL DEFAULT 0,
+                published INTEGER NOT NULL DEFAULT 0, counts TEXT,
                 PRIMARY KEY (input, output))",
         )?;
         // State databases from before partial positions: add the column (0 = none).
@@ -46,6 +50,13 @@ impl Checkpoint {
             lock(&conn).execute_batch(
                 "ALTER TABLE checkpoints ADD COLUMN published INTEGER NOT NULL DEFAULT 0",
             )?;
+        }
+        // ... and from before their counts were kept (NULL = unknown).
+        let has_counts = lock(&conn)
+            .prepare("SELECT 1 FROM pragma_table_info('checkpoints') WHERE name = 'counts'")?
+            .exists([])?;
+        if !has_counts {
+            lock(&conn).execute_batch("ALTER TABLE checkpoints ADD COLUMN counts TEXT")?;
         }
         Ok(Checkpoint {
             conn,
@@ -58,7 +69,7 @@ impl Checkpoint {
     pub fn load(&self) -> rusqlite::Result<Position> {
         Ok(lock(&self.conn)
             .query_row(
-                "SELECT line, byte, output_len, dead_letter_len, published FROM checkpoints
+                "SELECT line, byte, output_len, dead_letter_len, published, counts FROM checkpoints
                  WHERE input = ?1 AND output = ?2",
                 params![self.input, self.output],
                 |r| {
@@ -68,6 +79,9 @@ impl Checkpoint {
                         output_len: r.get::<_, i64>(2)? as u64,
                         dead_letter_len: r.get::<_, i64>(3)? as u64,
                         published: r.get::<_, i64>(4)? as u64,
+                        counts: r
+                            .get::<_, Option<String>>(5)?
+                            .and_then(|c| serde_json::from_str(&c).ok()),
                     })
                 },
             )
@@ -80,11 +94,11 @@ impl Checkpoint {
         lock(&self.conn)
             .prepare_cached(
                 "INSERT INTO checkpoints
-                   (input, output, line, byte, output_len, dead_letter_len, published)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                   (input, output, line, byte, output_len, dead_letter_len, published, counts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (input, output) DO UPDATE SET line = excluded.line, byte = excluded.byte,
                    output_len = excluded.output_len, dead_letter_len = excluded.dead_letter_len,
-                   published = excluded.published",
+                   published = excluded.published, counts = excluded.counts",
             )?
             .execute(params![
                 self.input,
@@ -93,7 +107,10 @@ impl Checkpoint {
                 p.byte as i64,
                 p.output_len as i64,
                 p.dead_letter_len as i64,
-                p.published as i64
+                p.published as i64,
+                p.counts
+                    .as_ref()
+                    .and_then(|c| serde_json::to_string(c).ok())
             ])?;
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use sluice_pipeline::contract::{DeadLetter, ResultEvent};
+use sluice_pipeline::contract::{Counts, DeadLetter, ResultEvent};
 use sluice_pipeline::metrics::STORE_ERRORS;
 use sluice_pipeline::{Sink, SinkError, SourceRef, StoreErrorKind};
 
@@ -182,7 +182,7 @@ impl FileSink {
             .cut(position.dead_letter_len, "dead-letter file")?;
         self.written = position.output_len;
         self.dead_letter_written = position.dead_letter_len;
-        self.done = *position;
+        self.done = position.clone();
         self.checkpoint = checkpoint;
         Ok(())
     }
@@ -219,6 +219,7 @@ impl Sink for FileSink {
             output_len: self.written,
             dead_letter_len: self.dead_letter_written,
             published: 0,
+            counts: None,
         };
         Ok(())
     }
@@ -228,6 +229,7 @@ impl Sink for FileSink {
         source: &SourceRef,
         start_at: u64,
         published: usize,
+        counts: &Counts,
     ) -> Result<(), SinkError> {
         self.done = Position {
             line: source.offset,
@@ -235,6 +237,7 @@ impl Sink for FileSink {
             output_len: self.written,
             dead_letter_len: self.dead_letter_written,
             published: published as u64,
+            counts: Some(counts.clone()),
         };
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use sluice_pipeline::contract::Counts;
 use sluice_pipeline::{RawRecord, Source, SourceError, SourceRef};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncSeekExt, BufReader};
 
@@ -25,7 +26,7 @@ pub struct LineSource {
     follow: Option<(std::path::PathBuf, Instant)>,
     /// The line the run resumes at and its progress events already in the output (a partial
     /// position): handed to the record read at that line as `skip_progress`.
-    skip: Option<(i64, usize)>,
+    skip: Option<(i64, usize, Option<Counts>)>,
 }
 
 /// How often a followed file is polled at its end, and its lag recounted while reading.
@@ -66,7 +67,11 @@ impl LineSource {
         source.line = position.line;
         source.byte = position.byte;
         if position.published > 0 {
-            source.skip = Some((position.line, position.published as usize));
+            source.skip = Some((
+                position.line,
+                position.published as usize,
+                position.counts.clone(),
+            ));
         }
         if let Some(p) = path {
             let (owned, from) = (p.to_path_buf(), position.byte);
@@ -220,9 +225,9 @@ impl Source for LineSource {
             if payload.iter().all(u8::is_ascii_whitespace) && !truncated {
                 continue;
             }
-            let skip_progress = match self.skip.take() {
-                Some((at, published)) if at == line => published,
-                _ => 0,
+            let (skip_progress, skip_counts) = match self.skip.take() {
+                Some((at, published, counts)) if at == line => (published, counts),
+                _ => (0, None),
             };
             return Ok(Some(RawRecord {
                 source: SourceRef {
@@ -236,6 +241,7 @@ impl Source for LineSource {
                 resume_at: self.byte,
                 start_at: start,
                 skip_progress,
+                skip_counts,
                 received: Instant::now(),
                 permit: None,
             }));

@@ -169,10 +169,14 @@ impl SluiceContext {
         self.drain.open.store(false, Ordering::SeqCst);
     }
 
-    /// Marks the run revoked once no commit is in progress.
+    /// Marks the run revoked once no commit is in progress. It waits for a commit in
+    /// progress — seconds when the coordinator is unreachable — so off the runtime (it runs
+    /// in the rebalance callback, on a tokio worker).
     fn mark_revoked(&self) {
-        let _held = lock(&self.drain.commit);
-        self.revoked.store(true, Ordering::SeqCst);
+        off_the_runtime(|| {
+            let _held = lock(&self.drain.commit);
+            self.revoked.store(true, Ordering::SeqCst);
+        })
     }
 
     /// Whether every record read from `partitions` is committed.

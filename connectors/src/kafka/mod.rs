@@ -10,12 +10,14 @@
 //! again from the committed offsets (re-read records are re-published from the store's ledger,
 //! not re-executed).
 //!
-//! Parts: [`context`] (rebalance tracking), [`source`], [`sink`], [`admin`] (topics, health),
+//! Parts: [`context`] (rebalance tracking), [`source`], [`sink`], [`position`] (partial
+//! positions in the committed offsets' metadata), [`admin`] (topics, health),
 //! [`group`] (the group as its coordinator sees it: unowned partitions, group lag).
 
 pub mod admin;
 pub mod context;
 pub mod group;
+pub mod position;
 pub mod sink;
 pub mod source;
 

@@ -14,7 +14,12 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_config::{Delivery, KafkaTopics};
-use sluice_pipeline::contract::{DeadLetter, ResultEvent};
+use sluice_pipeline::contract::{Counts, DeadLetter, ResultEvent};
+
+pub use super::position::{partial_metadata, published_in};
+
+/// What a partial position records: progress events published and their item counts.
+type Published = (usize, Counts);
 use sluice_pipeline::fit::{cap_message, MESSAGE_MAX};
 use sluice_pipeline::{Sink, SinkError, SourceRef};
 
@@ -31,9 +36,10 @@ pub struct KafkaSink {
     /// When the open transaction began (see [`TxnClock`]).
     clock: TxnClock,
     /// Per (topic, partition) of the records done since the last commit: where reading
-    /// resumes, and how many progress events of the record there are already published (a
-    /// partial position, committed as the offset's metadata; see [`partial_metadata`]).
-    offsets: BTreeMap<(String, i32), (i64, usize)>,
+    /// resumes, and for a partial position how many progress events of the record there are
+    /// already published and their item counts (the offset's metadata; see
+    /// [`partial_metadata`]).
+    offsets: BTreeMap<(String, i32), (i64, Option<Published>)>,
     /// At-least-once: deliveries to await before committing offsets.
     deliveries: Vec<rdkafka::producer::DeliveryFuture>,
     /// Exactly-once: what the open transaction holds, to send again if its offsets commit
@@ -413,33 +419,17 @@ impl KafkaSink {
 
     fn offsets_list(&self) -> Result<TopicPartitionList, SinkError> {
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), &(next, published)) in &self.offsets {
+        for ((topic, partition), (next, partial)) in &self.offsets {
             let mut e = tpl.add_partition(topic, *partition);
-            e.set_offset(Offset::Offset(next))
+            e.set_offset(Offset::Offset(*next))
                 .map_err(|e| err("offsets", e))?;
-            if published > 0 {
-                e.set_metadata(partial_metadata(published));
+            if let Some((published, counts)) = partial.as_ref().filter(|(n, _)| *n > 0) {
+                e.set_metadata(partial_metadata(*published, counts));
             }
         }
         Ok(tpl)
     }
 }
-
-/// The committed offset's metadata of a partial position: the record at the offset has its
-/// first `published` progress events committed.
-pub fn partial_metadata(published: usize) -> String {
-    format!("{PARTIAL_PREFIX}{published}")
-}
-
-/// Reads [`partial_metadata`]; 0 for anything else (no metadata, another tool's).
-pub fn published_in(metadata: &str) -> usize {
-    metadata
-        .strip_prefix(PARTIAL_PREFIX)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-const PARTIAL_PREFIX: &str = "sluice:v1:published=";
 
 #[async_trait]
 impl Sink for KafkaSink {
@@ -500,7 +490,7 @@ impl Sink for KafkaSink {
     async fn record_done(&mut self, source: &SourceRef, resume_at: u64) -> Result<(), SinkError> {
         self.offsets.insert(
             (source.topic.clone(), source.partition),
-            (resume_at as i64, 0),
+            (resume_at as i64, None),
         );
         Ok(())
     }
@@ -510,10 +500,11 @@ impl Sink for KafkaSink {
         source: &SourceRef,
         start_at: u64,
         published: usize,
+        counts: &Counts,
     ) -> Result<(), SinkError> {
         self.offsets.insert(
             (source.topic.clone(), source.partition),
-            (start_at as i64, published),
+            (start_at as i64, Some((published, counts.clone()))),
         );
         Ok(())
     }

@@ -14,6 +14,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use sluice_pipeline::contract::Counts;
 use sluice_pipeline::{RawRecord, Source, SourceError, SourceRef};
 
 use super::SluiceConsumer;
@@ -41,12 +42,16 @@ impl KafkaSource {
         }
     }
 
-    /// The progress events of `record` already committed, when it is the first record of a
-    /// freshly assigned partition and its offset was committed as a partial position.
-    async fn already_published(&self, record: &RawRecord) -> Result<usize, SourceError> {
+    /// The progress events of `record` already committed (and their item counts, when the
+    /// position holds them), when it is the first record of a freshly assigned partition and
+    /// its offset was committed as a partial position.
+    async fn already_published(
+        &self,
+        record: &RawRecord,
+    ) -> Result<(usize, Option<Counts>), SourceError> {
         let s = &record.source;
         if !self.consumer.context().take_fresh(&s.topic, s.partition) {
-            return Ok(0);
+            return Ok((0, None));
         }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&s.topic, s.partition);
@@ -77,7 +82,7 @@ impl KafkaSource {
         Ok(committed
             .find_partition(&s.topic, s.partition)
             .filter(|e| e.offset() == Offset::Offset(s.offset))
-            .map_or(0, |e| super::sink::published_in(e.metadata())))
+            .map_or((0, None), |e| super::sink::published_in(e.metadata())))
     }
 
     /// Drops held records of partitions revoked since the last call: whoever owns them now
@@ -161,6 +166,7 @@ fn raw(m: &BorrowedMessage<'_>) -> RawRecord {
         resume_at: (m.offset() + 1) as u64,
         start_at: m.offset() as u64,
         skip_progress: 0,
+        skip_counts: None,
         received: Instant::now(),
         permit: None,
     }
@@ -181,7 +187,7 @@ impl Source for KafkaSource {
                 }
             },
         };
-        record.skip_progress = self.already_published(&record).await?;
+        (record.skip_progress, record.skip_counts) = self.already_published(&record).await?;
         let s = &record.source;
         self.consumer
             .context()
@@ -231,6 +237,7 @@ mod tests {
             resume_at: (offset + 1) as u64,
             start_at: offset as u64,
             skip_progress: 0,
+            skip_counts: None,
             received: Instant::now(),
             permit: None,
         }

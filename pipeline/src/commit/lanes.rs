@@ -8,7 +8,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 
-use crate::contract::{DeadLetter, ResultEvent};
+use crate::contract::{Counts, DeadLetter, ResultEvent};
 use crate::record::{Meta, SourceRef};
 use crate::work::{Pending, PendingBody};
 
@@ -27,6 +27,8 @@ struct Lane {
     queue: VecDeque<Pending>,
     /// Progress events received from the head so far (published, or skipped on a re-read).
     progress: usize,
+    /// Item counts of the progress events this run published for the head.
+    counts: Counts,
     /// The unit holds events of the head that no position covers yet.
     unrecorded: bool,
     /// The head's stream ended without its terminal event (execution abandoned): the lane
@@ -90,6 +92,7 @@ impl Lanes {
                 PendingBody::Ready(_) | PendingBody::DeadLetter(..) => {
                     let head = l.queue.pop_front().expect("the head exists");
                     l.progress = 0;
+                    l.counts = Counts::default();
                     l.unrecorded = false;
                     return match head.body {
                         PendingBody::Ready(event) => Step::Last(event, op, head.meta),
@@ -116,11 +119,15 @@ impl Lanes {
                         continue;
                     }
                     l.unrecorded = true;
+                    for item in &p.items {
+                        l.counts.add(item.status);
+                    }
                     return Step::Event(ResultEvent::Progress(p), op);
                 }
                 Some(terminal) => {
                     let head = l.queue.pop_front().expect("the head exists");
                     l.progress = 0;
+                    l.counts = Counts::default();
                     l.unrecorded = false;
                     return Step::Last(terminal, op, head.meta);
                 }
@@ -132,9 +139,10 @@ impl Lanes {
         }
     }
 
-    /// Unfinished heads whose events the unit holds without a position: where each resumes
-    /// and how many progress events it has published. They count as recorded afterwards.
-    pub(super) fn partials(&mut self) -> Vec<(SourceRef, u64, usize)> {
+    /// Unfinished heads whose events the unit holds without a position: where each resumes,
+    /// how many progress events it has published and their item counts (an earlier run's
+    /// included). They count as recorded afterwards.
+    pub(super) fn partials(&mut self) -> Vec<(SourceRef, u64, usize, Counts)> {
         let mut out = Vec::new();
         for l in &mut self.lanes {
             if !l.unrecorded {
@@ -143,10 +151,13 @@ impl Lanes {
             l.unrecorded = false;
             if let Some(head) = l.queue.front() {
                 let m = &head.meta;
+                let mut counts = m.skip_counts.clone().unwrap_or_default();
+                counts.merge(&l.counts);
                 out.push((
                     m.source.clone(),
                     m.start_at,
                     l.progress.max(m.skip_progress),
+                    counts,
                 ));
             }
         }

@@ -28,6 +28,7 @@ fn meta(partition: i32, offset: i64, skip_progress: usize) -> Meta {
         resume_at: offset as u64 + 1,
         start_at: offset as u64,
         skip_progress,
+        skip_counts: None,
         received: Instant::now(),
         permit: None,
         generation: None,

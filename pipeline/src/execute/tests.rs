@@ -7,6 +7,8 @@ use crate::contract::{ItemStatus, Options};
 use crate::record::Meta;
 use crate::request::{Item, ItemBody, Key, Request};
 use crate::stage::channel;
+use std::ops::Range;
+
 use crate::store::{Claimed, Store};
 use crate::testkit::{self, MemStore};
 
@@ -42,13 +44,33 @@ fn meta() -> Meta {
 
 /// Runs `request` under `claim` through an execute stage; returns its events.
 async fn execute(store: Arc<MemStore>, request: Request, claim: Claimed) -> Vec<ResultEvent> {
-    let config = testkit::config("");
+    execute_with(testkit::config(""), store, request, claim).await
+}
+
+/// [`execute`] with a config and any store.
+async fn execute_with(
+    config: Arc<sluice_config::Config>,
+    store: Arc<dyn Store>,
+    request: Request,
+    claim: Claimed,
+) -> Vec<ResultEvent> {
+    execute_as(config, store, request, claim, meta()).await
+}
+
+/// [`execute_with`] for a record with the given metadata (a re-read's `skip_*`).
+async fn execute_as(
+    config: Arc<sluice_config::Config>,
+    store: Arc<dyn Store>,
+    request: Request,
+    claim: Claimed,
+    meta: Meta,
+) -> Vec<ResultEvent> {
     let stage = Execute::new(config, store, CancellationToken::new(), TaskTracker::new());
     let (tx, rx) = channel("execute", 4);
     let (out, mut pending) = channel("commit", 4);
     let driver = tokio::spawn(crate::stage::run_stage(stage, rx, out));
     tx.send(Work::Claimed {
-        meta: meta(),
+        meta,
         request,
         claim,
     })
@@ -136,4 +158,156 @@ async fn a_replay_cuts_the_request_by_the_claimed_plan() {
         .collect();
     assert_eq!(sizes, vec![1, 2]);
     assert_eq!(store.count("words"), 3);
+}
+
+/// A store whose chunk commits happen but answer an error (as after
+/// `UnknownTransactionCommitResult` retries ran out), and whose settles fail `settle_fails`
+/// times (a store outage right then) before they work.
+struct UnknownCommits {
+    inner: MemStore,
+    settle_fails: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for UnknownCommits {
+    fn kind(&self) -> &'static str {
+        "unknown-commits"
+    }
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn claim(
+        &self,
+        request_id: &str,
+        source: &SourceRef,
+        plan: &[Range<usize>],
+    ) -> Result<crate::store::Claim, StoreError> {
+        self.inner.claim(request_id, source, plan).await
+    }
+    async fn release(
+        &self,
+        finished: &[crate::store::Finished],
+        window_secs: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.release(finished, window_secs).await
+    }
+    async fn write_chunk(
+        &self,
+        chunk: Arc<WriteChunk>,
+    ) -> Result<crate::store::ChunkCommit, StoreError> {
+        self.inner.write_chunk(chunk).await?;
+        Err(StoreError::transient(
+            "unknown_commit_result",
+            "the commit's outcome is unknown",
+        ))
+    }
+    async fn settle(
+        &self,
+        chunk: Arc<WriteChunk>,
+        event: ProgressEvent,
+    ) -> Result<crate::store::ChunkCommit, StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.settle_fails.load(Ordering::SeqCst) > 0 {
+            self.settle_fails.fetch_sub(1, Ordering::SeqCst);
+            return Err(StoreError::transient("write_conflict", "try again"));
+        }
+        self.inner.settle(chunk, event).await
+    }
+    async fn lookup(
+        &self,
+        target: &Target,
+        keys: &[Key],
+        max_bytes: usize,
+    ) -> Result<Vec<Found>, StoreError> {
+        self.inner.lookup(target, keys, max_bytes).await
+    }
+}
+
+/// Issue 24 §4: a chunk whose commit may have happened is never published as failed — even
+/// when recording the failure fails too, round after round; it is resolved from the ledger.
+#[tokio::test]
+async fn a_possibly_committed_chunk_is_resolved_from_the_ledger_never_reported_failed() {
+    let config =
+        testkit::config("[execute]\nmax_attempts = 2\nbackoff_initial_ms = 1\nbackoff_max_ms = 2");
+    let store = Arc::new(UnknownCommits {
+        inner: MemStore::default(),
+        settle_fails: 7.into(),
+    });
+    let claim = Claimed {
+        claimed_at_ms: crate::dedupe::unix_now_ms(),
+        plan: std::iter::once(0..2).collect(),
+        expires_at: None,
+    };
+    let events = execute_with(config, store.clone(), create("u", 2, None), claim).await;
+    assert_eq!(
+        statuses(&events[0]),
+        vec![ItemStatus::Ok, ItemStatus::Ok],
+        "the commit happened: the ledger says ok"
+    );
+    assert_eq!(store.inner.count("words"), 2);
+}
+
+/// Issue 24 §3: lookups are not in the ledger, so a re-read after a partial commit reads its
+/// chunks again — the store may say something else by then. The terminal event's counts
+/// start from what the position recorded of the published events, so they equal what
+/// consumers received; the published chunks are not read again.
+#[tokio::test]
+async fn a_lookup_replay_counts_what_was_published() {
+    let store = Arc::new(MemStore::default());
+    let keys = |n: usize| -> Vec<Item> {
+        (0..n)
+            .map(|i| Item {
+                index: i,
+                key: Some(Key::Str(format!("k-{i}"))),
+                body: ItemBody::Key,
+                bytes: 10,
+                decided: None,
+            })
+            .collect()
+    };
+    let request = Request {
+        request_id: "l".into(),
+        collection: "words".into(),
+        op: Op::Lookup,
+        items: keys(4),
+        options: Options::default(),
+    };
+    // The first run published chunk 0 (both keys found) and committed a partial position;
+    // the documents were deleted since.
+    let published = Counts {
+        total: 2,
+        ok: 2,
+        ..Counts::default()
+    };
+    let mut reread = meta();
+    reread.skip_progress = 1;
+    reread.skip_counts = Some(published);
+    let claim = Claimed {
+        claimed_at_ms: crate::dedupe::unix_now_ms(),
+        plan: vec![0..2, 2..4],
+        expires_at: None,
+    };
+    let events = execute_as(testkit::config(""), store, request, claim, reread).await;
+    assert_eq!(
+        events.len(),
+        3,
+        "two progress events and the terminal: {events:?}"
+    );
+    assert_eq!(
+        statuses(&events[1]),
+        vec![ItemStatus::NotFound, ItemStatus::NotFound]
+    );
+    let ResultEvent::Completed(done) = &events[2] else {
+        panic!("completed: {:?}", events[2])
+    };
+    assert_eq!(
+        done.counts,
+        Counts {
+            total: 4,
+            ok: 2,
+            not_found: 2,
+            ..Counts::default()
+        },
+        "the counts of what consumers received, not of a second read"
+    );
 }

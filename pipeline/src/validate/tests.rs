@@ -53,6 +53,7 @@ pub(super) fn record(bytes: &[u8]) -> RawRecord {
         resume_at: 0,
         start_at: 0,
         skip_progress: 0,
+        skip_counts: None,
         received: Instant::now(),
         permit: None,
     }
