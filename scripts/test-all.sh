@@ -8,7 +8,8 @@
 #                                       arguments go to `cargo test`, those after `--` to the
 #                                       test binaries (with `--include-ignored`)
 #
-# Installs: Prometheus and promtool (Debian package; alert-rule and dashboard tests), the Kafka
+# Installs: Prometheus and promtool, Chromium and chromedriver (Debian packages; alert-rule,
+# dashboard and status page tests), the Kafka
 # jars from Maven Central (scripts/kafka.sh, needs java and mvn), SecantusDB from PyPI in a venv
 # (scripts/secantus.sh, needs python3). Ports: KAFKA_PORT (19092, and 19093 for its
 # controller) and MONGO_PORT (27018).
@@ -29,7 +30,10 @@ if ((${#missing[@]})); then
     exit 1
 fi
 
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+# Debian packages: Prometheus and promtool (alert-rule and dashboard tests), headless Chromium
+# and its WebDriver (the status page test, tests/status_page.rs).
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
+    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     sudo=""
     if [[ $(id -u) -ne 0 ]]; then
         command -v sudo >/dev/null || { log "installing Prometheus needs root or sudo"; exit 1; }
@@ -37,11 +41,12 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     fi
     export DEBIAN_FRONTEND=noninteractive
     for attempt in 1 2 3; do
-        $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null && break
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends prometheus chromium chromium-driver >/dev/null && break
         log "apt-get failed (attempt $attempt); retrying"
         sleep $((attempt * 10))
     done
     command -v promtool >/dev/null || { log "could not install Prometheus (apt-get install prometheus)"; exit 1; }
+    command -v chromedriver >/dev/null || { log "could not install Chromium (apt-get install chromium chromium-driver)"; exit 1; }
 fi
 log "$(promtool --version 2>&1 | head -1)"
 

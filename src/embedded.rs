@@ -43,7 +43,7 @@ pub async fn run_pipeline(
         config.observability.stall_after_ms,
     )));
     health.set_store(Ok(()));
-    crate::observability::start(&config.observability, &store, &health).await?;
+    crate::observability::start(&config, &store, &health).await?;
     let (source, sink, position) = embedded::open(&io, writer).await?;
     let end = sluice_pipeline::run(config, source, sink, store, stats, health, shutdown).await?;
     Ok((end, position))

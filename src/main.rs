@@ -8,7 +8,8 @@
 //! - `embedded` and `kafka`: the two `sluice run` services (plus the Kafka CLI tools);
 //! - `rss` (peak memory, for both benchmarks), `service` (store selection and shutdown signal,
 //!   for both services), `observability` (metrics and health endpoints, served by
-//!   `listener`) and `logging`.
+//!   `listener`), `status` (the status API, page and `sluice status`, on the same listener)
+//!   and `logging`.
 
 mod bench;
 mod bench_kafka;
@@ -19,6 +20,7 @@ mod logging;
 mod observability;
 mod rss;
 mod service;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,7 +41,29 @@ enum Command {
     /// Run the pipeline. With no brokers configured: read requests (JSON lines) from a file or
     /// stdin, apply them to the SQLite store, write result events as JSON lines.
     Run(RunArgs),
-    /// Print the JSON Schemas of the request, the result events and the dead-letter line.
+    /// What became of a request: its state, chunks, counts and terminal event, read from the
+    /// store (the SQLite state file too, while `sluice run` writes it).
+    Status {
+        /// TOML config naming the store ([mongo], else embedded.state).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// SQLite state database (overrides `embedded.state`).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The request_id.
+        request_id: String,
+        /// Print its events so far as JSON lines (exactly as the results topic carries them).
+        #[arg(long)]
+        events: bool,
+        /// Print its events as they come, until the terminal event.
+        #[arg(long)]
+        watch: bool,
+        /// Print the status as JSON (the HTTP API's answer) instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schemas of the request, the result events, the dead-letter line and the
+    /// status API's answers.
     Schema {
         /// Write `*.schema.json` files into this directory instead of printing them.
         #[arg(long)]
@@ -154,6 +178,23 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(run(args))),
         Command::Schema { out } => schema(out),
+        Command::Status {
+            config,
+            state,
+            request_id,
+            events,
+            watch,
+            json,
+        } => status::cli::config(config.as_deref(), state).and_then(|c| {
+            logging::init(&c.observability);
+            let ask = status::cli::Ask {
+                request_id,
+                events,
+                watch,
+                json,
+            };
+            runtime()?.block_on(status::cli::run(&c, ask))
+        }),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(file),
@@ -268,7 +309,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn schema(out: Option<PathBuf>) -> anyhow::Result<()> {
-    for (name, schema) in sluice_pipeline::contract::schemas() {
+    let all = sluice_pipeline::contract::schemas()
+        .into_iter()
+        .chain(sluice_pipeline::status::schemas());
+    for (name, schema) in all {
         let text = serde_json::to_string_pretty(&schema)? + "\n";
         match &out {
             Some(dir) => {

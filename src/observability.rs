@@ -1,5 +1,5 @@
 //! What SREs see: the Prometheus recorder, the HTTP listener (`/metrics`, `/healthz`,
-//! `/readyz`), the periodic store health check that drives readiness, and uptime.
+//! `/readyz`, and with `[status]` the status API and page of `crate::status`), the periodic store health check that drives readiness, and uptime.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sluice_config::ObservabilityConfig;
+use sluice_config::{Config, ObservabilityConfig};
 use sluice_pipeline::health::Health;
 use sluice_pipeline::metrics::{buckets, register, HEALTH_FAILURES, UPTIME};
 use sluice_pipeline::Store;
@@ -61,15 +61,17 @@ struct AppState {
 /// With `observability.listen` set: installs the recorder, serves the endpoints and starts
 /// the store health checks that drive readiness.
 pub async fn start(
-    config: &ObservabilityConfig,
+    full: &Config,
     store: &Arc<dyn Store>,
     health: &Arc<Health>,
 ) -> anyhow::Result<()> {
+    let config = &full.observability;
     let Some(listen) = &config.listen else {
         return Ok(());
     };
     let handle = install_recorder()?;
-    serve(listen, config, handle, health.clone()).await?;
+    let status = crate::status::router(full).await?;
+    serve(listen, config, handle, health.clone(), status).await?;
     spawn_checks(store.clone(), health.clone(), config);
     Ok(())
 }
@@ -81,6 +83,7 @@ async fn serve(
     config: &ObservabilityConfig,
     handle: PrometheusHandle,
     health: Arc<Health>,
+    status: Option<Router>,
 ) -> anyhow::Result<()> {
     let process = metrics_process::Collector::default();
     process.describe();
@@ -89,11 +92,14 @@ async fn serve(
         health,
         process: Arc::new(process),
     };
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state);
+    if let Some(status) = status {
+        app = app.merge(status);
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the observability listener on {listen}"))?;

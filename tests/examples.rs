@@ -149,7 +149,7 @@ fn sluice_schemas() -> Vec<(String, String)> {
         })
         .collect();
     files.sort();
-    assert_eq!(files.len(), 3);
+    assert_eq!(files.len(), 5);
     files
 }
 

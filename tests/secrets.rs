@@ -79,6 +79,8 @@ fn no_command_prints_a_secret_of_the_config() {
         "all.toml",
         &format!(
             "[mongo]\nuri = \"{MONGO_URI}&tlsCertificateKeyFilePassword=Pl4nt-keyfile\"\n\
+             [observability]\nlisten = \"127.0.0.1:9\"\n\
+             [status]\nenabled = true\ntoken = \"Pl4nt-status-bearer-token\"\n\
              [kafka]\nbrokers = \"127.0.0.1:9\"\n[kafka.properties]\n{KAFKA_SECRETS}{JAAS}"
         ),
     );
@@ -89,6 +91,10 @@ fn no_command_prints_a_secret_of_the_config() {
         "{text}"
     );
     assert!(text.contains("AKIAEXAMPLE:***@"), "{text}");
+    assert!(
+        text.contains("token = \"***\""),
+        "the status token is masked: {text}"
+    );
 
     // The same secrets from the environment.
     run(

@@ -1,7 +1,7 @@
 //! Typed, layered, validated configuration for sluice.
 //!
 //! Parts:
-//! - [`Config`] and its sections, one module per concept: `limits` ([`Limits`], [`OpLimits`],
+//! - [`Config`] and its sections, one module per concept: `status` ([`StatusConfig`]), `limits` ([`Limits`], [`OpLimits`],
 //!   [`ChunkConfig`]), `pipeline` ([`ExecuteConfig`], [`PipelineConfig`], [`DedupeConfig`]),
 //!   `collections` ([`CollectionConfig`]), `embedded` ([`EmbeddedConfig`]), `observability`
 //!   ([`ObservabilityConfig`]), `kafka` ([`KafkaConfig`]) and `mongo` ([`MongoConfig`]). Every
@@ -28,6 +28,7 @@ mod observability;
 mod parse;
 mod pipeline;
 mod secrets;
+mod status;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,7 @@ pub use mongo::MongoConfig;
 pub use observability::{LogFormat, ObservabilityConfig};
 pub use pipeline::{DedupeConfig, ExecuteConfig, PipelineConfig};
 pub use secrets::{is_secret, mask_uri, register as register_secrets, scrub, MASK};
+pub use status::StatusConfig;
 pub use validate::ITEM_RESULT_MAX_BYTES;
 
 /// A configuration problem, naming the field it is about.
@@ -92,6 +94,8 @@ pub struct Config {
     pub embedded: EmbeddedConfig,
     /// Metrics, health endpoints and logs.
     pub observability: ObservabilityConfig,
+    /// The status API and page (what became of each request), on the same listener.
+    pub status: StatusConfig,
     /// Kafka source and sink. When present, `sluice run` is the Kafka service; when absent,
     /// it runs the embedded default.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,7 +141,7 @@ impl Config {
     /// Every secret value the config holds (connection-string credentials and sensitive
     /// options, secret Kafka properties), for [`scrub`].
     pub fn secret_values(&self) -> Vec<String> {
-        let mut values = Vec::new();
+        let mut values: Vec<String> = self.status.token.iter().cloned().collect();
         if let Some(m) = &self.mongo {
             values.extend(secrets::uri_secrets(&m.uri));
         }
@@ -155,6 +159,9 @@ impl Config {
     /// The config as TOML with secrets masked, for `sluice config check` and start-up logs.
     pub fn masked(&self) -> String {
         let mut c = self.clone();
+        if let Some(t) = c.status.token.as_mut() {
+            *t = MASK.into();
+        }
         if let Some(m) = c.mongo.as_mut() {
             m.uri = mask_uri(&m.uri);
         }

@@ -17,6 +17,10 @@ impl Config {
         execute(&self.execute)?;
         pipeline(&self.pipeline)?;
         observability(&self.observability)?;
+        self.status.validate(
+            self.observability.listen.as_deref(),
+            self.observability.http_max_connections,
+        )?;
         if let Some(k) = &self.kafka {
             kafka(k, &self.pipeline)?;
         }

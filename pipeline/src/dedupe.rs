@@ -22,7 +22,7 @@ use crate::record::SourceRef;
 use crate::request::{Key, Request};
 use crate::retry::RetryPolicy;
 use crate::stage::{Outbox, Stage, StageError};
-use crate::store::{Claim, ClaimInput, Claimed, Store};
+use crate::store::{About, Claim, ClaimInput, Claimed, Store};
 use crate::work::Work;
 
 /// Claims the dedupe stage makes in one store call at most: the records already waiting in
@@ -39,6 +39,8 @@ struct Wanted {
     request_id: String,
     source: SourceRef,
     plan: Vec<Range<usize>>,
+    /// `About::collection`, `op` and `deadline_ms`.
+    about: (String, Option<crate::contract::Op>, Option<u64>),
 }
 
 impl From<&ClaimInput<'_>> for Wanted {
@@ -47,6 +49,11 @@ impl From<&ClaimInput<'_>> for Wanted {
             request_id: c.request_id.to_string(),
             source: c.source.clone(),
             plan: c.plan.to_vec(),
+            about: (
+                c.about.collection.to_string(),
+                c.about.op,
+                c.about.deadline_ms,
+            ),
         }
     }
 }
@@ -144,6 +151,11 @@ impl Dedupe {
                     request_id: &w.request_id,
                     source: &w.source,
                     plan: &w.plan,
+                    about: About {
+                        collection: &w.about.0,
+                        op: w.about.1,
+                        deadline_ms: w.about.2,
+                    },
                 })
                 .collect();
             let claims = retry
@@ -266,6 +278,7 @@ impl Dedupe {
             request_id,
             source,
             plan,
+            about: About::default(),
         };
         let known = vec![self.cached(request_id, source)];
         let wanted = match known[0] {
@@ -293,6 +306,11 @@ fn claims_of(inputs: &[Work]) -> Vec<ClaimInput<'_>> {
                 request_id: &request.request_id,
                 source: &meta.source,
                 plan: chunks,
+                about: About {
+                    collection: &request.collection,
+                    op: Some(request.op),
+                    deadline_ms: request.options.deadline_ms,
+                },
             }),
             _ => None,
         })

@@ -16,6 +16,7 @@
 //!   item rules every store shares.
 //! - [`retry`]: backoff with jitter by error kind; [`metrics`]: every metric name;
 //!   [`report`]: live counters for progress bars and benchmarks; [`run`]: wiring and shutdown.
+//! - [`status`]: what became of a request, read from the store (status API, `sluice status`).
 //! - [`budget`]: the in-flight budget (records and bytes); [`health`]: readiness;
 //!   [`fit`]: result events that fit one message.
 
@@ -39,6 +40,7 @@ pub mod run;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod status;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testkit;

@@ -103,12 +103,31 @@ pub const HEALTH_FAILURES: &str = "sluice_health_check_failures_total";
 /// Connections the HTTP listener closed or refused to protect itself. Labels: `reason`
 /// (`refused`, `evicted`, `evicted_unread`, `header_timeout`, `timed_out`, `accept_failed`).
 pub const HTTP_SHED: &str = "sluice_http_connections_shed_total";
+/// Requests to the status API (`/v1/requests…` and the status page). Labels: `endpoint`
+/// (`status`, `events`, `stream`, `list`, `page`), `outcome` (`ok`, `not_found`,
+/// `bad_request`, `unauthorized`, `busy`, `error`).
+pub const STATUS_REQUESTS: &str = "sluice_status_requests_total";
+/// Progress streams (`/v1/requests/{id}/stream`) open now. Labels: none.
+pub const STATUS_STREAMS: &str = "sluice_status_streams_open";
+/// Progress streams the service closed before their end. Labels: `reason` (`slow_reader`:
+/// the client did not take an event within the send timeout).
+pub const STATUS_STREAMS_DROPPED: &str = "sluice_status_streams_dropped_total";
 /// Warnings and errors not logged because of the log rate limit. Labels: none.
 pub const LOGS_SUPPRESSED: &str = "sluice_logs_suppressed_total";
 /// Always 1; carries the version. Labels: `version`.
 pub const BUILD_INFO: &str = "sluice_build_info";
 /// Seconds since the process started. Labels: none.
 pub const UPTIME: &str = "sluice_uptime_seconds";
+
+/// The `outcome` labels of [`STATUS_REQUESTS`].
+pub const STATUS_OUTCOMES: [&str; 6] = [
+    "ok",
+    "not_found",
+    "bad_request",
+    "unauthorized",
+    "busy",
+    "error",
+];
 
 /// The stage names used as `stage` labels.
 pub const STAGES: [&str; 5] = ["validate", "dedupe", "chunk", "execute", "commit"];
@@ -202,6 +221,13 @@ pub fn register() {
     ] {
         counter!(HTTP_SHED, "reason" => reason).absolute(0);
     }
+    for endpoint in ["status", "events", "stream", "list", "page"] {
+        for outcome in STATUS_OUTCOMES {
+            counter!(STATUS_REQUESTS, "endpoint" => endpoint, "outcome" => outcome).absolute(0);
+        }
+    }
+    gauge!(STATUS_STREAMS).set(0.0);
+    counter!(STATUS_STREAMS_DROPPED, "reason" => "slow_reader").absolute(0);
     gauge!(IN_FLIGHT).set(0.0);
     gauge!(IN_FLIGHT_BYTES).set(0.0);
     gauge!(SOURCE_PAUSED).set(0.0);
@@ -307,6 +333,15 @@ pub fn describe() {
     describe_counter!(
         HTTP_SHED,
         "Connections the metrics and health listener closed or refused to protect itself."
+    );
+    describe_counter!(
+        STATUS_REQUESTS,
+        "Status API requests by endpoint and outcome."
+    );
+    describe_gauge!(STATUS_STREAMS, "Progress streams open now.");
+    describe_counter!(
+        STATUS_STREAMS_DROPPED,
+        "Progress streams closed by the service, by reason."
     );
     describe_counter!(
         LOGS_SUPPRESSED,

@@ -106,6 +106,19 @@ pub struct ClaimInput<'a> {
     pub source: &'a SourceRef,
     /// The chunk plan to record with a first claim.
     pub plan: &'a [Range<usize>],
+    /// What the status API shows of the request, recorded with a first claim.
+    pub about: About<'a>,
+}
+
+/// What a claim records for the status API (`crate::status`): not needed to execute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct About<'a> {
+    /// Target collection (`""`: not recorded).
+    pub collection: &'a str,
+    /// Operation.
+    pub op: Option<crate::contract::Op>,
+    /// The request's own `options.deadline_ms`.
+    pub deadline_ms: Option<u64>,
 }
 
 /// What bounds the chunk writes waiting on a store ([`Store::write_limit`]).

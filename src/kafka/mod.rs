@@ -103,7 +103,7 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     health.set_store(Ok(()));
     health.set_source(false);
     let current = Current::default();
-    crate::observability::start(&config.observability, &store, &health).await?;
+    crate::observability::start(&config, &store, &health).await?;
     checks::spawn(k.clone(), current.clone(), health.clone(), &config);
 
     let shutdown = CancellationToken::new();

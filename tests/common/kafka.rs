@@ -84,15 +84,7 @@ parent_field = "word"
             state.display()
         ),
     );
-    let out = sluice()
-        .args(["topics", "create", "-c", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "topics create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    topics_create(&cfg, &[]);
     Env {
         _dir: dir,
         cfg,
@@ -344,6 +336,20 @@ impl Env {
         }
         out
     }
+}
+
+/// `sluice topics create -c cfg` with `env` (e.g. `SLUICE__KAFKA__TOPICS__…` overrides).
+pub fn topics_create(cfg: &std::path::Path, env: &[(&str, String)]) {
+    let out = sluice()
+        .args(["topics", "create", "-c", cfg.to_str().unwrap()])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "topics create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn stop(mut child: Child) {

@@ -16,6 +16,8 @@ pub mod http;
 pub mod kafka;
 /// Services a test runs for itself (broker, SecantusDB) and the MongoDB test settings.
 pub mod services;
+/// The status API: its config section, authorized GETs, an SSE client.
+pub mod status;
 
 /// The `sluice` binary built for these tests.
 pub fn sluice() -> Command {

@@ -16,7 +16,9 @@ use mongodb::error::ErrorKind;
 use mongodb::options::WriteConcern;
 use mongodb::Collection;
 use sluice_pipeline::dedupe::{unix_now, unix_now_ms};
-use sluice_pipeline::store::{plan_bounds, plan_from_bounds, Claim, ClaimInput, Claimed, Finished};
+use sluice_pipeline::store::{
+    plan_bounds, plan_from_bounds, About, Claim, ClaimInput, Claimed, Finished,
+};
 use sluice_pipeline::{SourceRef, StoreError};
 
 use super::ledger::{entry_id, terminal_id};
@@ -30,16 +32,28 @@ fn claim_doc(
     source: &SourceRef,
     claimed_at: i64,
     plan: &[Range<usize>],
+    about: &About<'_>,
 ) -> Document {
     let bounds: Vec<Bson> = plan_bounds(plan).into_iter().map(Bson::Int64).collect();
-    doc! {
+    let mut d = doc! {
         "_id": request_id,
         "topic": &source.topic,
         "partition": source.partition,
         "offset": source.offset,
         "claimed_at": claimed_at,
         "plan": bounds,
+    };
+    // For the status API (`status`) only.
+    if !about.collection.is_empty() {
+        d.insert("collection", about.collection);
     }
+    if let Some(op) = about.op {
+        d.insert("op", op.as_str());
+    }
+    if let Some(ms) = about.deadline_ms {
+        d.insert("deadline_ms", ms.min(i64::MAX as u64) as i64);
+    }
+    d
 }
 
 impl MongoStore {
@@ -60,7 +74,7 @@ impl MongoStore {
             let coll: Collection<Document> = self.database().collection(REQUESTS);
             let docs = firsts.iter().map(|&i| {
                 let c = &claims[i];
-                claim_doc(c.request_id, c.source, claimed_at, c.plan)
+                claim_doc(c.request_id, c.source, claimed_at, c.plan, &c.about)
             });
             let failed: Option<HashSet<usize>> = match coll
                 .insert_many(docs)
@@ -92,7 +106,8 @@ impl MongoStore {
                     expires_at: None,
                 })
             } else {
-                self.claim_request(c.request_id, c.source, c.plan).await?
+                self.claim_request(c.request_id, c.source, c.plan, &c.about)
+                    .await?
             });
         }
         Ok(out)
@@ -103,12 +118,13 @@ impl MongoStore {
         request_id: &str,
         source: &SourceRef,
         plan: &[Range<usize>],
+        about: &About<'_>,
     ) -> Result<Claim, StoreError> {
         let coll: Collection<Document> = self.database().collection(REQUESTS);
         let bounds: Vec<Bson> = plan_bounds(plan).into_iter().map(Bson::Int64).collect();
         let items = plan.last().map_or(0, |r| r.end);
         let claimed_at = unix_now_ms();
-        let mine = claim_doc(request_id, source, claimed_at, plan);
+        let mine = claim_doc(request_id, source, claimed_at, plan, about);
         let fresh = Claim::Owned(Claimed {
             claimed_at_ms: claimed_at,
             plan: plan.to_vec(),

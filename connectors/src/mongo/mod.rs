@@ -15,7 +15,8 @@
 //! previous incarnation's at start-up.
 //!
 //! Parts: this file (connection, start-up checks, `Store`), [`ledger`], [`claims`],
-//! [`writer`] (the `ItemWriter`, cascades), [`layout`], [`convert`], [`sessions`].
+//! [`writer`] (the `ItemWriter`, cascades), [`layout`], [`convert`], [`sessions`], and
+//! [`status`] (the status API's reads, [`MongoStatus`]).
 
 mod claims;
 mod convert;
@@ -23,6 +24,7 @@ mod group;
 mod layout;
 mod ledger;
 pub mod sessions;
+mod status;
 mod writer;
 
 use std::collections::HashMap;
@@ -47,6 +49,7 @@ use sluice_pipeline::store::{
 };
 use sluice_pipeline::{SourceRef, Store, StoreError};
 
+pub use status::MongoStatus;
 pub use writer::key_bson;
 
 /// Code of a chunk too large for one transaction (`TransactionTooLargeForCache`, …).
@@ -228,7 +231,8 @@ impl Store for MongoStore {
         source: &SourceRef,
         plan: &[Range<usize>],
     ) -> Result<Claim, StoreError> {
-        self.claim_request(request_id, source, plan).await
+        self.claim_request(request_id, source, plan, &Default::default())
+            .await
     }
 
     async fn claim_many(&self, claims: &[ClaimInput<'_>]) -> Result<Vec<Claim>, StoreError> {

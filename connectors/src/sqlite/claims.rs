@@ -5,7 +5,7 @@ use std::ops::Range;
 use rusqlite::{params, Connection};
 use sluice_pipeline::dedupe::{unix_now, unix_now_ms};
 use sluice_pipeline::store::{
-    plan_bounds, plan_from_bounds, Claim, ClaimInput, Claimed, Finished, NEVER,
+    plan_bounds, plan_from_bounds, About, Claim, ClaimInput, Claimed, Finished, NEVER,
 };
 use sluice_pipeline::{SourceRef, StoreError};
 
@@ -17,6 +17,8 @@ pub struct OwnedClaim {
     src: SourceRef,
     bounds: String,
     items: usize,
+    /// `About`: collection (`None` when not recorded), op and deadline, for the status API.
+    about: (Option<String>, Option<&'static str>, Option<i64>),
 }
 
 impl OwnedClaim {
@@ -25,6 +27,7 @@ impl OwnedClaim {
         request_id: &str,
         source: &SourceRef,
         plan: &[Range<usize>],
+        about: &About<'_>,
     ) -> Result<Self, StoreError> {
         let bounds = serde_json::to_string(&plan_bounds(plan))
             .map_err(|e| StoreError::permanent("encode", e.to_string()))?;
@@ -33,6 +36,11 @@ impl OwnedClaim {
             src: source.clone(),
             bounds,
             items: plan.last().map_or(0, |r| r.end),
+            about: (
+                Some(about.collection.to_string()).filter(|c| !c.is_empty()),
+                about.op.map(|op| op.as_str()),
+                about.deadline_ms.map(|d| d.min(i64::MAX as u64) as i64),
+            ),
         })
     }
 
@@ -40,7 +48,7 @@ impl OwnedClaim {
     pub fn all(claims: &[ClaimInput<'_>]) -> Result<Vec<Self>, StoreError> {
         claims
             .iter()
-            .map(|c| Self::new(c.request_id, c.source, c.plan))
+            .map(|c| Self::new(c.request_id, c.source, c.plan, &c.about))
             .collect()
     }
 }
@@ -74,6 +82,7 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim) -> Result<Claim, StoreError>
         src,
         bounds,
         items,
+        about,
     } = claim;
     let items = *items;
     let now = unix_now();
@@ -81,12 +90,14 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim) -> Result<Claim, StoreError>
     // generation, whose ledger keys the old request's chunks cannot match.
     c.prepare_cached(
         "INSERT INTO requests
-       (request_id, topic, partition, \"offset\", expires_at, claimed_at, plan)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+       (request_id, topic, partition, \"offset\", expires_at, claimed_at, plan,
+        collection, op, deadline_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10, ?11)
      ON CONFLICT (request_id) DO UPDATE SET topic = excluded.topic,
        partition = excluded.partition, \"offset\" = excluded.\"offset\",
        expires_at = excluded.expires_at, claimed_at = excluded.claimed_at,
-       plan = excluded.plan, terminal = NULL
+       plan = excluded.plan, terminal = NULL, collection = excluded.collection,
+       op = excluded.op, deadline_ms = excluded.deadline_ms
      WHERE requests.expires_at < ?8 AND NOT (requests.topic = excluded.topic
        AND requests.partition = excluded.partition AND requests.\"offset\" = excluded.\"offset\")",
     )
@@ -99,7 +110,10 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim) -> Result<Claim, StoreError>
             NEVER,
             unix_now_ms(),
             bounds,
-            now
+            now,
+            about.0,
+            about.1,
+            about.2
         ])
     })
     .map_err(classify)?;

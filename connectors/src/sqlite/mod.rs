@@ -6,10 +6,12 @@
 //! One writer connection executes chunks (SQLite has one writer), group-committed: writes that
 //! arrive while it is busy share its next transaction, each in a savepoint ([`group`]);
 //! lookups use a small pool of reader connections, which WAL mode lets run concurrently with
-//! the writer. All SQLite calls run on tokio's blocking pool.
+//! the writer. All SQLite calls run on tokio's blocking pool. The status API reads the file
+//! on read-only connections of its own ([`status`], [`SqliteStatus`]).
 
 mod claims;
 mod group;
+mod status;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +33,7 @@ use sluice_pipeline::store::{
 };
 use sluice_pipeline::{SourceRef, Store, StoreError};
 
+pub use status::SqliteStatus;
 pub use writer::{json_path, key_text, quote_ident, table, TableSql};
 
 /// The SQLite store.
@@ -196,6 +199,7 @@ impl Store for SqliteStore {
             request_id,
             source,
             plan,
+            about: Default::default(),
         };
         let mut claims = self.claim_many(&[input]).await?;
         claims
@@ -330,6 +334,14 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
         ))?
         .exists([])
     };
+    if !has("requests", "op")? {
+        // What the status API shows of a request (`status`); absent for older claims.
+        c.execute_batch(
+            "ALTER TABLE requests ADD COLUMN collection TEXT;
+             ALTER TABLE requests ADD COLUMN op TEXT;
+             ALTER TABLE requests ADD COLUMN deadline_ms INTEGER;",
+        )?;
+    }
     if !has("requests", "claimed_at")? {
         c.execute_batch(
             "ALTER TABLE requests ADD COLUMN claimed_at INTEGER NOT NULL DEFAULT 0;

@@ -77,6 +77,7 @@ pub async fn a_claim_batch_answers_as_claims_one_by_one(store: Arc<dyn Store>) {
             request_id: ids[i],
             source: &sources[i],
             plan: plans[i],
+            about: Default::default(),
         })
         .collect();
     let claims = store.claim_many(&batch).await.unwrap();
