@@ -74,6 +74,7 @@ max_record_bytes = 20000
 max_item_bytes = 2000
 [embedded]
 state = "{}"
+shared = true  # every service of a test opens this one file
 [collections.words]
 key = "text"
 [collections.definitions]
