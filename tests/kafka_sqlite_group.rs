@@ -52,7 +52,9 @@ fn two_members_on_different_sqlite_files_refuse_to_process_and_say_why() {
     let dir = tempfile::tempdir().unwrap();
     let (state_a, state_b) = (dir.path().join("a.db"), dir.path().join("b.db"));
     let (port_a, port_b) = (free_port(), free_port());
+    let reap = Reap::default();
     let a = env.service_with("a", &alone_on(&state_a, port_a));
+    reap.add(&a);
     // Alone in its group, it processes.
     let first = crash_workload(60, 7);
     env.produce(&first.records);
@@ -62,6 +64,7 @@ fn two_members_on_different_sqlite_files_refuse_to_process_and_say_why() {
 
     // A second instance on a file of its own joins the group: both refuse, and say why.
     let b = env.service_with("b", &alone_on(&state_b, port_b));
+    reap.add(&b);
     let started = Instant::now();
     for port in [port_a, port_b] {
         loop {
