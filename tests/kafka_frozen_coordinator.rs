@@ -129,13 +129,17 @@ fn frozen_coordinator(when: Freeze) {
     // More than a member finishes in the minute before the freeze on a fast machine.
     let w = crash_workload(4000, 24);
     let (port_a, port_b) = (free_port(), free_port());
+    let reap = Reap::default();
     let a = env.service_with("a", &member(port_a));
+    reap.add(&a);
     env.until_logged("a", Duration::from_secs(60), |l| {
         l.contains("partitions assigned") && l.contains("partitions=3")
     });
     let mut b = None;
     let start_b = |b: &mut Option<_>| {
-        *b = Some(env.service_with("b", &member(port_b)));
+        let service = env.service_with("b", &member(port_b));
+        reap.add(&service);
+        *b = Some(service);
         env.until_logged("b", Duration::from_secs(60), |l| {
             l.contains("partitions assigned")
         });

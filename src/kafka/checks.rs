@@ -21,8 +21,16 @@
 //! stay. Readiness still names the trouble from the timeout on. The watchdogs start over
 //! with each run (a new consumer, a new member): a trouble the previous run saw is not held
 //! against a member that has just joined.
+//!
+//! On the SQLite store (unless `embedded.shared` declares the file shared by every member),
+//! the service is one instance: each run starts with its source gated, and the checks open the
+//! gate once the group is stable with this member alone in it — and close it again, naming
+//! the reason on `/readyz` and in the log, while the group has other members (their stores
+//! are other files: documents would be split between them, and the ledger lost whenever a
+//! partition moves).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -37,6 +45,7 @@ use sluice_pipeline::metrics::{
 };
 use tokio_util::sync::CancellationToken;
 
+use super::alone::Alone;
 use super::watchdog::Watchdog;
 
 /// The current run's consumer, shared with the checks, and the watchdog's requests to it.
@@ -52,6 +61,10 @@ struct Slot {
     rejoin: CancellationToken,
     /// The next run joins without static membership (see `run_once`).
     dynamic: bool,
+    /// The store serves this instance alone (SQLite, not shared): each run's source is gated.
+    solo: bool,
+    /// The current run's source gate (with `solo`): set while it must not process.
+    gate: Option<Arc<AtomicBool>>,
 }
 
 impl Current {
@@ -64,6 +77,7 @@ impl Current {
         let mut slot = self.lock();
         slot.consumer = Some(consumer);
         slot.run += 1;
+        slot.gate = slot.solo.then(|| Arc::new(AtomicBool::new(true)));
         slot.rejoin = CancellationToken::new();
         slot.rejoin.clone()
     }
@@ -75,6 +89,17 @@ impl Current {
     pub(crate) fn end_run(&self) -> (bool, Option<Arc<SluiceConsumer>>) {
         let mut slot = self.lock();
         (slot.rejoin.is_cancelled(), slot.consumer.take())
+    }
+
+    /// The store serves this instance alone: from now on each run's source starts gated, and
+    /// the checks open its gate only while this member is alone in its group.
+    pub(crate) fn serve_alone(&self) {
+        self.lock().solo = true;
+    }
+
+    /// The current run's source gate (`None`: not gated).
+    pub(crate) fn gate(&self) -> Option<Arc<AtomicBool>> {
+        self.lock().gate.clone()
     }
 
     /// Whether the next run must join without static membership (and forgets it).
@@ -130,6 +155,7 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
         let mut reported: BTreeSet<i32> = BTreeSet::new();
         let (probe, timeout) = (timeout, sluice_connectors::kafka::op_timeout(&k));
         let mut watched_run = None;
+        let mut alone = Alone::default();
         loop {
             tick.tick().await;
             let Some((run, consumer)) = current.run() else {
@@ -139,6 +165,7 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
                 unowned_dog.reset();
                 cut_off_dog.reset();
             }
+            let joined = consumer.context().assigned();
             // First, can this member's own client fetch the cluster's metadata at all (a
             // healthy one answers in milliseconds)? If so, look at the group; if not, can a
             // fresh client fetch it? And when the member's client fetches metadata but cannot
@@ -160,6 +187,9 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
             let cut_off = cut_off_dog.observe(cut_off(own_ok, fresh_ok), Instant::now());
             let unowned = match looked {
                 Some((view, member_lag)) => {
+                    if let Some(gate) = current.gate() {
+                        alone.look(&gate, &view, joined, &k.group_id);
+                    }
                     report_member_lag(&member_lag, &mut reported);
                     metrics::gauge!(GROUP_MEMBERS).set(view.members as f64);
                     metrics::gauge!(GROUP_UNOWNED).set(view.unowned.len() as f64);
@@ -178,7 +208,25 @@ pub fn spawn(k: KafkaConfig, current: Current, health: Arc<Health>, config: &Con
                 // The group is not seen: the unowned watchdog keeps what it knew.
                 None => unowned_dog.last(),
             };
-            health.set_group(unowned.problem.clone().or(cut_off.problem.clone()));
+            // Held, and not (yet) because of other members: this member has not been seen
+            // alone in a stable group since the run started.
+            let solo_problem = current
+                .gate()
+                .filter(|g| g.load(Ordering::SeqCst))
+                .map(|_| {
+                    alone.problem.clone().unwrap_or_else(|| {
+                        format!(
+                            "the SQLite store serves one instance: processing nothing until \
+                             this member is seen alone in consumer group {}",
+                            k.group_id
+                        )
+                    })
+                });
+            health.set_group(
+                solo_problem
+                    .or(unowned.problem.clone())
+                    .or(cut_off.problem.clone()),
+            );
             if unowned.rejoin || cut_off.rejoin {
                 metrics::counter!(GROUP_REJOINS).increment(1);
                 let why = if unowned.rejoin { &unowned } else { &cut_off };

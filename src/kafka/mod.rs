@@ -11,6 +11,7 @@
 //! [`checks`] watches the broker, this member and the whole group, and makes the run rejoin
 //! when the group leaves partitions unowned or this member's client is cut off.
 
+mod alone;
 pub mod checks;
 pub mod cli;
 mod watchdog;
@@ -103,6 +104,10 @@ pub async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     health.set_store(Ok(()));
     health.set_source(false);
     let current = Current::default();
+    if config.mongo.is_none() && !config.embedded.shared {
+        // The SQLite store serves this instance alone (see `checks`).
+        current.serve_alone();
+    }
     crate::observability::start(&config, &store, &health).await?;
     checks::spawn(k.clone(), current.clone(), health.clone(), &config);
 
@@ -239,7 +244,10 @@ pub(crate) async fn run_once(
         config.limits.max_event_bytes,
     );
     let clock = sink.transaction_clock();
-    let source = KafkaSource::new(consumer, kafka::op_timeout(k));
+    let mut source = KafkaSource::new(consumer, kafka::op_timeout(k));
+    if let Some(gate) = current.gate() {
+        source = source.gated(gate);
+    }
     let (shutdown, rejoin) = (shutdown.clone(), rejoin.clone());
     let end = sluice_pipeline::run(
         config.clone(),

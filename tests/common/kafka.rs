@@ -74,6 +74,7 @@ max_record_bytes = 20000
 max_item_bytes = 2000
 [embedded]
 state = "{}"
+shared = true  # every service of a test opens this one file
 [collections.words]
 key = "text"
 [collections.definitions]
@@ -573,4 +574,26 @@ pub fn metric(port: u16, name: &str) -> Option<f64> {
     metrics_text(port)
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// SIGKILLs the services it was given that still run when the test panics: a failed
+/// assertion must not leave them running (`stop` is never reached then).
+#[derive(Default)]
+pub struct Reap(std::sync::Mutex<Vec<u32>>);
+
+impl Reap {
+    pub fn add(&self, service: &Child) {
+        self.0.lock().unwrap().push(service.id());
+    }
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for pid in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                // SAFETY: kill(2) on a child this test spawned and has not waited for.
+                unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
 }

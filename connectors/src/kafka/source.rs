@@ -3,8 +3,12 @@
 //! stays spent it pauses every assigned partition (librdkafka stops fetching them) and keeps
 //! polling meanwhile, so the instance stays in its group and serves rebalances; it resumes
 //! them when the budget drains. librdkafka's prefetch is bounded by `kafka.queued_max_kbytes`.
+//! A gate ([`KafkaSource::gated`]) can hold every record back the same way — partitions
+//! paused, polling on — while the service refuses to process (a SQLite store in a group of
+//! several members).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,8 @@ pub struct KafkaSource {
     fatal: Option<SourceError>,
     /// Timeout of the committed-offset look-up.
     timeout: Duration,
+    /// While set, no record is handed out (see [`KafkaSource::gated`]).
+    gate: Option<Arc<AtomicBool>>,
 }
 
 impl KafkaSource {
@@ -39,6 +45,46 @@ impl KafkaSource {
             pending: VecDeque::new(),
             fatal: None,
             timeout,
+            gate: None,
+        }
+    }
+
+    /// Hands out no record while `gate` is set: the partitions stay paused and the consumer
+    /// keeps polling (a live member, rebalances served); records already fetched wait.
+    pub fn gated(mut self, gate: Arc<AtomicBool>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    fn held(&self) -> bool {
+        self.gate.as_ref().is_some_and(|g| g.load(Ordering::SeqCst))
+    }
+
+    /// Waits while the gate is set, polling (bounded: the partitions are paused, so only what
+    /// librdkafka had prefetched arrives).
+    async fn wait_gate(&mut self) -> Result<(), SourceError> {
+        if !self.held() {
+            return Ok(());
+        }
+        self.pause_all(true);
+        while self.held() {
+            if self.fatal.is_some() {
+                break;
+            }
+            // The poll is abandoned after a while to look at the gate again (recv is
+            // cancel-safe: no message is lost).
+            if let Ok(polled) = tokio::time::timeout(Duration::from_millis(200), self.poll()).await
+            {
+                match polled {
+                    Ok(r) => self.pending.extend(r),
+                    Err(e) => self.fatal = Some(e),
+                }
+            }
+        }
+        self.pause_all(false);
+        match self.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -178,14 +224,19 @@ impl Source for KafkaSource {
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }
-        self.drop_revoked();
-        let mut record = match self.pending.pop_front() {
-            Some(r) => r,
-            None => loop {
-                if let Some(r) = self.poll().await? {
+        let mut record = loop {
+            self.wait_gate().await?;
+            self.drop_revoked();
+            if let Some(r) = self.pending.pop_front() {
+                break r;
+            }
+            if let Some(r) = self.poll().await? {
+                if !self.held() {
                     break r;
                 }
-            },
+                // The gate closed while this poll waited: the record waits too.
+                self.pending.push_back(r);
+            }
         };
         (record.skip_progress, record.skip_counts) = self.already_published(&record).await?;
         let s = &record.source;
