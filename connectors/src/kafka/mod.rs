@@ -21,6 +21,7 @@ pub mod handover;
 pub mod position;
 pub mod sink;
 pub mod source;
+pub mod txn_clock;
 
 use std::time::Duration;
 

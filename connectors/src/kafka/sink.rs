@@ -4,7 +4,7 @@
 //! and commits — so results and input position become visible together, or not at all.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -17,6 +17,7 @@ use sluice_config::{Delivery, KafkaTopics};
 use sluice_pipeline::contract::{Counts, DeadLetter, ResultEvent};
 
 pub use super::position::{partial_metadata, published_in};
+pub use super::txn_clock::TxnClock;
 
 /// What a partial position records: progress events published and their item counts.
 type Published = (usize, Counts);
@@ -49,38 +50,6 @@ pub struct KafkaSink {
     buf: Vec<u8>,
     /// `limits.max_event_bytes`: the largest message this sink sends.
     max_event_bytes: usize,
-}
-
-/// How old the sink's transaction is, for whoever judges a fencing after the run
-/// ([`KafkaSink::transaction_clock`]): cleared when the transaction commits or aborts; when
-/// its commit or abort fails, frozen at the age it had then (the run's wind-down afterwards
-/// must not age it).
-#[derive(Debug, Clone, Default)]
-pub struct TxnClock(Arc<Mutex<(Option<Instant>, Option<Duration>)>>);
-
-impl TxnClock {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, Option<Duration>)> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn set(&self, began: Option<Instant>) {
-        *self.lock() = (began, None);
-    }
-
-    /// The transaction's end failed now: keep its age as of now.
-    fn fail(&self) {
-        let mut clock = self.lock();
-        if let (Some(began), None) = *clock {
-            clock.1 = Some(began.elapsed());
-        }
-    }
-
-    /// How long the open transaction has been open, or how old it was when its end failed;
-    /// `None` without one.
-    pub fn age(&self) -> Option<Duration> {
-        let clock = self.lock();
-        clock.1.or(clock.0.map(|began| began.elapsed()))
-    }
 }
 
 /// One message of the open transaction.
