@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use sluice_config::{CollectionConfig, Config};
+use sluice_config::Config;
 use sluice_connectors::embedded::EmbeddedIo;
 use sluice_connectors::sqlite::{connect, key_text, table};
 use sluice_pipeline::request::Key;
@@ -17,7 +17,8 @@ use sluice_pipeline::RunStats;
 use crate::rss::{peak_rss_kib, Cost};
 use crate::BenchArgs;
 
-fn doc(r: usize, i: usize) -> serde_json::Value {
+/// Item `i` of request `r`: a document of `words`, unique per (r, i) (for `bench_latency` too).
+pub(crate) fn doc(r: usize, i: usize) -> serde_json::Value {
     serde_json::json!({
         "text": format!("w{r:06}-{i:05}"),
         "language": "en",
@@ -29,15 +30,7 @@ fn doc(r: usize, i: usize) -> serde_json::Value {
 /// `sluice bench` without `--kafka`. The caller has loaded `config` and set up logging and the
 /// metrics recorder.
 pub async fn run(args: BenchArgs, mut config: Config) -> anyhow::Result<()> {
-    config.collections.insert(
-        "words".into(),
-        CollectionConfig {
-            key: "text".into(),
-            parent: None,
-            parent_field: None,
-        },
-    );
-    config.limits.max_items.create = config.limits.max_items.create.max(args.items);
+    crate::bench_kafka::add_words(&mut config, args.items);
     config.validate()?;
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("requests.jsonl");
