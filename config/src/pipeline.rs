@@ -71,6 +71,13 @@ pub struct PipelineConfig {
     pub commit_max_records: usize,
     /// Longest time between two checkpoints while records are flowing, in milliseconds.
     pub commit_interval_ms: u64,
+    /// Shortest time between two checkpoints taken because the pipeline caught up (the
+    /// commit stage has nothing more waiting to join the open unit), in milliseconds. At low
+    /// load each record is then committed as soon as it is done, instead of waiting for
+    /// `commit_interval_ms`; under load, records keep arriving and commits batch by
+    /// `commit_max_records` / `commit_interval_ms` as before. This floor bounds how many
+    /// small commits a pipeline that catches up often (one waiting on its store) makes.
+    pub commit_idle_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -83,6 +90,7 @@ impl Default for PipelineConfig {
             drain_deadline_ms: 30_000,
             commit_max_records: 2000,
             commit_interval_ms: 200,
+            commit_idle_ms: 10,
         }
     }
 }
