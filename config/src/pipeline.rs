@@ -72,11 +72,11 @@ pub struct PipelineConfig {
     /// Longest time between two checkpoints while records are flowing, in milliseconds.
     pub commit_interval_ms: u64,
     /// Shortest time between two checkpoints taken because the pipeline caught up (the
-    /// commit stage has nothing more waiting to join the open unit), in milliseconds. At low
-    /// load each record is then committed as soon as it is done, instead of waiting for
-    /// `commit_interval_ms`; under load, records keep arriving and commits batch by
-    /// `commit_max_records` / `commit_interval_ms` as before. This floor bounds how many
-    /// small commits a pipeline that catches up often (one waiting on its store) makes.
+    /// commit stage has no record waiting and none executing: nothing is about to join the
+    /// open unit), in milliseconds. At low load each record is then committed as soon as it
+    /// is done, instead of waiting for `commit_interval_ms`. While records execute, the
+    /// commit waits for them up to a quarter of `commit_interval_ms`; under load, commits
+    /// batch by `commit_max_records` / `commit_interval_ms` as before.
     pub commit_idle_ms: u64,
 }
 

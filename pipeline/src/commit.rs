@@ -248,18 +248,25 @@ impl<S: Sink> Stage for Commit<S> {
         Some(every.max(Duration::from_millis(1)))
     }
 
-    /// Nothing is waiting to join the open unit: commit it now (at most once per
-    /// `pipeline.commit_idle_ms`) rather than on the interval. At low load each record thus
-    /// waits for one commit, not for the interval; a busy stage rarely catches up, and batches
-    /// as before. Heads that are ready are moved on first, so their events go along. When
-    /// the unit commits does not matter to exactly-once: any unit boundary is one the tick
-    /// could have drawn (unfinished heads are recorded as partial).
+    /// The inbox is empty: if no head is executing either, nothing is about to join the open
+    /// unit, so commit it now (at most once per `pipeline.commit_idle_ms`) rather than on the
+    /// interval; while heads execute, their events are about to join it, so commit no later
+    /// than a quarter interval. At low load each record thus waits for one commit, not for
+    /// the interval; a busy stage batches as before. Heads that are ready are moved on first,
+    /// so their events go along. When the unit commits does not matter to exactly-once: any
+    /// unit boundary is one the tick could have drawn (unfinished heads are recorded as
+    /// partial).
     async fn on_idle(&mut self, out: &Outbox<()>) -> Result<(), StageError> {
         use futures::FutureExt;
         while self.lanes.ready().now_or_never().is_some() {
             self.on_ready(out).await?;
         }
-        if self.unit.dirty && self.unit.last_commit.elapsed() >= self.unit.idle_gap {
+        let gap = if self.lanes.settled() {
+            self.unit.idle_gap
+        } else {
+            self.unit.idle_gap.max(self.unit.interval / 4)
+        };
+        if self.unit.dirty && self.unit.last_commit.elapsed() >= gap {
             self.commit().await?;
         }
         Ok(())
