@@ -76,7 +76,9 @@ pub struct PipelineConfig {
     /// open unit), in milliseconds. At low load each record is then committed as soon as it
     /// is done, instead of waiting for `commit_interval_ms`. While records execute, the
     /// commit waits for them up to a quarter of `commit_interval_ms`; under load, commits
-    /// batch by `commit_max_records` / `commit_interval_ms` as before.
+    /// batch by `commit_max_records` / `commit_interval_ms` as before. A twentieth of
+    /// `commit_interval_ms` if that is longer: a long interval asks for few, large
+    /// transactions.
     pub commit_idle_ms: u64,
 }
 

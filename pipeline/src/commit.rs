@@ -45,7 +45,8 @@ struct Unit<S: Sink> {
     sink: S,
     max_records: usize,
     interval: Duration,
-    /// `pipeline.commit_idle_ms`: shortest time between two commits made on catching up.
+    /// `pipeline.commit_idle_ms` (at least a twentieth of the interval): shortest time
+    /// between two commits made on catching up.
     idle_gap: Duration,
     /// Records marked done since the last commit.
     done: usize,
@@ -74,7 +75,11 @@ impl<S: Sink> Commit<S> {
                 sink,
                 max_records: config.commit_max_records,
                 interval: Duration::from_millis(config.commit_interval_ms),
-                idle_gap: Duration::from_millis(config.commit_idle_ms),
+                // A twentieth of the interval at least: a long interval asks for few, large
+                // transactions, and gets them while records flow.
+                idle_gap: Duration::from_millis(
+                    config.commit_idle_ms.max(config.commit_interval_ms / 20),
+                ),
                 done: 0,
                 dirty: false,
                 last_commit: Instant::now(),
