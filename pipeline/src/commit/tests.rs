@@ -269,8 +269,10 @@ const HOUR_MS: u64 = 3_600_000;
 
 #[tokio::test]
 async fn a_stage_that_caught_up_commits_without_waiting_for_the_interval() {
+    // 20 s between interval commits, longer than `until` waits; catching up commits after a
+    // twentieth of it (1 s) at most.
     let (tx, stage, sink) = stage_with(sluice_config::PipelineConfig {
-        commit_interval_ms: HOUR_MS,
+        commit_interval_ms: 20_000,
         commit_idle_ms: 0,
         ..Default::default()
     });
@@ -279,8 +281,8 @@ async fn a_stage_that_caught_up_commits_without_waiting_for_the_interval() {
         l.committed.contains(&done(0, 0))
     })
     .await;
-    // While a head executes, its events are about to join the unit (the interval, an hour
-    // here, bounds that wait); once it is done, nothing is, and the unit commits.
+    // While a head executes, its events are about to join the unit (a quarter interval
+    // bounds that wait); once it is done, nothing is, and the unit commits.
     let (long, events) = streaming(0, 1, 0);
     tx.send(long).await.unwrap();
     events.send(progress("long", 0)).await.unwrap();
