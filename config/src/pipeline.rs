@@ -77,8 +77,8 @@ pub struct PipelineConfig {
     /// is done, instead of waiting for `commit_interval_ms`. While records execute, the
     /// commit waits for them up to a quarter of `commit_interval_ms`; under load, commits
     /// batch by `commit_max_records` / `commit_interval_ms` as before. A twentieth of
-    /// `commit_interval_ms` if that is longer: a long interval asks for few, large
-    /// transactions.
+    /// `commit_interval_ms` if that is longer; with a `commit_interval_ms` above 1 s (a
+    /// request for few, large transactions) the stage commits on the interval only.
     pub commit_idle_ms: u64,
 }
 

@@ -59,6 +59,19 @@ struct Unit<S: Sink> {
     end_to_end: metrics::Histogram,
 }
 
+/// Intervals longer than this ask for few, large transactions (and tests rely on them being
+/// open while records flow): the stage then commits on the interval only.
+const IDLE_COMMITS_UP_TO: u64 = 1_000;
+
+/// The shortest time between two commits made on catching up: `pipeline.commit_idle_ms`, at
+/// least a twentieth of the interval; never (the interval alone) past [`IDLE_COMMITS_UP_TO`].
+fn idle_gap(config: &sluice_config::PipelineConfig) -> Duration {
+    if config.commit_interval_ms > IDLE_COMMITS_UP_TO {
+        return Duration::MAX;
+    }
+    Duration::from_millis(config.commit_idle_ms.max(config.commit_interval_ms / 20))
+}
+
 impl<S: Sink> Commit<S> {
     /// A commit stage writing to `sink`; `in_flight` is the budget whose permits records
     /// carry (for the in-flight gauge).
@@ -75,11 +88,7 @@ impl<S: Sink> Commit<S> {
                 sink,
                 max_records: config.commit_max_records,
                 interval: Duration::from_millis(config.commit_interval_ms),
-                // A twentieth of the interval at least: a long interval asks for few, large
-                // transactions, and gets them while records flow.
-                idle_gap: Duration::from_millis(
-                    config.commit_idle_ms.max(config.commit_interval_ms / 20),
-                ),
+                idle_gap: idle_gap(config),
                 done: 0,
                 dirty: false,
                 last_commit: Instant::now(),

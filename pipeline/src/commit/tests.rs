@@ -269,10 +269,10 @@ const HOUR_MS: u64 = 3_600_000;
 
 #[tokio::test]
 async fn a_stage_that_caught_up_commits_without_waiting_for_the_interval() {
-    // 20 s between interval commits, longer than `until` waits; catching up commits after a
-    // twentieth of it (1 s) at most.
+    // The longest interval with idle commits (1 s); catching up commits after a twentieth
+    // of it (50 ms).
     let (tx, stage, sink) = stage_with(sluice_config::PipelineConfig {
-        commit_interval_ms: 20_000,
+        commit_interval_ms: 1_000,
         commit_idle_ms: 0,
         ..Default::default()
     });
