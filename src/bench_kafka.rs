@@ -123,6 +123,54 @@ async fn pipeline(config: Arc<Config>, n: usize) -> anyhow::Result<(Duration, Ar
     Ok((elapsed, stats))
 }
 
+/// The Kafka section of a benchmark against `brokers`: topics named after `tag`, 3
+/// partitions, and the pass-through librdkafka properties (security, tuning) of `base`.
+pub(crate) fn bench_kafka_config(brokers: &str, tag: &str, base: &Config) -> KafkaConfig {
+    let topic = |s: &str| format!("bench-{tag}.{s}");
+    KafkaConfig {
+        brokers: brokers.to_string(),
+        partitions: 3,
+        topics: KafkaTopics {
+            requests: topic("requests"),
+            results: topic("results"),
+            dlq: topic("dlq"),
+        },
+        properties: base
+            .kafka
+            .as_ref()
+            .map(|b| b.properties.clone())
+            .unwrap_or_default(),
+        ..KafkaConfig::default()
+    }
+}
+
+/// Creates `names` with `k.partitions` partitions each.
+pub(crate) async fn create_topics(k: &KafkaConfig, names: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka::base_config(k).create()?;
+    let new: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, k.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin.create_topics(&new, &AdminOptions::new()).await? {
+        result.map_err(|(topic, e)| anyhow::anyhow!("creating topic {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Declares the benchmarks' collection `words` (keyed by `text`) and lets creates carry
+/// `items` items.
+pub(crate) fn add_words(config: &mut Config, items: usize) {
+    config.collections.insert(
+        "words".into(),
+        sluice_config::CollectionConfig {
+            key: "text".into(),
+            parent: None,
+            parent_field: None,
+        },
+    );
+    config.limits.max_items.create = config.limits.max_items.create.max(items);
+}
+
 /// One row of the table.
 struct Row {
     name: &'static str,
@@ -138,23 +186,7 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
     let tag = format!("{:08x}", rand::random::<u32>());
     let dir = tempfile::tempdir()?;
     let topic = |s: &str| format!("bench-{tag}.{s}");
-    let k = KafkaConfig {
-        brokers: brokers.to_string(),
-        partitions: 3,
-        topics: KafkaTopics {
-            requests: topic("requests"),
-            results: topic("results"),
-            dlq: topic("dlq"),
-        },
-        // The config's pass-through librdkafka properties (security, tuning) apply here too.
-        properties: base
-            .kafka
-            .as_ref()
-            .map(|b| b.properties.clone())
-            .unwrap_or_default(),
-        ..KafkaConfig::default()
-    };
-    let admin: AdminClient<DefaultClientContext> = kafka::base_config(&k).create()?;
+    let k = bench_kafka_config(brokers, &tag, &base);
     let names = [
         "requests",
         "results",
@@ -165,11 +197,7 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
         "results-nostore",
     ]
     .map(topic);
-    let new: Vec<NewTopic> = names
-        .iter()
-        .map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1)))
-        .collect();
-    admin.create_topics(&new, &AdminOptions::new()).await?;
+    create_topics(&k, &names.each_ref().map(String::as_str)).await?;
 
     // The same requests twice: for `words`, and for a collection that is not configured, which
     // validation rejects — the pipeline's own cost with the store out of the way.
@@ -233,15 +261,7 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
         kc.topics.results = results;
         config.kafka = Some(kc);
         config.embedded.state = dir.path().join(format!("{}.db", rows.len()));
-        config.collections.insert(
-            "words".into(),
-            sluice_config::CollectionConfig {
-                key: "text".into(),
-                parent: None,
-                parent_field: None,
-            },
-        );
-        config.limits.max_items.create = config.limits.max_items.create.max(items);
+        add_words(&mut config, items);
         config.validate()?;
         let reset = crate::rss::reset_peak_rss();
         let cost = Cost::start();

@@ -3,8 +3,10 @@
 //!
 //! Parts, top down (a module uses only those on later lines):
 //! - this file: the command line; sends `run` to `kafka` when `[kafka]` is configured, else to
-//!   `embedded`, and `bench` to `bench_kafka` with `--kafka`, else to `bench`;
-//! - `bench` and `bench_kafka`: the benchmarks, driving `embedded` and `kafka`;
+//!   `embedded`, and `bench` to `bench_latency` with `--kafka --rate`, to `bench_kafka` with
+//!   `--kafka`, else to `bench`;
+//! - `bench`, `bench_kafka` and `bench_latency`: the benchmarks, driving `embedded` and
+//!   `kafka`;
 //! - `embedded` and `kafka`: the two `sluice run` services (plus the Kafka CLI tools);
 //! - `rss` (peak memory, for both benchmarks), `service` (store selection and shutdown signal,
 //!   for both services), `observability` (metrics and health endpoints, served by
@@ -13,6 +15,7 @@
 
 mod bench;
 mod bench_kafka;
+mod bench_latency;
 mod embedded;
 mod kafka;
 mod listener;
@@ -160,8 +163,12 @@ pub struct BenchArgs {
     /// Number of requests.
     #[arg(long, default_value_t = 1000)]
     requests: usize,
-    /// Items per request.
-    #[arg(long, default_value_t = 1000)]
+    /// Items per request (default 1000; 10 with `--rate`).
+    #[arg(
+        long,
+        default_value_t = 1000,
+        default_value_if("rate", clap::builder::ArgPredicate::IsPresent, "10")
+    )]
     items: usize,
     /// Optional TOML config (chunk size, concurrency…); collection `words` is added.
     #[arg(long)]
@@ -170,6 +177,14 @@ pub struct BenchArgs {
     /// at-least-once and the raw consume→produce ceiling).
     #[arg(long)]
     kafka: Option<String>,
+    /// With `--kafka`: measure the latency a producer sees instead, open loop, at these
+    /// offered rates (requests/s, or `50%` of the saturated rate that a burst of `--requests`
+    /// requests measures first), e.g. `--rate 40,25%,50%`.
+    #[arg(long, value_delimiter = ',', requires = "kafka")]
+    rate: Option<Vec<bench_latency::Rate>>,
+    /// With `--rate`: how long each rate is offered.
+    #[arg(long, default_value_t = 10.0, requires = "rate")]
+    seconds: f64,
 }
 
 fn main() -> ExitCode {
@@ -285,6 +300,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     logging::init(&config.observability);
     // Measured with metrics recorded, as a deployment with a metrics listener runs.
     let _metrics = observability::install_recorder()?;
+    if let (Some(brokers), Some(rates)) = (&args.kafka, &args.rate) {
+        let latency = bench_latency::LatencyArgs {
+            rates: rates.clone(),
+            seconds: args.seconds,
+            items: args.items,
+            burst: args.requests,
+        };
+        return bench_latency::run(brokers, latency, config).await;
+    }
     if let Some(brokers) = &args.kafka {
         return bench_kafka::run(brokers, args.requests, args.items, config).await;
     }

@@ -72,3 +72,51 @@ fn kafka_bench_prints_four_rows_with_cpu_per_request() {
     assert!(figure_after(&stdout, "exactly-once / at-least-once:") > 0.0);
     assert!(figure_after(&stdout, "exactly-once without store work / raw ceiling:") > 0.0);
 }
+
+#[test]
+#[ignore = "needs a Kafka broker (SLUICE_TEST_KAFKA); scripts/test-all.sh runs it"]
+fn latency_bench_prints_percentiles_per_offered_rate() {
+    let broker = common::kafka::broker();
+    let stdout = bench(&[
+        "--kafka",
+        &broker,
+        "--rate",
+        "20,50%",
+        "--seconds",
+        "1",
+        "--requests",
+        "20",
+    ]);
+    assert!(figure_after(&stdout, "saturated rate:") > 0.0);
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("offered requests/s"))
+        .unwrap_or_else(|| panic!("no table header in:\n{stdout}"));
+    for column in ["p50 ms", "p90 ms", "p99 ms", "max ms", "kafka p50 ms"] {
+        assert!(header.contains(column), "{header}");
+    }
+    // The burst, then one row per offered rate: each cell a number, percentiles in order.
+    let rows: Vec<Vec<f64>> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("offered requests/s"))
+        .skip(1)
+        .take_while(|l| !l.starts_with('('))
+        .map(|l| {
+            let cells = l.strip_prefix("burst (saturated)").unwrap_or(l);
+            cells
+                .split_whitespace()
+                .map(|c| c.parse().unwrap_or_else(|_| panic!("{c:?} in {l}")))
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    for (i, row) in rows.iter().enumerate() {
+        // burst: achieved, requests, p50, p90, p99, max, kafka p50, kafka p99; rates: offered first.
+        let cells = if i == 0 { &row[..] } else { &row[1..] };
+        assert_eq!(cells.len(), 8, "{row:?}");
+        assert!(cells[0] > 0.0 && cells[1] >= 1.0, "{row:?}");
+        let p = &cells[2..6];
+        assert!(p[0] <= p[1] && p[1] <= p[2] && p[2] <= p[3], "{row:?}");
+    }
+    assert_eq!(rows[1][0], 20.0, "the first offered rate: {stdout}");
+}

@@ -71,6 +71,15 @@ pub struct PipelineConfig {
     pub commit_max_records: usize,
     /// Longest time between two checkpoints while records are flowing, in milliseconds.
     pub commit_interval_ms: u64,
+    /// Shortest time between two checkpoints taken because the pipeline caught up (the
+    /// commit stage has no record waiting and none executing: nothing is about to join the
+    /// open unit), in milliseconds. At low load each record is then committed as soon as it
+    /// is done, instead of waiting for `commit_interval_ms`. While records execute, the
+    /// commit waits for them up to a quarter of `commit_interval_ms`; under load, commits
+    /// batch by `commit_max_records` / `commit_interval_ms` as before. A twentieth of
+    /// `commit_interval_ms` if that is longer; with a `commit_interval_ms` above 1 s (a
+    /// request for few, large transactions) the stage commits on the interval only.
+    pub commit_idle_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -83,6 +92,7 @@ impl Default for PipelineConfig {
             drain_deadline_ms: 30_000,
             commit_max_records: 2000,
             commit_interval_ms: 200,
+            commit_idle_ms: 10,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Stage 5: publish each record's events and advance the source position — in source order
 //! per partition, atomically through the [`Sink`]'s units (one unit per
 //! `pipeline.commit_max_records` records or `pipeline.commit_interval_ms`, whichever comes
-//! first).
+//! first — or sooner, when the stage has caught up: see [`Stage::on_idle`] below).
 //!
 //! Records queue in one lane per partition; only a lane's head publishes, so each partition
 //! keeps its order, while the lanes move independently: a long request holds up the records
@@ -51,6 +51,9 @@ struct Unit<S: Sink> {
     sink: S,
     max_records: usize,
     interval: Duration,
+    /// `pipeline.commit_idle_ms` (at least a twentieth of the interval): shortest time
+    /// between two commits made on catching up.
+    idle_gap: Duration,
     /// Records marked done since the last commit.
     done: usize,
     /// Events published or positions recorded since the last commit.
@@ -62,6 +65,19 @@ struct Unit<S: Sink> {
     in_flight: Arc<InFlight>,
     health: Arc<Health>,
     end_to_end: metrics::Histogram,
+}
+
+/// Intervals longer than this ask for few, large transactions (and tests rely on them being
+/// open while records flow): the stage then commits on the interval only.
+const IDLE_COMMITS_UP_TO: u64 = 1_000;
+
+/// The shortest time between two commits made on catching up: `pipeline.commit_idle_ms`, at
+/// least a twentieth of the interval; never (the interval alone) past [`IDLE_COMMITS_UP_TO`].
+fn idle_gap(config: &sluice_config::PipelineConfig) -> Duration {
+    if config.commit_interval_ms > IDLE_COMMITS_UP_TO {
+        return Duration::MAX;
+    }
+    Duration::from_millis(config.commit_idle_ms.max(config.commit_interval_ms / 20))
 }
 
 impl<S: Sink> Commit<S> {
@@ -80,6 +96,7 @@ impl<S: Sink> Commit<S> {
                 sink,
                 max_records: config.commit_max_records,
                 interval: Duration::from_millis(config.commit_interval_ms),
+                idle_gap: idle_gap(config),
                 done: 0,
                 dirty: false,
                 finished: Vec::new(),
@@ -266,8 +283,39 @@ impl<S: Sink> Stage for Commit<S> {
         Ok(())
     }
 
+    /// A quarter of the commit interval (a commit is at most that late; ticking at the
+    /// interval itself would skip every other one, as the last commit ended after the tick),
+    /// or the idle gap if shorter (the driver calls [`Stage::on_idle`] after a tick too).
     fn tick_interval(&self) -> Option<Duration> {
-        Some(self.unit.interval.max(Duration::from_millis(1)))
+        let mut every = self.unit.interval / 4;
+        if !self.unit.idle_gap.is_zero() {
+            every = every.min(self.unit.idle_gap);
+        }
+        Some(every.max(Duration::from_millis(1)))
+    }
+
+    /// The inbox is empty: if no head is executing either, nothing is about to join the open
+    /// unit, so commit it now (at most once per `pipeline.commit_idle_ms`) rather than on the
+    /// interval; while heads execute, their events are about to join it, so commit no later
+    /// than a quarter interval. At low load each record thus waits for one commit, not for
+    /// the interval; a busy stage batches as before. Heads that are ready are moved on first,
+    /// so their events go along. When the unit commits does not matter to exactly-once: any
+    /// unit boundary is one the tick could have drawn (unfinished heads are recorded as
+    /// partial).
+    async fn on_idle(&mut self, out: &Outbox<()>) -> Result<(), StageError> {
+        use futures::FutureExt;
+        while self.lanes.ready().now_or_never().is_some() {
+            self.on_ready(out).await?;
+        }
+        let gap = if self.lanes.settled() {
+            self.unit.idle_gap
+        } else {
+            self.unit.idle_gap.max(self.unit.interval / 4)
+        };
+        if self.unit.dirty && self.unit.last_commit.elapsed() >= gap {
+            self.commit().await?;
+        }
+        Ok(())
     }
 
     async fn on_tick(&mut self, _out: &Outbox<()>) -> Result<(), StageError> {

@@ -120,6 +120,11 @@ impl<T> Inbox<T> {
         v
     }
 
+    /// Nothing is waiting in the channel now.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// Moves the values already waiting, up to `limit` in all, into `batch` without waiting.
     pub fn drain_ready(&mut self, batch: &mut Vec<T>, limit: usize) {
         while batch.len() < limit {
@@ -194,6 +199,16 @@ pub trait Stage: Send + 'static {
 
     /// Moves on the work [`Stage::ready`] found ready. Default: nothing.
     fn on_ready(
+        &mut self,
+        _out: &Outbox<Self::Out>,
+    ) -> impl Future<Output = Result<(), StageError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Called when the stage has caught up: after it handled an input, a tick or ready work,
+    /// its inbox was empty (e.g. to commit what it holds now rather than on the next tick, as
+    /// nothing else is there to join it). Default: nothing.
+    fn on_idle(
         &mut self,
         _out: &Outbox<Self::Out>,
     ) -> impl Future<Output = Result<(), StageError>> + Send {
@@ -278,6 +293,9 @@ pub async fn run_stage<S: Stage>(
                 Next::Input(None) => break,
                 Next::Tick => stage.on_tick(&out).await?,
                 Next::Ready => stage.on_ready(&out).await?,
+            }
+            if inbox.is_empty() {
+                stage.on_idle(&out).await?;
             }
         }
         stage.on_drain(&out).await?;

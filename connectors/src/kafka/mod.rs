@@ -74,11 +74,14 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
 }
 
 /// The service's producer settings; `transactional_id` is `None` in at-least-once mode.
+/// `linger.ms` is 5 unless `kafka.properties` sets it (a tuning knob: what the delivery
+/// guarantee rests on — idempotence, acks — is not).
 pub fn producer_config(k: &KafkaConfig, transactional_id: Option<&str>) -> ClientConfig {
     let mut c = base_config(k);
-    c.set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("acks", "all");
+    if !k.properties.contains_key("linger.ms") {
+        c.set("linger.ms", "5");
+    }
+    c.set("enable.idempotence", "true").set("acks", "all");
     if let Some(id) = transactional_id {
         c.set("transactional.id", id).set(
             "transaction.timeout.ms",

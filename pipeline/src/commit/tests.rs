@@ -85,11 +85,21 @@ fn stage() -> (
     tokio::task::JoinHandle<Result<(), StageError>>,
     LogSink,
 ) {
-    let sink = LogSink::default();
-    let config = sluice_config::PipelineConfig {
+    stage_with(sluice_config::PipelineConfig {
         commit_interval_ms: 20,
         ..Default::default()
-    };
+    })
+}
+
+/// A commit stage over a logging sink, with `config`.
+fn stage_with(
+    config: sluice_config::PipelineConfig,
+) -> (
+    crate::stage::Outbox<Pending>,
+    tokio::task::JoinHandle<Result<(), StageError>>,
+    LogSink,
+) {
+    let sink = LogSink::default();
     let health = Arc::new(Health::new(Duration::from_secs(60)));
     let budget = Arc::new(InFlight::new(100, 1 << 20, health.clone()));
     let commit = Commit::new(
@@ -254,4 +264,64 @@ async fn while_draining_a_busy_request_still_commits_on_time() {
     feeder.await.unwrap();
     stage.await.unwrap().unwrap();
     assert!(sink.log.lock().unwrap().committed.contains(&done(0, 7)));
+}
+
+/// An hour: longer than any test, so only what the test is about can commit.
+const HOUR_MS: u64 = 3_600_000;
+
+#[tokio::test]
+async fn a_stage_that_caught_up_commits_without_waiting_for_the_interval() {
+    // The longest interval with idle commits (1 s); catching up commits after a twentieth
+    // of it (50 ms).
+    let (tx, stage, sink) = stage_with(sluice_config::PipelineConfig {
+        commit_interval_ms: 1_000,
+        commit_idle_ms: 0,
+        ..Default::default()
+    });
+    tx.send(ready(0, 0)).await.unwrap();
+    until(&sink, "committed on catching up", |l| {
+        l.committed.contains(&done(0, 0))
+    })
+    .await;
+    // While a head executes, its events are about to join the unit (a quarter interval
+    // bounds that wait); once it is done, nothing is, and the unit commits.
+    let (long, events) = streaming(0, 1, 0);
+    tx.send(long).await.unwrap();
+    events.send(progress("long", 0)).await.unwrap();
+    events.send(completed("long")).await.unwrap();
+    until(&sink, "the head done", |l| {
+        l.committed.contains(&done(0, 1)) && l.events().contains(&progress("long", 0))
+    })
+    .await;
+    drop(tx);
+    stage.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn commits_on_catching_up_are_at_least_the_idle_gap_apart() {
+    let (tx, stage, sink) = stage_with(sluice_config::PipelineConfig {
+        commit_interval_ms: HOUR_MS,
+        commit_idle_ms: HOUR_MS,
+        commit_max_records: 3,
+        ..Default::default()
+    });
+    for offset in 0..7 {
+        tx.send(ready(0, offset)).await.unwrap();
+    }
+    until(&sink, "two full units", |l| {
+        l.committed.contains(&done(0, 5))
+    })
+    .await;
+    {
+        let log = sink.log.lock().unwrap();
+        assert_eq!(log.commits, 2, "only full units commit: {log:?}");
+        assert_eq!(
+            log.unit.last(),
+            Some(&done(0, 6)),
+            "the last waits: {log:?}"
+        );
+    }
+    drop(tx);
+    stage.await.unwrap().unwrap();
+    assert!(sink.log.lock().unwrap().committed.contains(&done(0, 6)));
 }
