@@ -41,9 +41,11 @@ fn member(port: u16) -> Vec<(&'static str, String)> {
         ),
         ("SLUICE__KAFKA__REVOKE_DRAIN_MS", "3000".to_string()),
         ("SLUICE__KAFKA__OPERATION_TIMEOUT_MS", "10000".to_string()),
-        // Commits every second: the revoking member has records in flight when it freezes.
-        ("SLUICE__PIPELINE__COMMIT_INTERVAL_MS", "1000".to_string()),
+        // Commits every 2 s (no commit as soon as idle: that is for intervals up to 1 s) and
+        // one item per chunk: the revoking member has records in flight when it freezes.
+        ("SLUICE__PIPELINE__COMMIT_INTERVAL_MS", "2000".to_string()),
         ("SLUICE__PIPELINE__COMMIT_MAX_RECORDS", "100000".to_string()),
+        ("SLUICE__CHUNK__MAX_ITEMS", "1".to_string()),
     ]
 }
 
