@@ -136,7 +136,12 @@ pub struct OwnSecantus {
 
 impl OwnSecantus {
     pub fn start() -> OwnSecantus {
-        let port = free_port().to_string();
+        Self::start_on(free_port())
+    }
+
+    /// A SecantusDB of the test's own on `port`.
+    fn start_on(port: u16) -> OwnSecantus {
+        let port = port.to_string();
         script("secantus.sh", &["start", &port]);
         let uri = script("secantus.sh", &["uri", &port]);
         let pid =
@@ -259,15 +264,6 @@ impl Drop for OwnCluster {
 impl OwnSecantus {
     /// [`OwnSecantus::start`] on a free port of `range`.
     pub fn start_in(range: std::ops::Range<u16>) -> OwnSecantus {
-        let port = free_ports_in(range, 1).to_string();
-        script("secantus.sh", &["start", &port]);
-        let uri = script("secantus.sh", &["uri", &port]);
-        let pid =
-            std::fs::read_to_string(root().join(format!(".cache/secantus/secantus-{port}.pid")))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-        OwnSecantus { port, uri, pid }
+        Self::start_on(free_ports_in(range, 1))
     }
 }
