@@ -287,11 +287,11 @@ impl SluiceContext {
             if let Some(how) = self.settled(partitions) {
                 return Ok(how);
             }
-            self.handover.forget(partitions);
             self.revoked.store(true, Ordering::SeqCst);
             Err(why)
         });
-        // Partitions that drained need no hand-over.
+        // No partition waits for a seal any more (a give-up marked the run revoked, so no
+        // commit can seal one later), and those that drained need no hand-over.
         self.handover.forget(partitions);
         for p in partitions {
             if self.drained(std::slice::from_ref(p)) {

@@ -70,12 +70,6 @@ impl Handover {
         }
     }
 
-    /// Every one of `partitions` is sealed.
-    pub fn all_sealed(&self, partitions: &[Partition]) -> bool {
-        let s = self.lock();
-        partitions.iter().all(|p| s.sealed.contains(p))
-    }
-
     /// A revocation that gave up: its partitions are not waiting any more.
     pub fn forget(&self, partitions: &[Partition]) {
         let mut s = self.lock();
@@ -121,8 +115,11 @@ mod tests {
         let h = Handover::default();
         assert!(h.admit("requests", 1));
         h.begin(&[p(0), p(1)].concat());
-        assert!(h.all_sealed(&p(0)), "nothing of partition 0 is uncommitted");
-        assert!(!h.all_sealed(&p(1)), "partition 1 waits for the commit");
+        assert!(
+            h.sealed("requests", 0),
+            "nothing of partition 0 is uncommitted"
+        );
+        assert!(!h.sealed("requests", 1), "partition 1 waits for the commit");
         assert!(
             !h.admit("requests", 0),
             "a sealed partition publishes nothing more"
@@ -132,7 +129,7 @@ mod tests {
             "until the commit, partition 1 still publishes"
         );
         h.committed();
-        assert!(h.all_sealed(&p(1)));
+        assert!(h.sealed("requests", 1));
         assert!(!h.admit("requests", 1));
         assert!(h.any_sealed(&[p(3), p(1)].concat()));
         assert!(!h.any_sealed(&p(2)));
