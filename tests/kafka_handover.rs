@@ -50,6 +50,8 @@ fn members_joining_and_leaving_hand_over_running_requests_without_restarting() {
             env.terminal_now()
         );
     }
+    // Liveness after the last fault: every partition owned, every request finished.
+    env.until_every_partition_owned(Duration::from_secs(60));
     let events = env.results(REQUESTS, Duration::from_secs(240));
     stop_logged(&env, a, "a");
     stop_logged(&env, b, "b");

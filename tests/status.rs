@@ -146,6 +146,7 @@ fn http_and_cli_say_what_became_of_a_request_while_sluice_run_writes_the_state_f
     // No token, a wrong one: 401, for the data and the list; probes and metrics stay open.
     for path in [
         "/v1/requests/r-10",
+        "/v1/requests/r-10/events",
         "/v1/requests/r-10/stream",
         "/v1/requests?state=in_progress",
     ] {
