@@ -401,3 +401,91 @@ fn a_transaction_per_record_keeps_every_requests_events_in_order() {
     }
     stop(svc);
 }
+
+/// A chunk plan stored under one config is published under a lowered `limits.max_event_bytes`
+/// (issue 24 §7d). Request `b` is claimed with chunks of 1,500 items, each item an `exists`
+/// failure: ~130 KB per progress event even with messages emptied. The service is killed, the
+/// limit lowered to its floor (64 KiB) and the chunk size with it, and the restart publishes
+/// `b` with its stored plan, every item's status in its chunk's event (the codes that fit), in
+/// one run — before, the first such event ended the run on every restart.
+#[test]
+#[ignore = "needs SLUICE_TEST_KAFKA: run scripts/test-all.sh"]
+fn a_plan_stored_under_a_larger_limit_is_published_under_a_lowered_one() {
+    let env = setup("replan", 1, "");
+    let words = |p: &str| (0..6000).map(|i| format!("{p}-{i}")).collect::<Vec<_>>();
+    // `a` creates the words `b` creates again; `l0`…`l19` keep the run busy before `b` (one
+    // key: they run in order) while `b` is read and claimed.
+    let mut records = vec![(Some("k".to_string()), create("a", words("w")))];
+    for l in 0..20 {
+        records.push((
+            Some("k".into()),
+            create(&format!("l{l}"), words(&format!("l{l}"))),
+        ));
+    }
+    records.push((Some("k".into()), create("b", words("w"))));
+    env.produce_large(&records);
+    let large = [
+        ("SLUICE__LIMITS__MAX_RECORD_BYTES", "1000000".to_string()),
+        (
+            "SLUICE__PIPELINE__MAX_IN_FLIGHT_BYTES",
+            "67108864".to_string(),
+        ),
+    ];
+    let mut first = large.to_vec();
+    first.push(("SLUICE__CHUNK__MAX_ITEMS", "1500".to_string()));
+    let mut svc = env.service_with("a", &first);
+    let status = || -> Value {
+        let out = sluice()
+            .args(["status", "-c", env.cfg.to_str().unwrap(), "b", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while status()["state"] != "in_progress" {
+        assert!(std::time::Instant::now() < deadline, "b never claimed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    svc.kill().unwrap();
+    svc.wait().unwrap();
+    let s = status();
+    assert_eq!(s["state"], "in_progress", "b finished before the kill: {s}");
+    assert_eq!(s["chunks"]["planned"], 4, "{s}");
+
+    let mut lowered = large.to_vec();
+    lowered.push(("SLUICE__LIMITS__MAX_EVENT_BYTES", "65536".to_string()));
+    lowered.push(("SLUICE__CHUNK__MAX_ITEMS", "300".to_string()));
+    lowered.push(("SLUICE__CHUNK__ATOMIC_MAX_ITEMS", "300".to_string()));
+    let svc = env.service_with("a", &lowered);
+    let events = env.results(22, Duration::from_secs(240));
+    stop(svc);
+    let terminal = check_once(&events);
+    let b = terminal
+        .iter()
+        .find(|(k, _)| k.starts_with("b@"))
+        .unwrap()
+        .1;
+    assert_eq!(b["counts"]["failed"], 6000, "{b}");
+    let progress: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["request_id"] == "b" && e["event"] == "progress")
+        .collect();
+    assert_eq!(progress.len(), 4, "the stored plan's four chunks");
+    let items: Vec<&Value> = progress
+        .iter()
+        .flat_map(|e| e["items"].as_array().unwrap())
+        .collect();
+    assert_eq!(items.len(), 6000);
+    assert!(items.iter().all(|i| i["status"] == "failed"));
+    assert!(items.iter().any(|i| i["error"]["code"] == "exists"));
+    assert!(
+        items.iter().any(|i| i.get("error").is_none()),
+        "the lowered limit was met by leaving codes out"
+    );
+    assert!(
+        !env.log_text("a")
+            .contains("restarting from the committed offsets"),
+        "one run did it all:\n{}",
+        env.log_text("a")
+    );
+}

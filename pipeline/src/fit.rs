@@ -4,7 +4,9 @@
 //! way on every replay (the ledger keeps the chunk's event as the store made it):
 //! - a lookup's documents, largest first, until the event fits: those items fail with
 //!   `too_large` (retryable: a smaller request can fetch them);
-//! - then, if still too large, every error message is shortened.
+//! - then, if still too large, every error message is shortened, then emptied;
+//! - then (only a chunk planned under a larger limit, see [`ITEM_STATUS_MAX_BYTES`]) the last
+//!   items' errors are left out, until it fits: every item keeps its status.
 //!
 //! Item error messages are capped when made ([`cap_message`]), so a write chunk's event is
 //! bounded by its item count; config checks that `chunk.max_items` results fit.
@@ -53,6 +55,8 @@ fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
 /// Makes `event` at most `max` bytes of JSON (see the module docs). Cheap when it cannot be
 /// too large: without documents, its size is bounded by its item count.
 pub fn fit_progress(event: &mut ProgressEvent, max: usize) {
+    // `max` bounds the message, which is the event with its tag (`ResultEvent`).
+    let max = max.saturating_sub(r#""event":"progress","#.len());
     let has_docs = event.items.iter().any(|i| i.doc.is_some());
     // A message's JSON can be up to 6 times its bytes (control characters as \uXXXX).
     let bound = event.items.len() * (6 * MESSAGE_MAX + 160) + 1024;
@@ -99,15 +103,36 @@ pub fn fit_progress(event: &mut ProgressEvent, max: usize) {
             }
         }
         // Messages of control characters can still be too long escaped: the codes remain.
-        if json_len(event) > max {
+        size = json_len(event);
+        if size > max {
             for item in &mut event.items {
                 if let Some(e) = &mut item.error {
                     e.message.clear();
                 }
             }
+            size = json_len(event);
+        }
+        // A chunk planned under a larger limit (the plan is stored with the claim, and
+        // `limits.max_event_bytes` was lowered since) can hold more items than codes fit:
+        // the last items' errors go, until the event fits; every status stays.
+        for item in event.items.iter_mut().rev() {
+            if size <= max {
+                break;
+            }
+            if item.error.is_some() {
+                let before = json_len(item);
+                item.error = None;
+                size = size + json_len(item) - before;
+            }
         }
     }
 }
+
+/// Bytes of one item result without its error, at most (`{"index":…,"status":"not_attempted"`
+/// or `"duplicate","of":…}` with indexes of 7 digits, and a comma): a chunk of up to
+/// (`limits.max_event_bytes` − 2 KiB) / 52 items always fits — 1,220 at the 64 KiB floor, more
+/// than the default chunk sizes (500, atomic 1,000) ever plan.
+pub const ITEM_STATUS_MAX_BYTES: usize = 52;
 
 /// Makes a rejection at most `max` bytes: messages are shortened, then later errors dropped
 /// (the first ones say why the request was rejected).
@@ -178,6 +203,44 @@ mod tests {
         ]);
         fit_progress(&mut again, max);
         assert_eq!(again, e);
+    }
+
+    #[test]
+    fn a_chunk_planned_under_a_larger_limit_keeps_every_status_and_the_codes_that_fit() {
+        // 1,500 items: a plan made under the default 900 KiB, published under the 64 KiB floor.
+        let max = 64 * 1024;
+        let failed = |i| {
+            let message = format!("a document with key \"w-{i}\" already exists in words");
+            ItemResult::error(i, ItemStatus::Failed, ItemErrorCode::Exists, message, false)
+        };
+        let mut e = event((0..1500).map(failed).collect());
+        assert!(json_len(&e) > max);
+        fit_progress(&mut e, max);
+        let message = serde_json::to_vec(&crate::contract::ResultEvent::Progress(e.clone()));
+        assert!(
+            message.unwrap().len() <= max,
+            "the message, tag and all, fits"
+        );
+        assert_eq!(e.items.len(), 1500);
+        assert!(e.items.iter().all(|i| i.status == ItemStatus::Failed));
+        let coded = e.items.iter().take_while(|i| i.error.is_some()).count();
+        assert!(coded > 0, "the first items keep their codes");
+        assert!(e.items[coded..].iter().all(|i| i.error.is_none()));
+        assert_eq!(
+            e.items[0].error.as_ref().unwrap().code,
+            ItemErrorCode::Exists
+        );
+        // The largest chunk the floor carries is one the defaults (500, atomic 1,000) never pass.
+        assert!((max - 2048) / ITEM_STATUS_MAX_BYTES >= 1_000);
+        let worst = ItemResult {
+            of: Some(9_999_998),
+            ..ItemResult::status(9_999_999, ItemStatus::Duplicate)
+        };
+        assert!(
+            json_len(&worst) < ITEM_STATUS_MAX_BYTES,
+            "{}",
+            json_len(&worst)
+        );
     }
 
     #[test]

@@ -410,12 +410,17 @@ impl Sink for KafkaSink {
         buf.clear();
         serde_json::to_writer(&mut buf, event).map_err(|e| SinkError(e.to_string()))?;
         if buf.len() > self.max_event_bytes {
-            // The execute stage fits every event (`sluice_pipeline::fit`): this is a bug.
+            // The execute stage fits every event (`sluice_pipeline::fit`) down to its items'
+            // statuses: only a chunk planned under a far larger limit gets here.
             return Err(SinkError(format!(
-                "a {} event of {} bytes exceeds limits.max_event_bytes ({})",
+                "a {} event of {} bytes exceeds limits.max_event_bytes ({}) with its items' \
+                 statuses alone: request {} was planned, when first claimed, with larger chunks \
+                 than this limit carries; raise it to {} or more until the request has finished",
                 event.kind(),
                 buf.len(),
-                self.max_event_bytes
+                self.max_event_bytes,
+                event.request_id(),
+                buf.len()
             )));
         }
         let topic = self.topics.results.clone();
