@@ -7,6 +7,7 @@
 //! - `envelope`: limits, request_id, top-level fields and options (→ dead letter or `rejected`);
 //! - `item`: each item's shape for its op and its key (→ the item `failed`, its neighbours go on);
 //! - `document`: the document model's field-name rules, at every depth;
+//! - `fast`: a valid create/upsert document recognised in one pass, without a value tree;
 //! - `json`: strict JSON reading — repeated member names, integers outside i64, non-finite
 //!   numbers and invalid strings, each reported with its JSON Pointer.
 
@@ -25,6 +26,7 @@ use crate::work::Work;
 
 mod document;
 mod envelope;
+mod fast;
 mod item;
 mod json;
 

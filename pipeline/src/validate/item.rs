@@ -6,9 +6,9 @@
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::document;
 use super::json::{self, Broken, Violation};
 use super::Validate;
+use super::{document, fast};
 use crate::codes::ItemErrorCode;
 use crate::contract::{ItemResult, Op};
 use crate::request::{Item, ItemBody, Key};
@@ -51,6 +51,22 @@ impl Validate {
 /// key, unknown field) are told by their message alone.
 #[allow(clippy::result_large_err)] // the "error" is the item's decided result, built once per bad item
 fn read_item(
+    index: usize,
+    raw: &RawValue,
+    op: Op,
+    key_field: &str,
+) -> Result<(Key, ItemBody), ItemResult> {
+    if let (Op::Create | Op::Upsert, Some(key)) =
+        (op, fast::valid_document_key(raw.get(), key_field))
+    {
+        return Ok((key, ItemBody::Doc(raw.to_owned())));
+    }
+    read_full(index, raw, op, key_field)
+}
+
+/// [`read_item`] without the fast path: the strict parse into a value tree, then the rules.
+#[allow(clippy::result_large_err)]
+pub(super) fn read_full(
     index: usize,
     raw: &RawValue,
     op: Op,
