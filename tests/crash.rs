@@ -90,7 +90,7 @@ fn kill_9_at_random_points_loses_nothing_and_doubles_nothing() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.random_range(40..300)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(60..400)));
         if child.try_wait().unwrap().is_some() {
             break; // finished before we could kill it
         }

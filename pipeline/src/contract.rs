@@ -189,7 +189,9 @@ pub struct ItemResult {
     /// For `duplicate`: the index of the first item with the same key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub of: Option<usize>,
-    /// For `failed` and `not_attempted`: why.
+    /// For `failed` and `not_attempted`: why. Left out only when an event had to be shortened
+    /// to fit `limits.max_event_bytes` and even empty messages did not fit (a chunk planned
+    /// under a larger limit): then the last items of the chunk carry their status alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ItemError>,
     /// For `ok` lookups: the document found.

@@ -54,9 +54,9 @@ fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
 
 /// Makes `event` at most `max` bytes of JSON (see the module docs). Cheap when it cannot be
 /// too large: without documents, its size is bounded by its item count.
-pub fn fit_progress(event: &mut ProgressEvent, max: usize) {
-    // `max` bounds the message, which is the event with its tag (`ResultEvent`).
-    let max = max.saturating_sub(r#""event":"progress","#.len());
+pub fn fit_progress(event: &mut ProgressEvent, limit: usize) {
+    // `limit` bounds the message, which is the event with its tag (`ResultEvent`).
+    let max = limit.saturating_sub(r#""event":"progress","#.len());
     let has_docs = event.items.iter().any(|i| i.doc.is_some());
     // A message's JSON can be up to 6 times its bytes (control characters as \uXXXX).
     let bound = event.items.len() * (6 * MESSAGE_MAX + 160) + 1024;
@@ -86,7 +86,7 @@ pub fn fit_progress(event: &mut ProgressEvent, max: usize) {
             ItemErrorCode::TooLarge,
             format!(
                 "the document ({doc_len} bytes) does not fit in one result event with the \
-                 others of its chunk (limits.max_event_bytes = {max}); look it up in a smaller \
+                 others of its chunk (limits.max_event_bytes = {limit}); look it up in a smaller \
                  request"
             ),
             true,
@@ -136,7 +136,9 @@ pub const ITEM_STATUS_MAX_BYTES: usize = 52;
 
 /// Makes a rejection at most `max` bytes: messages are shortened, then later errors dropped
 /// (the first ones say why the request was rejected).
-pub fn fit_rejected(event: &mut RejectedEvent, max: usize) {
+pub fn fit_rejected(event: &mut RejectedEvent, limit: usize) {
+    // As for progress events: the message carries the tag too.
+    let max = limit.saturating_sub(r#""event":"rejected","#.len());
     if json_len(event) <= max {
         return;
     }
@@ -144,8 +146,13 @@ pub fn fit_rejected(event: &mut RejectedEvent, max: usize) {
         e.message = cap_message(std::mem::take(&mut e.message), SHORT_MESSAGE);
         e.path = cap_message(std::mem::take(&mut e.path), SHORT_MESSAGE);
     }
-    while event.errors.len() > 1 && json_len(event) > max {
-        event.errors.pop();
+    // Linear: a record of many bad members makes many errors, and measuring the whole event
+    // again after each one dropped would be quadratic in them.
+    let mut size = json_len(event);
+    while event.errors.len() > 1 && size > max {
+        if let Some(dropped) = event.errors.pop() {
+            size -= json_len(&dropped) + 1; // and the comma before it
+        }
     }
 }
 
@@ -241,6 +248,44 @@ mod tests {
             "{}",
             json_len(&worst)
         );
+    }
+
+    /// The limit is the message's: the event with its `"event"` tag, as the sink sends it.
+    #[test]
+    fn fitted_events_fit_with_their_tag_at_every_limit() {
+        use crate::codes::RejectCode;
+        use crate::contract::{RejectError, ResultEvent};
+        let source = SourceRef {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+        };
+        for limit in 64 * 1024..64 * 1024 + 120 {
+            let failed = |i: usize| {
+                let message = format!("item {i} {}", "x".repeat(i % 7));
+                ItemResult::error(i, ItemStatus::Failed, ItemErrorCode::Exists, message, false)
+            };
+            let mut e = event((0..1500).map(failed).collect());
+            fit_progress(&mut e, limit);
+            let bytes = serde_json::to_vec(&ResultEvent::Progress(e)).unwrap();
+            assert!(bytes.len() <= limit, "progress: {} > {limit}", bytes.len());
+
+            let errors = (0..3000)
+                .map(|i| RejectError {
+                    code: RejectCode::InvalidField,
+                    message: format!("field {i} {}", "y".repeat(i % 5)),
+                    path: format!("/f{i}"),
+                })
+                .collect();
+            let mut r = RejectedEvent {
+                request_id: "r".into(),
+                errors,
+                source: source.clone(),
+            };
+            fit_rejected(&mut r, limit);
+            let bytes = serde_json::to_vec(&ResultEvent::Rejected(r)).unwrap();
+            assert!(bytes.len() <= limit, "rejected: {} > {limit}", bytes.len());
+        }
     }
 
     #[test]

@@ -410,17 +410,24 @@ impl Sink for KafkaSink {
         buf.clear();
         serde_json::to_writer(&mut buf, event).map_err(|e| SinkError(e.to_string()))?;
         if buf.len() > self.max_event_bytes {
-            // The execute stage fits every event (`sluice_pipeline::fit`) down to its items'
-            // statuses: only a chunk planned under a far larger limit gets here.
+            // The execute stage fits every event (`sluice_pipeline::fit`), a progress event
+            // down to its items' statuses: only a chunk planned under a far larger limit gets
+            // here (anything else is a bug).
+            let why = match event {
+                ResultEvent::Progress(_) => format!(
+                    " with its items' statuses alone: request {} was planned, when first \
+                     claimed, with larger chunks than this limit carries; raise it to {} or \
+                     more until the request has finished",
+                    event.request_id(),
+                    buf.len()
+                ),
+                _ => String::new(),
+            };
             return Err(SinkError(format!(
-                "a {} event of {} bytes exceeds limits.max_event_bytes ({}) with its items' \
-                 statuses alone: request {} was planned, when first claimed, with larger chunks \
-                 than this limit carries; raise it to {} or more until the request has finished",
+                "a {} event of {} bytes exceeds limits.max_event_bytes ({}){why}",
                 event.kind(),
                 buf.len(),
                 self.max_event_bytes,
-                event.request_id(),
-                buf.len()
             )));
         }
         let topic = self.topics.results.clone();

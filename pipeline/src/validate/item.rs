@@ -56,10 +56,10 @@ fn read_item(
     op: Op,
     key_field: &str,
 ) -> Result<(Key, ItemBody), ItemResult> {
-    if let (Op::Create | Op::Upsert, Some(key)) =
-        (op, fast::valid_document_key(raw.get(), key_field))
-    {
-        return Ok((key, ItemBody::Doc(raw.to_owned())));
+    if matches!(op, Op::Create | Op::Upsert) {
+        if let Some(key) = fast::valid_document_key(raw.get(), key_field) {
+            return Ok((key, ItemBody::Doc(raw.to_owned())));
+        }
     }
     read_full(index, raw, op, key_field)
 }
