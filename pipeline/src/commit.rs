@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use metrics::{counter, histogram};
 
 use crate::budget::InFlight;
+use crate::codes::SinkError;
 use crate::contract::{ItemStatus, ResultEvent};
 use crate::health::Health;
 use crate::metrics::{
@@ -60,6 +61,9 @@ struct Unit<S: Sink> {
     dirty: bool,
     /// The claimed requests whose terminal events the unit holds: released once it commits.
     finished: Vec<Finished>,
+    /// The last event published, serialized (the sink sends these bytes; a terminal event's
+    /// are also what the release keeps).
+    json: Vec<u8>,
     last_commit: Instant,
     stats: Arc<RunStats>,
     in_flight: Arc<InFlight>,
@@ -100,6 +104,7 @@ impl<S: Sink> Commit<S> {
                 done: 0,
                 dirty: false,
                 finished: Vec::new(),
+                json: Vec::with_capacity(1024),
                 last_commit: Instant::now(),
                 stats,
                 in_flight,
@@ -133,7 +138,7 @@ impl<S: Sink> Commit<S> {
                             request_id: c.request_id.clone(),
                             generation,
                             chunks: c.chunks,
-                            terminal: serde_json::to_string(&event).unwrap_or_default(),
+                            terminal: String::from_utf8_lossy(&self.unit.json).into_owned(),
                         });
                     }
                     self.unit.done(meta).await?;
@@ -177,7 +182,9 @@ impl<S: Sink> Commit<S> {
 
 impl<S: Sink> Unit<S> {
     async fn publish(&mut self, event: &ResultEvent, op: &'static str) -> Result<(), StageError> {
-        self.sink.publish(event).await?;
+        self.json.clear();
+        serde_json::to_writer(&mut self.json, event).map_err(|e| SinkError(e.to_string()))?;
+        self.sink.publish(event, &self.json).await?;
         self.dirty = true;
         self.stats.event(event);
         match event {

@@ -12,8 +12,9 @@ use crate::record::SourceRef;
 /// after a crash either all of it is visible or none of it is.
 #[async_trait]
 pub trait Sink: Send + 'static {
-    /// Publishes a result event (part of the current unit).
-    async fn publish(&mut self, event: &ResultEvent) -> Result<(), SinkError>;
+    /// Publishes a result event (part of the current unit); `json` is its serialization, the
+    /// bytes to send (made once by the commit stage, which also keeps a terminal event's).
+    async fn publish(&mut self, event: &ResultEvent, json: &[u8]) -> Result<(), SinkError>;
 
     /// Publishes a dead letter: `raw` is the record's original bytes.
     async fn dead_letter(&mut self, raw: &[u8], letter: &DeadLetter) -> Result<(), SinkError>;

@@ -157,7 +157,7 @@ impl LogSink {
 
 #[async_trait]
 impl Sink for LogSink {
-    async fn publish(&mut self, event: &ResultEvent) -> Result<(), SinkError> {
+    async fn publish(&mut self, event: &ResultEvent, _json: &[u8]) -> Result<(), SinkError> {
         self.push(Entry::Event(event.clone()));
         Ok(())
     }

@@ -47,7 +47,6 @@ pub struct KafkaSink {
     /// loses a race with a rebalance (`None` once past [`RESEND_MAX_BYTES`]).
     sent: Option<Vec<Sent>>,
     sent_bytes: usize,
-    buf: Vec<u8>,
     /// `limits.max_event_bytes`: the largest message this sink sends.
     max_event_bytes: usize,
 }
@@ -117,7 +116,6 @@ impl KafkaSink {
             deliveries: Vec::new(),
             sent: Some(Vec::new()),
             sent_bytes: 0,
-            buf: Vec::with_capacity(1024),
             max_event_bytes,
         }
     }
@@ -402,14 +400,11 @@ impl KafkaSink {
 
 #[async_trait]
 impl Sink for KafkaSink {
-    async fn publish(&mut self, event: &ResultEvent) -> Result<(), SinkError> {
+    async fn publish(&mut self, event: &ResultEvent, json: &[u8]) -> Result<(), SinkError> {
         if !self.admit(event.source()) {
             return Ok(());
         }
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        serde_json::to_writer(&mut buf, event).map_err(|e| SinkError(e.to_string()))?;
-        if buf.len() > self.max_event_bytes {
+        if json.len() > self.max_event_bytes {
             // The execute stage fits every event (`sluice_pipeline::fit`), a progress event
             // down to its items' statuses: only a chunk planned under a far larger limit gets
             // here (anything else is a bug).
@@ -419,23 +414,20 @@ impl Sink for KafkaSink {
                      claimed, with larger chunks than this limit carries; raise it to {} or \
                      more until the request has finished",
                     event.request_id(),
-                    buf.len()
+                    json.len()
                 ),
                 _ => String::new(),
             };
             return Err(SinkError(format!(
                 "a {} event of {} bytes exceeds limits.max_event_bytes ({}){why}",
                 event.kind(),
-                buf.len(),
+                json.len(),
                 self.max_event_bytes,
             )));
         }
         let topic = self.topics.results.clone();
-        let r = self
-            .send(&topic, Some(event.request_id()), &buf, None)
-            .await;
-        self.buf = buf;
-        r
+        self.send(&topic, Some(event.request_id()), json, None)
+            .await
     }
 
     async fn dead_letter(&mut self, raw: &[u8], letter: &DeadLetter) -> Result<(), SinkError> {
