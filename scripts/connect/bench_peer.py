@@ -192,9 +192,12 @@ def verify(side, uri, db, docs, requests, events):
     docs, requests = int(docs), int(requests)
     client = MongoClient(uri, serverSelectionTimeoutMS=5000)
     coll, errors = client[db]["words"], []
+    # The server's statement counters, before this check adds its own: what the trial asked
+    # of the store (the peer side's also include the watcher's look-ups of its checkpoints).
+    out = {"store_ops": client.admin.command("serverStatus").get("opcounters", {})}
     t = time.time()
     n = coll.count_documents({})
-    out = {"documents": n, "count_s": round(time.time() - t, 1)}
+    out.update(documents=n, count_s=round(time.time() - t, 1))
     if n != docs:
         errors.append(f"{n} documents, expected {docs}")
     last = f"word{docs - 1:07d}"
