@@ -32,7 +32,12 @@ pub fn json_path(field: &str) -> String {
 
 /// A key as stored in the `key` column.
 pub fn key_text(key: &Key) -> String {
-    key.to_json().to_string()
+    // Written directly, with no `Value` in between: this runs on the writer thread for every
+    // item (`tests::key_text_is_the_keys_json`).
+    match key {
+        Key::Str(s) => serde_json::to_string(s).expect("a string always serializes"),
+        Key::Int(i) => i.to_string(),
+    }
 }
 
 /// The JSON type a field must have to match `key` (`json_type`): a key matches its own type
@@ -250,5 +255,26 @@ impl SqlWriter<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `key` column holds the key's JSON text, as rows written before this form hold it.
+    #[test]
+    fn key_text_is_the_keys_json() {
+        for key in [
+            Key::Str(String::new()),
+            Key::Str("plain".into()),
+            Key::Str("q\"uote\\ back\u{0}\u{1f}\u{7f}é\u{10348}".into()),
+            Key::Int(0),
+            Key::Int(-1),
+            Key::Int(i64::MIN),
+            Key::Int(i64::MAX),
+        ] {
+            assert_eq!(key_text(&key), key.to_json().to_string(), "{key:?}");
+        }
     }
 }
