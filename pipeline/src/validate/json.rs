@@ -178,19 +178,25 @@ pub(crate) fn show(name: &str) -> String {
 /// Maximum nesting depth of objects and arrays in `text`, without parsing it (so that overly
 /// deep records are measured before any recursive parser sees them).
 pub fn json_depth(text: &str) -> usize {
-    let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
-    for b in text.bytes() {
-        if in_str {
-            match (esc, b) {
-                (true, _) => esc = false,
-                (false, b'\\') => esc = true,
-                (false, b'"') => in_str = false,
-                _ => {}
+    let b = text.as_bytes();
+    let (mut depth, mut max, mut i) = (0usize, 0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                // Most of a record is inside strings: jump to its closing quote, past escapes.
+                i += 1;
+                loop {
+                    let Some(j) = memchr::memchr2(b'"', b'\\', &b[i..]) else {
+                        return max; // unterminated: nothing after it nests
+                    };
+                    if b[i + j] == b'"' {
+                        i += j + 1;
+                        break;
+                    }
+                    i = (i + j + 2).min(b.len());
+                }
+                continue;
             }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
             b'{' | b'[' => {
                 depth += 1;
                 max = max.max(depth);
@@ -198,6 +204,7 @@ pub fn json_depth(text: &str) -> usize {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     max
 }

@@ -312,6 +312,46 @@ fn depth_scanner_ignores_brackets_in_strings() {
     assert_eq!(json_depth(r#"{"a":"[[[[{{{{\"]]]"}"#), 1);
     assert_eq!(json_depth(r#"{"a":[{"b":[]}]}"#), 4);
     assert_eq!(json_depth("3"), 0);
+    assert_eq!(
+        json_depth(r#"["\\\\",["#),
+        2,
+        "an escaped backslash ends no string"
+    );
+    assert_eq!(json_depth(r#"["a\"#), 1, "unterminated at an escape");
+}
+
+/// The byte-at-a-time scanner `json_depth` replaced (it skips strings with `memchr` now).
+fn depth_byte_by_byte(text: &str) -> usize {
+    let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+proptest::proptest! {
+    /// Any text, well-formed or not, made of the bytes that matter: the same depth.
+    #[test]
+    fn depth_scanner_agrees_with_the_byte_loop(text in r#"[\[\]{}"\\a é]{0,64}"#) {
+        proptest::prop_assert_eq!(json_depth(&text), depth_byte_by_byte(&text));
+    }
 }
 
 #[test]
