@@ -8,6 +8,12 @@
 //! then each offered rate runs for `--seconds`. A rate is requests/s, or a percentage of the
 //! saturated rate (`50%`).
 //!
+//! A burst of requests already waiting can overstate what a store sustains (a slow store
+//! answers a fresh burst faster than a growing database under a steady stream). With
+//! `--sustained`, the saturated rate is measured under overload instead: after the burst,
+//! [`OVERLOAD`] × its rate is offered for `--seconds`, and the saturated rate is the rate at
+//! which terminal events become visible over the last two thirds of that stretch.
+//!
 //! Baseline, measured by the same consumer in the same run: when each request itself becomes
 //! visible on the requests topic — what Kafka alone costs the round trip, the floor below
 //! sluice's figures.
@@ -60,7 +66,12 @@ pub struct LatencyArgs {
     pub items: usize,
     /// Requests of the saturating burst.
     pub burst: usize,
+    /// Measure the saturated rate under overload (see the module), not by the burst alone.
+    pub sustained: bool,
 }
+
+/// With `--sustained`: the offered rate of the overload, as a multiple of the burst's rate.
+const OVERLOAD: f64 = 1.5;
 
 /// When each request (by request_id) became visible to the watcher: itself on the requests
 /// topic, and its terminal event on the results topic.
@@ -127,6 +138,25 @@ struct Phase {
     /// Requests without a terminal event `patience` after the last send: the rate is above
     /// what the service sustains (their latencies are not in `sluice`).
     unanswered: usize,
+    /// First and last send.
+    sends: (Instant, Instant),
+    /// When each answered request's terminal event became visible.
+    done: Vec<Instant>,
+}
+
+impl Phase {
+    /// Terminal events per second over the last two thirds of the sending, e.g. of an
+    /// overload: once the service is saturated, the rate at which it answers.
+    fn answer_rate(&self) -> f64 {
+        let (first, last) = self.sends;
+        let from = first + (last - first) / 3;
+        let n = self
+            .done
+            .iter()
+            .filter(|&&d| d >= from && d <= last)
+            .count();
+        n as f64 / (last - from).as_secs_f64().max(1e-9)
+    }
 }
 
 /// Sends `n` requests at `rate` per second (all at once without one), then waits for every
@@ -176,6 +206,7 @@ async fn phase(
         anyhow::ensure!(matches!(d, Ok(Ok(_))), "produce failed: {d:?}");
     }
     let first = sent.first().map(|s| s.1).unwrap_or_else(Instant::now);
+    let last = sent.last().map_or(first, |s| s.1);
     let deadline = Instant::now() + patience;
     let unanswered = loop {
         let missing = {
@@ -197,11 +228,14 @@ async fn phase(
         sluice: Vec::with_capacity(n),
         kafka: Vec::with_capacity(n),
         unanswered,
+        sends: (first, last),
+        done: Vec::with_capacity(n),
     };
     for (id, at) in &sent {
         let Some(&done) = seen.terminal.get(id) else {
             continue;
         };
+        out.done.push(done);
         out.span = out.span.max(done - first);
         out.sluice.push(done.saturating_duration_since(*at));
         if let Some(visible) = seen.request.get(id) {
@@ -292,7 +326,33 @@ pub async fn run(brokers: &str, args: LatencyArgs, base: Config) -> anyhow::Resu
         burst.unanswered,
         burst.sent
     );
-    let saturated = burst.sent as f64 / burst.span.as_secs_f64().max(1e-9);
+    let burst_rate = burst.sent as f64 / burst.span.as_secs_f64().max(1e-9);
+    let mut overload = None;
+    if args.sustained {
+        let rate = OVERLOAD * burst_rate;
+        let n = ((rate * args.seconds).round() as usize).max(1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The backlog an overload leaves must drain before the next rate: patience for it.
+        // (A burst that overstates the store 3× leaves 3.5 × `seconds` of backlog.)
+        let drain = patience.max(Duration::from_secs_f64(args.seconds * 10.0));
+        let ph = phase(
+            &producer,
+            &k,
+            &seen,
+            &mut next,
+            (n, args.items, Some(rate)),
+            drain,
+        )
+        .await?;
+        anyhow::ensure!(
+            ph.unanswered == 0,
+            "{} of the overload's {} requests got no terminal event within {drain:?}",
+            ph.unanswered,
+            ph.sent
+        );
+        overload = Some(ph);
+    }
+    let saturated = overload.as_ref().map_or(burst_rate, Phase::answer_rate);
     let mut phases = Vec::new();
     for rate in &args.rates {
         let rate = match *rate {
@@ -331,11 +391,19 @@ pub async fn run(brokers: &str, args: LatencyArgs, base: Config) -> anyhow::Resu
         "pipeline.commit_interval_ms = {}, pipeline.commit_max_records = {}",
         p.commit_interval_ms, p.commit_max_records
     );
-    println!(
-        "saturated rate: {saturated:.0} requests/s (a burst of {} requests, first send to last \
-         terminal event)",
-        burst.sent
-    );
+    match &overload {
+        None => println!(
+            "saturated rate: {saturated:.0} requests/s (a burst of {} requests, first send to \
+             last terminal event)",
+            burst.sent
+        ),
+        Some(o) => println!(
+            "saturated rate: {saturated:.0} requests/s sustained (terminal events per second over \
+             the last two thirds of {OVERLOAD} × the burst's {burst_rate:.0} requests/s offered \
+             for {:.0} s; the burst alone: {burst_rate:.0})",
+            (o.sends.1 - o.sends.0).as_secs_f64()
+        ),
+    }
     println!(
         "{:<26} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>13} {:>13}",
         "offered requests/s",
@@ -348,10 +416,18 @@ pub async fn run(brokers: &str, args: LatencyArgs, base: Config) -> anyhow::Resu
         "kafka p50 ms",
         "kafka p99 ms"
     );
-    for ph in std::iter::once(&mut burst).chain(phases.iter_mut()) {
-        let offered = ph
-            .offered
-            .map_or_else(|| "burst (saturated)".to_string(), |r| format!("{r:.0}"));
+    let sustained = overload.is_some();
+    let overloaded = overload.iter_mut().map(|o| ("overload", o));
+    let rows = std::iter::once(("burst", &mut burst))
+        .chain(overloaded)
+        .chain(phases.iter_mut().map(|p| ("", p)));
+    for (label, ph) in rows {
+        let offered = match (label, ph.offered) {
+            ("", Some(r)) => format!("{r:.0}"),
+            ("burst", _) if !sustained => "burst (saturated)".to_string(),
+            (label, Some(r)) => format!("{label} ({r:.0})"),
+            (label, None) => label.to_string(),
+        };
         let achieved = (ph.sent - ph.unanswered) as f64 / ph.span.as_secs_f64().max(1e-9);
         if ph.unanswered > 0 {
             println!(
@@ -392,6 +468,32 @@ mod tests {
         assert!("0".parse::<Rate>().is_err());
         assert!("fast".parse::<Rate>().is_err());
         assert!("-5%".parse::<Rate>().is_err());
+    }
+
+    /// A service answering 100 requests/s under overload: the rate over the last two thirds of
+    /// the sending, whatever came before or after it.
+    #[test]
+    fn the_answer_rate_is_taken_over_the_last_two_thirds_of_the_sending() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Sends over 3 s; answers every 10 ms from 0.5 s on, and a backlog after the sending.
+        let done: Vec<Instant> = (50..600).map(|i| at(i * 10)).collect();
+        let ph = Phase {
+            offered: Some(300.0),
+            sent: done.len(),
+            span: Duration::ZERO,
+            sluice: Vec::new(),
+            kafka: Vec::new(),
+            unanswered: 0,
+            sends: (at(0), at(3000)),
+            done,
+        };
+        // 1.0 s to 3.0 s inclusive: 201 answers over 2 s.
+        assert!(
+            (ph.answer_rate() - 100.5).abs() < 1e-9,
+            "{}",
+            ph.answer_rate()
+        );
     }
 
     #[test]
