@@ -127,9 +127,9 @@ impl<S: Sink> Commit<S> {
         loop {
             match self.lanes.step(lane) {
                 Step::Wait => return Ok(()),
-                Step::Event(event, op) => self.unit.publish(&event, op).await?,
+                Step::Event(e, op) => self.unit.publish(&e.event, e.json.as_deref(), op).await?,
                 Step::Last(event, op, meta) => {
-                    self.unit.publish(&event, op).await?;
+                    self.unit.publish(&event, None, op).await?;
                     if let (ResultEvent::Completed(c), Some(generation), true) =
                         (&event, meta.generation, self.unit.sink.owns(&meta.source))
                     {
@@ -181,9 +181,21 @@ impl<S: Sink> Commit<S> {
 }
 
 impl<S: Sink> Unit<S> {
-    async fn publish(&mut self, event: &ResultEvent, op: &'static str) -> Result<(), StageError> {
+    /// Publishes `event`; `body` is its progress event's JSON when the store made it already.
+    async fn publish(
+        &mut self,
+        event: &ResultEvent,
+        body: Option<&str>,
+        op: &'static str,
+    ) -> Result<(), StageError> {
         self.json.clear();
-        serde_json::to_writer(&mut self.json, event).map_err(|e| SinkError(e.to_string()))?;
+        match (event, body) {
+            (ResultEvent::Progress(_), Some(body)) => {
+                crate::fit::progress_message(body, &mut self.json);
+            }
+            _ => serde_json::to_writer(&mut self.json, event)
+                .map_err(|e| SinkError(e.to_string()))?,
+        }
         self.sink.publish(event, &self.json).await?;
         self.dirty = true;
         self.stats.event(event);

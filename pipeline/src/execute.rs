@@ -33,7 +33,7 @@ use crate::request::SharedRequest;
 use crate::retry::RetryPolicy;
 use crate::stage::{Outbox, Stage, StageError};
 use crate::store::{Found, Store, Target, WriteChunk, WriteLimit};
-use crate::work::{Pending, PendingBody, Work};
+use crate::work::{Emitted, Pending, PendingBody, Work};
 
 /// Events buffered per executing request before its task waits for the commit stage.
 const EVENTS_PER_REQUEST: usize = 4;
@@ -208,7 +208,7 @@ struct Job {
     claimed_at_ms: i64,
     source: SourceRef,
     received: Instant,
-    events: mpsc::Sender<ResultEvent>,
+    events: mpsc::Sender<Emitted>,
 }
 
 impl Job {
@@ -246,7 +246,7 @@ impl Job {
             let mut i = 0;
             while let Some(event) = events.next().await {
                 let Some(event) = event else { return };
-                if !self.emit(&mut counts, event, i >= skip).await {
+                if !self.emit(&mut counts, event, None, i >= skip).await {
                     return;
                 }
                 i += 1;
@@ -255,12 +255,13 @@ impl Job {
             let mut stopped = false;
             for i in 0..n {
                 let span = tracing::debug_span!("chunk", chunk = i);
-                let Some(event) = self.write_chunk(i, stopped).instrument(span).await else {
+                let Some((event, json)) = self.write_chunk(i, stopped).instrument(span).await
+                else {
                     return;
                 };
                 stopped |= self.request.options.stop_on_error
                     && event.items.iter().any(|r| r.status == ItemStatus::Failed);
-                if !self.emit(&mut counts, event, i >= skip).await {
+                if !self.emit(&mut counts, event, json, i >= skip).await {
                     return;
                 }
             }
@@ -272,19 +273,38 @@ impl Job {
             duration_ms: self.received.elapsed().as_millis() as u64,
             source: self.source.clone(),
         });
-        let _ = self.events.send(completed).await;
+        let _ = self.events.send(completed.into()).await;
     }
 
     /// Sends a chunk's event, made to fit one message first (the same way on a replay), and
-    /// adds its items to `counts` unless an earlier run published (and counted) it.
-    async fn emit(&self, counts: &mut Counts, mut event: ProgressEvent, count: bool) -> bool {
-        crate::fit::fit_progress(&mut event, self.shared.config.limits.max_event_bytes);
+    /// adds its items to `counts` unless an earlier run published (and counted) it. `json`:
+    /// the event's JSON as the store wrote it to the ledger, sent along when the event fits
+    /// as it is (serialized once for both).
+    async fn emit(
+        &self,
+        counts: &mut Counts,
+        mut event: ProgressEvent,
+        mut json: Option<String>,
+        count: bool,
+    ) -> bool {
+        let limit = self.shared.config.limits.max_event_bytes;
+        if !json
+            .as_ref()
+            .is_some_and(|j| crate::fit::progress_fits(j.len(), limit))
+        {
+            json = None;
+            crate::fit::fit_progress(&mut event, limit);
+        }
         if count {
             for item in &event.items {
                 counts.add(item.status);
             }
         }
-        self.events.send(ResultEvent::Progress(event)).await.is_ok()
+        let event = Emitted {
+            event: ResultEvent::Progress(event),
+            json,
+        };
+        self.events.send(event).await.is_ok()
     }
 
     fn chunk(&self, index: usize) -> WriteChunk {
@@ -328,7 +348,13 @@ impl Job {
         self.deadline_ms().is_some_and(|d| unix_now_ms() >= d)
     }
 
-    async fn write_chunk(&self, index: usize, stopped: bool) -> Option<ProgressEvent> {
+    /// Writes chunk `index` (or settles its outcome without writing): its event, with the
+    /// event's JSON when the store wrote it to the ledger this time.
+    async fn write_chunk(
+        &self,
+        index: usize,
+        stopped: bool,
+    ) -> Option<(ProgressEvent, Option<String>)> {
         let chunk = Arc::new(self.chunk(index));
         if self.shared.abort.is_cancelled() {
             return None;
@@ -340,7 +366,7 @@ impl Job {
                 "the request's deadline passed",
                 true,
             );
-            return self.settle(chunk, event).await;
+            return self.settle(chunk, event).await.map(|e| (e, None));
         }
         if stopped {
             let event = self.unattempted(
@@ -349,7 +375,7 @@ impl Job {
                 "an earlier item failed and stop_on_error is set",
                 true,
             );
-            return self.settle(chunk, event).await;
+            return self.settle(chunk, event).await.map(|e| (e, None));
         }
         let op = self.request.op.as_str();
         let cost = self.shared.write_limit.cost(chunk.range.len());
@@ -372,12 +398,12 @@ impl Job {
                     "applied"
                 };
                 counter!(CHUNKS, "op" => op, "outcome" => outcome).increment(1);
-                Some(commit.event)
+                Some((commit.event, commit.json))
             }
             Err(_) if self.shared.abort.is_cancelled() => None,
             Err(e) => {
                 let event = self.store_failure(&chunk, e);
-                self.settle(chunk, event).await
+                self.settle(chunk, event).await.map(|e| (e, None))
             }
         }
     }

@@ -36,6 +36,24 @@ pub fn cap_message(message: String, max: usize) -> String {
     cut
 }
 
+/// What a progress event's message has before its body's members: `ResultEvent`'s tag.
+const PROGRESS_TAG: &str = r#"{"event":"progress","#;
+
+/// Whether a progress event whose body (`serde_json` of its [`ProgressEvent`]) is `body_len`
+/// bytes fits `limit` as a message, i.e. [`fit_progress`] would leave it as it is.
+pub(crate) fn progress_fits(body_len: usize, limit: usize) -> bool {
+    body_len.saturating_add(PROGRESS_TAG.len() - 1) <= limit
+}
+
+/// Writes the message of a progress event from its body (`serde_json` of its
+/// [`ProgressEvent`], e.g. as the ledger holds it) into `out`: the bytes `serde_json` makes of
+/// `ResultEvent::Progress`, without serializing the event again.
+pub(crate) fn progress_message(body: &str, out: &mut Vec<u8>) {
+    debug_assert!(body.starts_with('{') && body.len() > 2, "{body}");
+    out.extend_from_slice(PROGRESS_TAG.as_bytes());
+    out.extend_from_slice(&body.as_bytes()[1..]);
+}
+
 /// Bytes of `v`'s JSON encoding, without building it.
 fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
     struct Count(usize);
@@ -56,7 +74,7 @@ fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
 /// too large: without documents, its size is bounded by its item count.
 pub fn fit_progress(event: &mut ProgressEvent, limit: usize) {
     // `limit` bounds the message, which is the event with its tag (`ResultEvent`).
-    let max = limit.saturating_sub(r#""event":"progress","#.len());
+    let max = limit.saturating_sub(PROGRESS_TAG.len() - 1);
     let has_docs = event.items.iter().any(|i| i.doc.is_some());
     // A message's JSON can be up to 6 times its bytes (control characters as \uXXXX).
     let bound = event.items.len() * (6 * MESSAGE_MAX + 160) + 1024;
@@ -182,6 +200,36 @@ mod tests {
             doc: Some(json!({"text": format!("k{index}"), "pad": "x".repeat(bytes)})),
             ..ItemResult::status(index, ItemStatus::Ok)
         }
+    }
+
+    /// The message made from a body is byte for byte what serializing the tagged event
+    /// gives, and `progress_fits` agrees with the message's length.
+    #[test]
+    fn a_progress_message_from_its_body_is_the_serialized_event() {
+        let mut failed = ItemResult::error(
+            1,
+            ItemStatus::Failed,
+            ItemErrorCode::Exists,
+            "\"quoted\" \u{0} é \u{10348}",
+            false,
+        );
+        failed.of = Some(0);
+        let mut e = event(vec![
+            ItemResult::status(0, ItemStatus::Ok),
+            failed,
+            found(2, 10),
+        ]);
+        e.request_id = "r\"\\id".into();
+        let body = serde_json::to_string(&e).unwrap();
+        let mut message = Vec::new();
+        progress_message(&body, &mut message);
+        let expected = serde_json::to_vec(&crate::contract::ResultEvent::Progress(e)).unwrap();
+        assert_eq!(
+            String::from_utf8(message.clone()).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
+        assert!(progress_fits(body.len(), message.len()));
+        assert!(!progress_fits(body.len(), message.len() - 1));
     }
 
     #[test]

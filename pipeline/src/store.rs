@@ -235,6 +235,9 @@ pub struct ChunkCommit {
     pub event: ProgressEvent,
     /// True when the ledger already held the chunk: nothing was applied this time.
     pub replayed: bool,
+    /// `serde_json` of `event` as this call wrote it to the ledger, when it did (not on a
+    /// replay): the sink sends these bytes rather than serializing the event again.
+    pub json: Option<String>,
 }
 
 /// A request whose terminal event was published: [`Store::release`] starts its dedupe window.

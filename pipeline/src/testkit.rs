@@ -332,15 +332,20 @@ impl Store for MemStore {
             return Ok(ChunkCommit {
                 event: event.clone(),
                 replayed: true,
+                json: None,
             });
         }
         // No await inside: the writer's futures complete at once.
         let applied = futures::executor::block_on(apply_items(&chunk, &mut MemWriter(&mut data)))
             .map_err(ApplyError::into_store_error)?;
         data.ledger.insert(id, applied.event.clone());
+        // As a store whose ledger keeps the event's text gives it (the pipeline's tests then
+        // publish through the shared bytes).
+        let json = serde_json::to_string(&applied.event).ok();
         Ok(ChunkCommit {
             event: applied.event,
             replayed: false,
+            json,
         })
     }
     async fn settle(
@@ -356,7 +361,11 @@ impl Store for MemStore {
         );
         let replayed = data.ledger.contains_key(&id);
         let event = data.ledger.entry(id).or_insert(event).clone();
-        Ok(ChunkCommit { event, replayed })
+        Ok(ChunkCommit {
+            event,
+            replayed,
+            json: None,
+        })
     }
     async fn lookup(
         &self,

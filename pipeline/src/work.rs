@@ -75,6 +75,26 @@ pub struct Pending {
     pub body: PendingBody,
 }
 
+/// An event on its way to the sink, with its JSON when that was written already: a progress
+/// event as the store wrote it to the ledger, which the sink then sends as it is (with the
+/// event tag) instead of serializing the event a second time.
+#[derive(Debug)]
+pub struct Emitted {
+    /// The event.
+    pub event: ResultEvent,
+    /// `serde_json` of the event's body (for a progress event: of the [`ProgressEvent`]),
+    /// when already made.
+    ///
+    /// [`ProgressEvent`]: crate::contract::ProgressEvent
+    pub json: Option<String>,
+}
+
+impl From<ResultEvent> for Emitted {
+    fn from(event: ResultEvent) -> Self {
+        Emitted { event, json: None }
+    }
+}
+
 /// A record's output.
 #[derive(Debug)]
 pub enum PendingBody {
@@ -83,7 +103,7 @@ pub enum PendingBody {
     /// Events produced while the request executes: progress events in chunk order, then the
     /// terminal event. The channel closing without a terminal event means the execution was
     /// abandoned (shutdown deadline): the record is not committed and will be re-read.
-    Stream(mpsc::Receiver<ResultEvent>),
+    Stream(mpsc::Receiver<Emitted>),
     /// A dead letter.
     DeadLetter(Bytes, DeadLetter),
 }

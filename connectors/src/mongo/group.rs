@@ -282,13 +282,15 @@ impl MongoStore {
                 batch.docs.extend(mine.docs);
                 batch.keys.extend(mine.keys);
             }
+            let json = encode_event(&applied.event).map_err(whole)?;
             entries.push(doc! {
                 "_id": id,
-                "event": encode_event(&applied.event).map_err(whole)?,
+                "event": json.clone(),
             });
             commits.push(ChunkCommit {
                 event: applied.event,
                 replayed: false,
+                json: Some(json),
             });
         }
         for (collection, batch) in inserts {

@@ -42,10 +42,11 @@ impl MongoStore {
         event: ProgressEvent,
     ) -> Result<ChunkCommit, StoreError> {
         let id = ledger_id(chunk, None);
+        let json = encode_event(&event)?;
         // No `expires_at`: an unfinished request's entries never expire (`release`).
         let entry = doc! {
             "_id": id.clone(),
-            "event": encode_event(&event)?,
+            "event": json.clone(),
         };
         match self
             .ledger()
@@ -56,11 +57,13 @@ impl MongoStore {
             Ok(_) => Ok(ChunkCommit {
                 event,
                 replayed: false,
+                json: Some(json),
             }),
             Err(e) if is_duplicate_key(&e) => match self.slot(&id, None).await? {
                 Slot::Done(event) => Ok(ChunkCommit {
                     event,
                     replayed: true,
+                    json: None,
                 }),
                 // A split chunk: some of its parts may have committed; finish it the usual way.
                 Slot::Split => self.write(chunk).await,
@@ -109,6 +112,7 @@ impl MongoStore {
             Slot::Done(event) => Ok(Attempt::Done(ChunkCommit {
                 event,
                 replayed: true,
+                json: None,
             })),
             Slot::Split => Ok(Attempt::Split),
             Slot::Empty => Err(StoreError::transient(
@@ -174,7 +178,7 @@ impl MongoStore {
         self.ledger()
             .update_one(
                 doc! {"_id": whole, "split": true},
-                doc! {"$set": {"event": text}, "$unset": {"split": ""}},
+                doc! {"$set": {"event": text.as_str()}, "$unset": {"split": ""}},
             )
             .write_concern(WriteConcern::majority())
             .await
@@ -189,7 +193,11 @@ impl MongoStore {
             )
             .await
             .map_err(|e| classify(&e))?;
-        Ok(ChunkCommit { event, replayed })
+        Ok(ChunkCommit {
+            event,
+            replayed,
+            json: Some(text),
+        })
     }
 
     /// One transaction over `chunk` (a whole chunk or a part) under the ledger key `id`. An
@@ -254,6 +262,7 @@ impl MongoStore {
                 return Ok(Attempt::Done(ChunkCommit {
                     event,
                     replayed: true,
+                    json: None,
                 }));
             }
             Slot::Split => {
@@ -278,9 +287,10 @@ impl MongoStore {
                 .map_err(|e| classify(&e))?;
             begin(session).await?;
         }
+        let json = encode_event(&applied.event)?;
         let entry = doc! {
             "_id": id.clone(),
-            "event": encode_event(&applied.event)?,
+            "event": json.clone(),
         };
         if let Err(e) = self.ledger().insert_one(entry).session(&mut *session).await {
             if is_duplicate_key(&e) {
@@ -294,6 +304,7 @@ impl MongoStore {
         Ok(Attempt::Done(ChunkCommit {
             event: applied.event,
             replayed: false,
+            json: Some(json),
         }))
     }
 
@@ -323,12 +334,14 @@ impl MongoStore {
                 format!("store error ({TOO_LARGE}): {}", e.message),
             );
             let event = chunk.event(vec![failed]);
-            let entry = doc! {"_id": id.clone(), "event": encode_event(&event)?};
+            let json = encode_event(&event)?;
+            let entry = doc! {"_id": id.clone(), "event": json.clone()};
             (
                 entry,
                 Attempt::Done(ChunkCommit {
                     event,
                     replayed: false,
+                    json: Some(json),
                 }),
             )
         } else {

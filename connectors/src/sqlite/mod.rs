@@ -258,12 +258,14 @@ impl Store for SqliteStore {
                     return Ok(ChunkCommit {
                         event,
                         replayed: true,
+                        json: None,
                     });
                 }
-                insert_event(c, &chunk, &event)?;
+                let json = insert_event(c, &chunk, &event)?;
                 Ok(ChunkCommit {
                     event,
                     replayed: false,
+                    json: Some(json),
                 })
             })
             .await
@@ -389,11 +391,12 @@ fn stored_event(c: &Connection, chunk: &WriteChunk) -> Result<Option<ProgressEve
 }
 
 /// Inserts the chunk's ledger entry.
+/// Writes a chunk's ledger entry; returns the event's text as stored.
 fn insert_event(
     c: &Connection,
     chunk: &WriteChunk,
     event: &ProgressEvent,
-) -> Result<(), StoreError> {
+) -> Result<String, StoreError> {
     let text =
         serde_json::to_string(event).map_err(|e| StoreError::permanent("encode", e.to_string()))?;
     c.prepare_cached(
@@ -405,12 +408,12 @@ fn insert_event(
             chunk.request.request_id,
             chunk.generation,
             chunk.index as i64,
-            text,
+            &text,
             NEVER
         ])
     })
     .map_err(classify)?;
-    Ok(())
+    Ok(text)
 }
 
 /// The body of a chunk transaction: ledger look-up, item writes, ledger entry. An item the
@@ -425,6 +428,7 @@ fn write_in_transaction(
         return Ok(ChunkCommit {
             event,
             replayed: true,
+            json: None,
         });
     }
     let mut refused = BTreeMap::new();
@@ -455,9 +459,10 @@ fn write_in_transaction(
             }
         }
     };
-    insert_event(c, chunk, &applied.event)?;
+    let json = insert_event(c, chunk, &applied.event)?;
     Ok(ChunkCommit {
         event: applied.event,
         replayed: false,
+        json: Some(json),
     })
 }

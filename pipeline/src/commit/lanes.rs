@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::contract::{Counts, DeadLetter, ResultEvent};
 use crate::record::{Meta, SourceRef};
-use crate::work::{Pending, PendingBody};
+use crate::work::{Emitted, Pending, PendingBody};
 
 /// The lanes, one per partition seen in this run.
 #[derive(Default)]
@@ -35,7 +35,7 @@ struct Lane {
     /// stops; nothing after the head may be marked done.
     abandoned: bool,
     /// What [`Lanes::ready`] received from the head's stream (`None` = the stream ended).
-    peeked: Option<Option<ResultEvent>>,
+    peeked: Option<Option<Emitted>>,
 }
 
 /// What a lane's head can do now.
@@ -43,7 +43,7 @@ pub(super) enum Step {
     /// Nothing until its stream yields more (or the lane is stopped, or empty).
     Wait,
     /// Publish this event of the head; the head goes on.
-    Event(ResultEvent, &'static str),
+    Event(Emitted, &'static str),
     /// Publish the head's last event, then mark it done (it left the lane).
     Last(ResultEvent, &'static str, Meta),
     /// The head is a dead letter (it left the lane): publish it, then mark it done.
@@ -112,7 +112,15 @@ impl Lanes {
                 },
             };
             match next {
-                Some(ResultEvent::Progress(p)) => {
+                Some(
+                    e @ Emitted {
+                        event: ResultEvent::Progress(_),
+                        ..
+                    },
+                ) => {
+                    let ResultEvent::Progress(p) = &e.event else {
+                        unreachable!("matched above")
+                    };
                     l.progress += 1;
                     if p.chunk < head.meta.skip_progress {
                         // Published and committed by an earlier run.
@@ -122,9 +130,11 @@ impl Lanes {
                     for item in &p.items {
                         l.counts.add(item.status);
                     }
-                    return Step::Event(ResultEvent::Progress(p), op);
+                    return Step::Event(e, op);
                 }
-                Some(terminal) => {
+                Some(Emitted {
+                    event: terminal, ..
+                }) => {
                     let head = l.queue.pop_front().expect("the head exists");
                     l.progress = 0;
                     l.counts = Counts::default();

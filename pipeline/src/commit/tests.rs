@@ -11,7 +11,7 @@ use crate::contract::{CompletedEvent, Counts, DuplicateEvent, ProgressEvent};
 use crate::record::{Meta, SourceRef};
 use crate::stage::{channel, run_stage};
 use crate::testkit::{Entry, LogSink};
-use crate::work::PendingBody;
+use crate::work::{Emitted, PendingBody};
 
 fn source(partition: i32, offset: i64) -> SourceRef {
     SourceRef {
@@ -69,7 +69,7 @@ fn ready(partition: i32, offset: i64) -> Pending {
 }
 
 /// An executing record and the sender of its events.
-fn streaming(partition: i32, offset: i64, skip: usize) -> (Pending, mpsc::Sender<ResultEvent>) {
+fn streaming(partition: i32, offset: i64, skip: usize) -> (Pending, mpsc::Sender<Emitted>) {
     let (tx, rx) = mpsc::channel(4);
     let p = Pending {
         meta: meta(partition, offset, skip),
@@ -148,7 +148,7 @@ async fn a_long_request_holds_up_its_own_partition_only() {
     })
     .await;
     assert!(!sink.log.lock().unwrap().committed.contains(&done(0, 1)));
-    events.send(completed("long")).await.unwrap();
+    events.send(completed("long").into()).await.unwrap();
     until(&sink, "partition 0 committed in order", |l| {
         let c = &l.committed;
         let (a, b) = (
@@ -167,8 +167,8 @@ async fn a_long_request_commits_its_progress_on_time_with_a_partial_position() {
     let (tx, stage, sink) = stage();
     let (long, events) = streaming(0, 7, 0);
     tx.send(long).await.unwrap();
-    events.send(progress("long", 0)).await.unwrap();
-    events.send(progress("long", 1)).await.unwrap();
+    events.send(progress("long", 0).into()).await.unwrap();
+    events.send(progress("long", 1).into()).await.unwrap();
     // No transaction waits for the whole request: the two events commit with a position
     // that re-reads the record and skips them.
     until(&sink, "partial commit", |l| {
@@ -176,8 +176,8 @@ async fn a_long_request_commits_its_progress_on_time_with_a_partial_position() {
             && l.events().contains(&progress("long", 1))
     })
     .await;
-    events.send(progress("long", 2)).await.unwrap();
-    events.send(completed("long")).await.unwrap();
+    events.send(progress("long", 2).into()).await.unwrap();
+    events.send(completed("long").into()).await.unwrap();
     until(&sink, "done", |l| l.committed.contains(&done(0, 7))).await;
     let events = sink.log.lock().unwrap().events();
     assert_eq!(
@@ -199,17 +199,17 @@ async fn a_reread_record_skips_the_progress_it_published_before() {
     let (tx, stage, sink) = stage();
     let (again, events) = streaming(0, 7, 2);
     tx.send(again).await.unwrap();
-    events.send(progress("r", 0)).await.unwrap();
-    events.send(progress("r", 1)).await.unwrap();
+    events.send(progress("r", 0).into()).await.unwrap();
+    events.send(progress("r", 1).into()).await.unwrap();
     // Nothing new published: no position is recorded (the committed one still holds).
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(sink.log.lock().unwrap().committed.is_empty());
-    events.send(progress("r", 2)).await.unwrap();
+    events.send(progress("r", 2).into()).await.unwrap();
     until(&sink, "partial after the skipped ones", |l| {
         l.committed.contains(&Entry::Partial(source(0, 7), 7, 3))
     })
     .await;
-    events.send(completed("r")).await.unwrap();
+    events.send(completed("r").into()).await.unwrap();
     until(&sink, "done", |l| l.committed.contains(&done(0, 7))).await;
     assert_eq!(
         sink.log.lock().unwrap().events(),
@@ -226,7 +226,7 @@ async fn an_abandoned_request_keeps_its_events_and_stops_its_partition_only() {
     tx.send(cut).await.unwrap();
     tx.send(ready(0, 4)).await.unwrap();
     tx.send(ready(1, 0)).await.unwrap();
-    events.send(progress("cut", 0)).await.unwrap();
+    events.send(progress("cut", 0).into()).await.unwrap();
     drop(events); // execution abandoned (shutdown deadline)
     drop(tx);
     tokio::time::timeout(Duration::from_secs(5), stage)
@@ -252,10 +252,10 @@ async fn while_draining_a_busy_request_still_commits_on_time() {
     drop(tx); // shutdown: the stage drains what it holds
     let feeder = tokio::spawn(async move {
         for chunk in 0..1000 {
-            events.send(progress("long", chunk)).await.unwrap();
+            events.send(progress("long", chunk).into()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        events.send(completed("long")).await.unwrap();
+        events.send(completed("long").into()).await.unwrap();
     });
     until(&sink, "a partial commit while draining", |l| {
         l.committed.iter().any(|e| matches!(e, Entry::Partial(..)))
@@ -287,8 +287,8 @@ async fn a_stage_that_caught_up_commits_without_waiting_for_the_interval() {
     // bounds that wait); once it is done, nothing is, and the unit commits.
     let (long, events) = streaming(0, 1, 0);
     tx.send(long).await.unwrap();
-    events.send(progress("long", 0)).await.unwrap();
-    events.send(completed("long")).await.unwrap();
+    events.send(progress("long", 0).into()).await.unwrap();
+    events.send(completed("long").into()).await.unwrap();
     until(&sink, "the head done", |l| {
         l.committed.contains(&done(0, 1)) && l.events().contains(&progress("long", 0))
     })

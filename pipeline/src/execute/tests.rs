@@ -86,7 +86,11 @@ async fn execute_as(
     };
     let mut out = Vec::new();
     while let Some(e) = events.recv().await {
-        out.push(e);
+        // Bytes the store sent along are the event's own (the sink publishes them as they are).
+        if let (ResultEvent::Progress(p), Some(json)) = (&e.event, &e.json) {
+            assert_eq!(json, &serde_json::to_string(p).unwrap());
+        }
+        out.push(e.event);
     }
     driver.await.unwrap().unwrap();
     out
