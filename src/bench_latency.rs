@@ -73,6 +73,14 @@ pub struct LatencyArgs {
 /// With `--sustained`: the offered rate of the overload, as a multiple of the burst's rate.
 const OVERLOAD: f64 = 1.5;
 
+/// An overload answered below this share of its offered rate saturated the service; one
+/// answered faster is offered again at twice the rate, up to [`OVERLOAD_TRIES`] times.
+const SATURATED_BELOW: f64 = 0.9;
+const OVERLOAD_TRIES: usize = 3;
+
+/// Answers an overload's rate is taken from, at least.
+const MIN_ANSWERS: usize = 20;
+
 /// When each request (by request_id) became visible to the watcher: itself on the requests
 /// topic, and its terminal event on the results topic.
 #[derive(Default)]
@@ -145,9 +153,9 @@ struct Phase {
 }
 
 impl Phase {
-    /// Terminal events per second over the last two thirds of the sending, e.g. of an
-    /// overload: once the service is saturated, the rate at which it answers.
-    fn answer_rate(&self) -> f64 {
+    /// Terminal events over the last two thirds of the sending, and their rate per second,
+    /// e.g. of an overload: once the service is saturated, the rate at which it answers.
+    fn answer_rate(&self) -> (usize, f64) {
         let (first, last) = self.sends;
         let from = first + (last - first) / 3;
         let n = self
@@ -155,7 +163,7 @@ impl Phase {
             .iter()
             .filter(|&&d| d >= from && d <= last)
             .count();
-        n as f64 / (last - from).as_secs_f64().max(1e-9)
+        (n, n as f64 / (last - from).as_secs_f64().max(1e-9))
     }
 }
 
@@ -328,31 +336,52 @@ pub async fn run(brokers: &str, args: LatencyArgs, base: Config) -> anyhow::Resu
     );
     let burst_rate = burst.sent as f64 / burst.span.as_secs_f64().max(1e-9);
     let mut overload = None;
+    let mut saturated = burst_rate;
     if args.sustained {
-        let rate = OVERLOAD * burst_rate;
-        let n = ((rate * args.seconds).round() as usize).max(1);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // The backlog an overload leaves must drain before the next rate: patience for it.
-        // (A burst that overstates the store 3× leaves 3.5 × `seconds` of backlog.)
-        let drain = patience.max(Duration::from_secs_f64(args.seconds * 10.0));
-        let ph = phase(
-            &producer,
-            &k,
-            &seen,
-            &mut next,
-            (n, args.items, Some(rate)),
-            drain,
-        )
-        .await?;
-        anyhow::ensure!(
-            ph.unanswered == 0,
-            "{} of the overload's {} requests got no terminal event within {drain:?}",
-            ph.unanswered,
-            ph.sent
-        );
-        overload = Some(ph);
+        let mut rate = OVERLOAD * burst_rate;
+        for attempt in 1..=OVERLOAD_TRIES {
+            let n = ((rate * args.seconds).round() as usize).max(1);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The backlog an overload leaves must drain before the next rate: patience for
+            // it. (A burst that overstates the store 3× leaves 3.5 × `seconds` of backlog.)
+            let drain = patience.max(Duration::from_secs_f64(args.seconds * 10.0));
+            let ph = phase(
+                &producer,
+                &k,
+                &seen,
+                &mut next,
+                (n, args.items, Some(rate)),
+                drain,
+            )
+            .await?;
+            anyhow::ensure!(
+                ph.unanswered == 0,
+                "{} of the overload's {} requests got no terminal event within {drain:?}",
+                ph.unanswered,
+                ph.sent
+            );
+            let (answered, answer_rate) = ph.answer_rate();
+            anyhow::ensure!(
+                answered >= MIN_ANSWERS,
+                "only {answered} requests were answered during the overload's last two thirds \
+                 (at least {MIN_ANSWERS} are needed for a rate): offer it longer (--seconds)"
+            );
+            // Answered clearly below the offer: saturated. Otherwise the burst understated the
+            // service: overload it harder.
+            if answer_rate < SATURATED_BELOW * rate {
+                saturated = answer_rate;
+                overload = Some(ph);
+                break;
+            }
+            anyhow::ensure!(
+                attempt < OVERLOAD_TRIES,
+                "offered {rate:.0} requests/s, the service answered {answer_rate:.0}: still not \
+                 saturated after {OVERLOAD_TRIES} overloads; the burst (--requests) measured \
+                 {burst_rate:.0} requests/s, far below what it sustains"
+            );
+            rate *= 2.0;
+        }
     }
-    let saturated = overload.as_ref().map_or(burst_rate, Phase::answer_rate);
     let mut phases = Vec::new();
     for rate in &args.rates {
         let rate = match *rate {
@@ -489,11 +518,9 @@ mod tests {
             done,
         };
         // 1.0 s to 3.0 s inclusive: 201 answers over 2 s.
-        assert!(
-            (ph.answer_rate() - 100.5).abs() < 1e-9,
-            "{}",
-            ph.answer_rate()
-        );
+        let (n, rate) = ph.answer_rate();
+        assert_eq!(n, 201);
+        assert!((rate - 100.5).abs() < 1e-9, "{rate}");
     }
 
     #[test]

@@ -252,8 +252,8 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
 /// Work a stage does between two yields of its worker (see `run_stage`).
 const YIELD_AFTER: Duration = Duration::from_micros(300);
 
-/// Inputs a stage handles in a row, when they are already waiting, before it looks at its
-/// ticker and ready work again (see `run_stage`).
+/// Inputs (for a batching stage: batches) a stage handles in a row, when they are already
+/// waiting, before it looks at its ticker and ready work again (see `run_stage`).
 const RUN_MAX: usize = 32;
 
 /// Runs `stage` until its inbox closes; then drains, and closes its outbox by dropping it.

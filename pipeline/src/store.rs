@@ -235,8 +235,9 @@ pub struct ChunkCommit {
     pub event: ProgressEvent,
     /// True when the ledger already held the chunk: nothing was applied this time.
     pub replayed: bool,
-    /// `serde_json` of `event` as this call wrote it to the ledger, when it did (not on a
-    /// replay): the sink sends these bytes rather than serializing the event again.
+    /// `serde_json` of `event`, when the store made it (for the ledger) in this call, e.g. not
+    /// on a plain replay: the sink sends these bytes rather than serializing the event again.
+    /// Whenever present it is exactly the JSON of `event`.
     pub json: Option<String>,
 }
 
