@@ -20,6 +20,7 @@ use sluice_pipeline::metrics::WRITES_PER_TRANSACTION;
 use sluice_pipeline::StoreError;
 use tokio::sync::oneshot;
 
+use super::checkpointer::Checkpointer;
 use super::classify;
 
 /// Writes one transaction holds at most: bounds how long one commit keeps later writes waiting.
@@ -93,15 +94,19 @@ pub struct Group {
 
 impl Group {
     /// Group commit over `writer`, on a thread of its own (other users of the connection —
-    /// the embedded checkpoint — lock it as before, between two transactions of the group).
-    pub fn new(writer: Arc<Mutex<Connection>>) -> Result<Self, StoreError> {
+    /// the embedded checkpoint — lock it as before, between two transactions of the group);
+    /// each commit wakes `checkpoints`, which the thread owns (and stops when it ends).
+    pub fn new(
+        writer: Arc<Mutex<Connection>>,
+        checkpoints: Option<Checkpointer>,
+    ) -> Result<Self, StoreError> {
         let (queue, jobs) = mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let transactions = Arc::new(AtomicU64::new(0));
         let (p, t) = (pending.clone(), transactions.clone());
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(&writer, &jobs, &p, &t))
+            .spawn(move || writer_loop(&writer, &jobs, &p, &t, checkpoints.as_ref()))
             .map_err(|e| StoreError::permanent("thread", e.to_string()))?;
         Ok(Group {
             queue,
@@ -151,6 +156,7 @@ fn writer_loop(
     jobs: &mpsc::Receiver<Queued>,
     pending: &AtomicUsize,
     transactions: &AtomicU64,
+    checkpoints: Option<&Checkpointer>,
 ) {
     let mut carried: Option<Queued> = None;
     while let Some((mut items, first)) = carried.take().or_else(|| jobs.recv().ok()) {
@@ -173,6 +179,9 @@ fn writer_loop(
                 histogram!(WRITES_PER_TRANSACTION).record(n as f64);
                 let ended = run_all(&mut conn, group.iter_mut());
                 drop(conn);
+                if let (Ok(()), Some(c)) = (&ended, checkpoints) {
+                    c.poke();
+                }
                 transactions.fetch_add(1, Ordering::Relaxed);
                 group.into_iter().for_each(|j| j.finish(ended.clone()));
             }
@@ -234,7 +243,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")
             .unwrap();
         let writer = Arc::new(Mutex::new(conn));
-        let group = Arc::new(Group::new(writer.clone()).unwrap());
+        let group = Arc::new(Group::new(writer.clone(), None).unwrap());
         (dir, writer, group)
     }
 

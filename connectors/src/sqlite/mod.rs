@@ -4,11 +4,12 @@
 //! embedded sink, the input/output checkpoints.
 //!
 //! One writer connection executes chunks (SQLite has one writer), group-committed: writes that
-//! arrive while it is busy share its next transaction, each in a savepoint ([`group`]);
-//! lookups use a small pool of reader connections, which WAL mode lets run concurrently with
+//! arrive while it is busy share its next transaction, each in a savepoint ([`group`]); WAL
+//! checkpoints run beside it on a thread of their own ([`checkpointer`]); lookups use a small pool of reader connections, which WAL mode lets run concurrently with
 //! the writer. All SQLite calls run on tokio's blocking pool. The status API reads the file
 //! on read-only connections of its own ([`status`], [`SqliteStatus`]).
 
+mod checkpointer;
 mod claims;
 mod group;
 mod status;
@@ -127,11 +128,12 @@ impl SqliteStore {
             .iter()
             .map(|(name, c)| (name.clone(), TableSql::new(name, c.parent_field.as_deref())))
             .collect();
+        let checkpoints = checkpointer::Checkpointer::start(path, busy, &writer)?;
         let writer = Arc::new(Mutex::new(writer));
         Ok(SqliteStore {
             path: path.to_path_buf(),
             sql: Arc::new(sql),
-            group: group::Group::new(writer.clone())?,
+            group: group::Group::new(writer.clone(), Some(checkpoints))?,
             writer,
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
@@ -390,7 +392,6 @@ fn stored_event(c: &Connection, chunk: &WriteChunk) -> Result<Option<ProgressEve
         .transpose()
 }
 
-/// Inserts the chunk's ledger entry.
 /// Writes a chunk's ledger entry; returns the event's text as stored.
 fn insert_event(
     c: &Connection,
