@@ -4,6 +4,7 @@
 //! request reuses — and collapse duplicate keys inside a request (later ones become
 //! `duplicate` of the first).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroUsize;
 use std::ops::Range;
@@ -348,22 +349,29 @@ pub fn mark_duplicate_items(request: &mut Request) {
     if !request.options.dedupe {
         return;
     }
-    let mut first: HashMap<Key, usize> = HashMap::new();
-    for item in &mut request.items {
-        if item.decided.is_some() {
-            continue;
-        }
-        let Some(key) = &item.key else { continue };
-        match first.get(key) {
-            Some(&of) => {
-                let mut r = ItemResult::status(item.index, ItemStatus::Duplicate);
-                r.of = Some(of);
-                item.decided = Some(Box::new(r));
+    // Keys are borrowed, not copied (one look-up per item, no allocation per key); the
+    // repeats are marked once the look-ups are done.
+    let mut repeats: Vec<(usize, usize)> = Vec::new();
+    {
+        let mut first: HashMap<&Key, usize> = HashMap::with_capacity(request.items.len());
+        for (at, item) in request.items.iter().enumerate() {
+            if item.decided.is_some() {
+                continue;
             }
-            None => {
-                first.insert(key.clone(), item.index);
+            let Some(key) = &item.key else { continue };
+            match first.entry(key) {
+                Entry::Occupied(e) => repeats.push((at, *e.get())),
+                Entry::Vacant(e) => {
+                    e.insert(item.index);
+                }
             }
         }
+    }
+    for (at, of) in repeats {
+        let item = &mut request.items[at];
+        let mut r = ItemResult::status(item.index, ItemStatus::Duplicate);
+        r.of = Some(of);
+        item.decided = Some(Box::new(r));
     }
 }
 
