@@ -253,6 +253,22 @@ async fn phase(
     Ok(out)
 }
 
+/// Offers `rate` requests/s for `--seconds`, after a pause that lets the previous stretch's
+/// last events arrive, and waits for their answers up to `patience`.
+async fn offer(
+    p: &FutureProducer,
+    k: &KafkaConfig,
+    seen: &Shared,
+    next_doc: &mut usize,
+    args: &LatencyArgs,
+    rate: f64,
+    patience: Duration,
+) -> anyhow::Result<Phase> {
+    let n = ((rate * args.seconds).round() as usize).max(1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    phase(p, k, seen, next_doc, (n, args.items, Some(rate)), patience).await
+}
+
 /// The `q` quantile (nearest rank) of `v` in ms, sorting it.
 fn quantile_ms(v: &mut [Duration], q: f64) -> f64 {
     if v.is_empty() {
@@ -340,20 +356,10 @@ pub async fn run(brokers: &str, args: LatencyArgs, base: Config) -> anyhow::Resu
     if args.sustained {
         let mut rate = OVERLOAD * burst_rate;
         for attempt in 1..=OVERLOAD_TRIES {
-            let n = ((rate * args.seconds).round() as usize).max(1);
-            tokio::time::sleep(Duration::from_millis(300)).await;
             // The backlog an overload leaves must drain before the next rate: patience for
             // it. (A burst that overstates the store 3× leaves 3.5 × `seconds` of backlog.)
             let drain = patience.max(Duration::from_secs_f64(args.seconds * 10.0));
-            let ph = phase(
-                &producer,
-                &k,
-                &seen,
-                &mut next,
-                (n, args.items, Some(rate)),
-                drain,
-            )
-            .await?;
+            let ph = offer(&producer, &k, &seen, &mut next, &args, rate, drain).await?;
             anyhow::ensure!(
                 ph.unanswered == 0,
                 "{} of the overload's {} requests got no terminal event within {drain:?}",
@@ -388,17 +394,7 @@ pub async fn run(brokers: &str, args: LatencyArgs, base: Config) -> anyhow::Resu
             Rate::PerSec(r) => r,
             Rate::OfSaturated(share) => share * saturated,
         };
-        let n = ((rate * args.seconds).round() as usize).max(1);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let ph = phase(
-            &producer,
-            &k,
-            &seen,
-            &mut next,
-            (n, args.items, Some(rate)),
-            patience,
-        )
-        .await?;
+        let ph = offer(&producer, &k, &seen, &mut next, &args, rate, patience).await?;
         let above = ph.unanswered > 0;
         phases.push(ph);
         if above {
@@ -428,8 +424,10 @@ pub async fn run(brokers: &str, args: LatencyArgs, base: Config) -> anyhow::Resu
         ),
         Some(o) => println!(
             "saturated rate: {saturated:.0} requests/s sustained (terminal events per second over \
-             the last two thirds of {OVERLOAD} × the burst's {burst_rate:.0} requests/s offered \
-             for {:.0} s; the burst alone: {burst_rate:.0})",
+             the last two thirds of an overload: {:.0} requests/s, {:.1} × the burst's rate, \
+             offered for {:.0} s; the burst alone: {burst_rate:.0})",
+            o.offered.unwrap_or_default(),
+            o.offered.unwrap_or_default() / burst_rate.max(1e-9),
             (o.sends.1 - o.sends.0).as_secs_f64()
         ),
     }
