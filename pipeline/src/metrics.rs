@@ -34,6 +34,10 @@ pub const CREATE_FALLBACKS: &str = "sluice_create_existing_key_reruns_total";
 /// Writes (chunks, settlements, claim batches) one SQLite transaction carried: the store
 /// group-commits what waits for its one writer. Its `_count` is the transactions. Labels: none.
 pub const WRITES_PER_TRANSACTION: &str = "sluice_sqlite_writes_per_transaction";
+/// WAL checkpoints of the SQLite store's checkpoint thread. Label `outcome`: `complete` (the
+/// whole WAL copied: the next write starts it over), `partial` (a reader still needs the
+/// rest), `busy` (another checkpoint was running), `error`.
+pub const SQLITE_CHECKPOINTS: &str = "sluice_sqlite_checkpoints_total";
 /// Chunks one MongoDB chunk transaction committed: small `create` chunks waiting at the same
 /// time share one (group commit). Its `_count` is the transactions (a chunk too large for one
 /// transaction, written in parts, counts as one). Labels: none.
@@ -266,6 +270,10 @@ pub fn describe() {
     describe_histogram!(
         WRITES_PER_TRANSACTION,
         "Writes one SQLite transaction carried (group commit); _count is the transactions."
+    );
+    describe_counter!(
+        SQLITE_CHECKPOINTS,
+        "WAL checkpoints of the SQLite store's checkpoint thread, by outcome (complete, partial, busy, error)."
     );
     describe_histogram!(
         CHUNKS_PER_TRANSACTION,

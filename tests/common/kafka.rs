@@ -503,6 +503,17 @@ impl Env {
 }
 
 pub fn check_crash_workload(env: &Env, events: &[Value], w: &Workload) {
+    // A failed check prints what the services logged: CI keeps only the output.
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_workload_events(env, events, w)
+    }));
+    if let Err(panic) = checked {
+        eprintln!("{}", env.logs_tail());
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn check_workload_events(env: &Env, events: &[Value], w: &Workload) {
     let (sizes, remaining) = (&w.sizes, w.remaining);
     let terminal = check_once(events);
     let by_id: BTreeMap<String, &Value> = terminal

@@ -14,7 +14,8 @@
 //! - `own`: a SecantusDB of a test's own (server settings, freezing);
 //! - `sessions`: the bounded record of an instance's MongoDB sessions;
 //! - `layout`: how MongoDB keys documents (`_id` = key), and collections of the older layout;
-//! - `property` (with `property_model`): generated requests on both stores and on a model.
+//! - `property` (with `property_model`): generated requests on both stores and on a model;
+//! - `sqlite_file`: SQLite-only cases about its file (the WAL checkpointed beside the writer).
 
 mod common;
 mod group;
@@ -26,6 +27,7 @@ mod property;
 mod property_model;
 mod replay;
 mod sessions;
+mod sqlite_file;
 mod suite;
 
 use std::sync::Arc;
