@@ -7,7 +7,7 @@
 //! paused, polling on — while the service refuses to process (a SQLite store in a group of
 //! several members).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_pipeline::contract::Counts;
 use sluice_pipeline::{RawRecord, Source, SourceError, SourceRef};
 
+use sluice_pipeline::metrics::KAFKA_CLIENT_ERRORS;
+
+use super::position::{AtFloor, Floor};
 use super::SluiceConsumer;
 
 /// Reads records from the subscribed topic.
@@ -35,6 +38,9 @@ pub struct KafkaSource {
     timeout: Duration,
     /// While set, no record is handed out (see [`KafkaSource::gated`]).
     gate: Option<Arc<AtomicBool>>,
+    /// Partitions whose first record came from below their committed offset, until a record
+    /// reaches it ([`Floor`]).
+    floors: HashMap<(String, i32), Floor>,
 }
 
 impl KafkaSource {
@@ -46,6 +52,7 @@ impl KafkaSource {
             fatal: None,
             timeout,
             gate: None,
+            floors: HashMap::new(),
         }
     }
 
@@ -88,17 +95,53 @@ impl KafkaSource {
         }
     }
 
-    /// The progress events of `record` already committed (and their item counts, when the
-    /// position holds them), when it is the first record of a freshly assigned partition and
-    /// its offset was committed as a partial position.
+    /// Where `record` stands against its partition's committed offset: the progress events
+    /// of it already committed (and their item counts, when the position holds them), or
+    /// `None` when it lies below the committed offset and must be passed over ([`Floor`]).
+    /// The committed offset is read for the first record of a freshly assigned partition.
     async fn already_published(
-        &self,
+        &mut self,
         record: &RawRecord,
-    ) -> Result<(usize, Option<Counts>), SourceError> {
+    ) -> Result<Option<(usize, Option<Counts>)>, SourceError> {
         let s = &record.source;
-        if !self.consumer.context().take_fresh(&s.topic, s.partition) {
-            return Ok((0, None));
+        let key = (s.topic.clone(), s.partition);
+        if self.consumer.context().take_fresh(&s.topic, s.partition) {
+            self.floors.remove(&key);
+            if let Some(floor) = self.committed(record).await? {
+                if s.offset < floor.committed {
+                    metrics::counter!(KAFKA_CLIENT_ERRORS, "level" => "warning").increment(1);
+                    tracing::warn!(
+                        topic = %s.topic,
+                        partition = s.partition,
+                        offset = s.offset,
+                        committed = floor.committed,
+                        "a partition was handed out from below its committed offset (the consumer \
+                         reset it); the records below it were processed already and are passed over"
+                    );
+                }
+                self.floors.insert(key.clone(), floor);
+            }
         }
+        let Some(floor) = self.floors.get(&key) else {
+            return Ok(Some((0, None)));
+        };
+        Ok(match floor.place(s.offset) {
+            AtFloor::Committed => None,
+            AtFloor::At(n, counts) => {
+                self.floors.remove(&key);
+                Some((n, counts))
+            }
+            AtFloor::Past => {
+                self.floors.remove(&key);
+                Some((0, None))
+            }
+        })
+    }
+
+    /// The committed offset of `record`'s partition, with its metadata; `None` when none is
+    /// committed.
+    async fn committed(&self, record: &RawRecord) -> Result<Option<Floor>, SourceError> {
+        let s = &record.source;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&s.topic, s.partition);
         let (consumer, timeout) = (self.consumer.clone(), self.timeout);
@@ -127,8 +170,13 @@ impl KafkaSource {
         };
         Ok(committed
             .find_partition(&s.topic, s.partition)
-            .filter(|e| e.offset() == Offset::Offset(s.offset))
-            .map_or((0, None), |e| super::sink::published_in(e.metadata())))
+            .and_then(|e| match e.offset() {
+                Offset::Offset(committed) => Some(Floor {
+                    committed,
+                    published: super::sink::published_in(e.metadata()),
+                }),
+                _ => None,
+            }))
     }
 
     /// Drops held records of partitions revoked since the last call: whoever owns them now
@@ -224,21 +272,28 @@ impl Source for KafkaSource {
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }
-        let mut record = loop {
+        let record = loop {
             self.wait_gate().await?;
             self.drop_revoked();
-            if let Some(r) = self.pending.pop_front() {
+            let mut r = if let Some(r) = self.pending.pop_front() {
+                r
+            } else {
+                let Some(r) = self.poll().await? else {
+                    continue;
+                };
+                if self.held() {
+                    // The gate closed while this poll waited: the record waits too.
+                    self.pending.push_back(r);
+                    continue;
+                }
+                r
+            };
+            // Below its partition's committed offset: processed already, passed over.
+            if let Some((skip, counts)) = self.already_published(&r).await? {
+                (r.skip_progress, r.skip_counts) = (skip, counts);
                 break r;
             }
-            if let Some(r) = self.poll().await? {
-                if !self.held() {
-                    break r;
-                }
-                // The gate closed while this poll waited: the record waits too.
-                self.pending.push_back(r);
-            }
         };
-        (record.skip_progress, record.skip_counts) = self.already_published(&record).await?;
         let s = &record.source;
         self.consumer
             .context()
