@@ -19,9 +19,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_pipeline::contract::Counts;
-use sluice_pipeline::{RawRecord, Source, SourceError, SourceRef};
-
 use sluice_pipeline::metrics::KAFKA_CLIENT_ERRORS;
+use sluice_pipeline::{RawRecord, Source, SourceError, SourceRef};
 
 use super::position::{AtFloor, Floor};
 use super::SluiceConsumer;
@@ -104,8 +103,13 @@ impl KafkaSource {
         record: &RawRecord,
     ) -> Result<Option<(usize, Option<Counts>)>, SourceError> {
         let s = &record.source;
+        let fresh = self.consumer.context().take_fresh(&s.topic, s.partition);
+        if !fresh && self.floors.is_empty() {
+            // Every record but a partition's first, almost always: no look-up, no key built.
+            return Ok(Some((0, None)));
+        }
         let key = (s.topic.clone(), s.partition);
-        if self.consumer.context().take_fresh(&s.topic, s.partition) {
+        if fresh {
             self.floors.remove(&key);
             if let Some(floor) = self.committed(record).await? {
                 if s.offset < floor.committed {
