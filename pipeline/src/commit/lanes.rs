@@ -111,41 +111,27 @@ impl Lanes {
                     },
                 },
             };
-            match next {
-                Some(
-                    e @ Emitted {
-                        event: ResultEvent::Progress(_),
-                        ..
-                    },
-                ) => {
-                    let ResultEvent::Progress(p) = &e.event else {
-                        unreachable!("matched above")
-                    };
-                    l.progress += 1;
-                    if p.chunk < head.meta.skip_progress {
-                        // Published and committed by an earlier run.
-                        continue;
-                    }
-                    l.unrecorded = true;
-                    for item in &p.items {
-                        l.counts.add(item.status);
-                    }
-                    return Step::Event(e, op);
-                }
-                Some(Emitted {
-                    event: terminal, ..
-                }) => {
-                    let head = l.queue.pop_front().expect("the head exists");
-                    l.progress = 0;
-                    l.counts = Counts::default();
-                    l.unrecorded = false;
-                    return Step::Last(terminal, op, head.meta);
-                }
-                None => {
-                    l.abandoned = true;
-                    return Step::Abandoned(head.meta.source.offset);
-                }
+            let Some(e) = next else {
+                l.abandoned = true;
+                return Step::Abandoned(head.meta.source.offset);
+            };
+            let ResultEvent::Progress(p) = &e.event else {
+                let head = l.queue.pop_front().expect("the head exists");
+                l.progress = 0;
+                l.counts = Counts::default();
+                l.unrecorded = false;
+                return Step::Last(e.event, op, head.meta);
+            };
+            l.progress += 1;
+            if p.chunk < head.meta.skip_progress {
+                // Published and committed by an earlier run.
+                continue;
             }
+            l.unrecorded = true;
+            for item in &p.items {
+                l.counts.add(item.status);
+            }
+            return Step::Event(e, op);
         }
     }
 
