@@ -84,7 +84,8 @@ const RECORD_OVERHEAD: usize = 16 * 1024;
 
 /// Checks that the results and dead-letter topics, and the producer, take messages of
 /// `max_event_bytes` (`limits.max_event_bytes`) with room for a record's framing: otherwise
-/// some event would be refused at run time. The error names the setting to change.
+/// some event would be refused at run time. The error names the setting to change. Topics
+/// the cluster does not describe are not checked (a warning).
 pub async fn check_message_limits(k: &KafkaConfig, max_event_bytes: usize) -> Result<(), String> {
     let need = max_event_bytes + RECORD_OVERHEAD;
     let producer_max: usize = k
@@ -106,10 +107,16 @@ pub async fn check_message_limits(k: &KafkaConfig, max_event_bytes: usize) -> Re
         ResourceSpecifier::Topic(&k.topics.dlq),
     ];
     let opts = AdminOptions::new().request_timeout(Some(super::op_timeout(k)));
-    let described = admin
-        .describe_configs(&specs, &opts)
-        .await
-        .map_err(|e| format!("describing the result topics: {e}"))?;
+    // A cluster that does not describe topics (refused, or an API it lacks, as librdkafka's
+    // mock cluster) is not a reason to stay down: the check is a convenience, an event too
+    // large at run time still becomes an outcome.
+    let described = match admin.describe_configs(&specs, &opts).await {
+        Ok(described) => described,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not describe the result topics; their message size limits are not checked");
+            return Ok(());
+        }
+    };
     for resource in described.into_iter().flatten() {
         let topic = match &resource.specifier {
             rdkafka::admin::OwnedResourceSpecifier::Topic(t) => t.clone(),
