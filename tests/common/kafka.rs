@@ -48,6 +48,14 @@ pub fn setup(name: &str, partitions: i32, extra: &str) -> Env {
 
 /// Like [`setup`], against `brokers`.
 pub fn setup_with(brokers: String, name: &str, partitions: i32, extra: &str) -> Env {
+    let env = setup_without_topics(brokers, name, partitions, extra);
+    topics_create(&env.cfg, &[]);
+    env
+}
+
+/// Like [`setup_with`], leaving the topics to the caller (librdkafka's mock cluster has no
+/// CreateTopics).
+pub fn setup_without_topics(brokers: String, name: &str, partitions: i32, extra: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("{name}-{:08x}", rand::random::<u32>());
     let state = dir.path().join("state.db");
@@ -85,7 +93,6 @@ parent_field = "word"
             state.display()
         ),
     );
-    topics_create(&cfg, &[]);
     Env {
         _dir: dir,
         cfg,
