@@ -184,8 +184,9 @@ write_server_properties() {
     fi
     # A cluster node (cmd_cluster_start) sets NODE_ID, QUORUM_VOTERS and REPLICAS; a single
     # broker is node 1 of a dynamic quorum of one, everything replicated once.
-    local node="${NODE_ID:-1}" replicas="${REPLICAS:-1}" min_isr=1 quorum
-    if ((replicas > 1)); then min_isr=2; fi
+    local node="${NODE_ID:-1}" replicas="${REPLICAS:-1}" min_isr=1 quorum controlled=false
+    if ((replicas > 1)); then min_isr=2 controlled=true; fi
+    controlled="${KAFKA_CONTROLLED_SHUTDOWN:-$controlled}"
     if [[ -n "${QUORUM_VOTERS:-}" ]]; then
         quorum="# Static quorum of the cluster's three combined nodes; pairs with a plain 'format'.
 controller.quorum.voters=${QUORUM_VOTERS}"
@@ -222,6 +223,16 @@ default.replication.factor=${replicas}
 offsets.topic.num.partitions=3
 transaction.state.log.num.partitions=3
 share.coordinator.state.topic.num.partitions=3
+
+# A controlled shutdown hands a node's leaderships to other replicas. A single node has
+# none: the controller sets every partition's leader to none, while the transaction
+# coordinator is still completing a commit, and the coordinator then records the commit
+# complete without writing its markers (CompleteCommit, no COMMIT on the output partitions
+# nor on __consumer_offsets): a transaction left open forever, which blocks read_committed
+# readers and offset fetches, or is later half aborted (RELIABILITY.md). Stopped
+# uncontrolled, the coordinator keeps the commit prepared and completes it after the
+# restart. A cluster keeps the controlled shutdown: leaderships move.
+controlled.shutdown.enable=${controlled}
 
 # Tests want consumers assigned at once, not after the 3 s default delay.
 group.initial.rebalance.delay.ms=0
