@@ -105,15 +105,51 @@ fn records_below_the_committed_offset_do_not_run_again() {
         log.contains("handed out from below its committed offset"),
         "the consumer was not reset below the committed offset, so this test proved nothing:\n{log}"
     );
+    let expected: BTreeMap<String, usize> = (0..10).map(|i| (format!("r-{i}"), 1)).collect();
+    assert_eq!(
+        terminal_events(&events),
+        expected,
+        "every request has exactly one terminal event\n{events:#?}"
+    );
+}
+
+/// The other side of the guard: a committed offset beyond the partition's end (its log lost
+/// records, e.g. to an unclean leader election) must not make the member pass over the
+/// records written since. The mock answers the fetch at offset 100 of a 5-record partition
+/// `OFFSET_OUT_OF_RANGE` by itself.
+#[test]
+fn a_committed_offset_beyond_the_end_passes_nothing_over() {
+    let mock = MockCluster::new(1).unwrap();
+    let env = setup_without_topics(mock.bootstrap_servers(), "truncated", 1, "");
+    for topic in [&env.requests, &env.results, &env.dlq] {
+        mock.create_topic(topic, 1, 1).unwrap();
+    }
+    env.produce(&requests(0..5));
+    commit(&env, 100);
+
+    let svc = service(&env);
+    let events = env.results(5, Duration::from_secs(60));
+    stop(svc);
+
+    let log = env.log_text("a");
+    assert!(
+        log.contains("lies beyond its end"),
+        "the consumer did not start below the committed offset:\n{log}"
+    );
+    assert_eq!(
+        terminal_events(&events),
+        (0..5).map(|i| (format!("r-{i}"), 1)).collect(),
+        "every request ran once\n{events:#?}"
+    );
+}
+
+/// Terminal events per request id.
+fn terminal_events(events: &[serde_json::Value]) -> BTreeMap<String, usize> {
     let mut terminal: BTreeMap<String, usize> = BTreeMap::new();
-    for e in &events {
+    for e in events {
         *terminal
             .entry(e["request_id"].as_str().unwrap().to_owned())
             .or_default() += usize::from(e["event"] != "progress");
     }
-    let expected: BTreeMap<String, usize> = (0..10).map(|i| (format!("r-{i}"), 1)).collect();
-    assert_eq!(
-        terminal, expected,
-        "every request has exactly one terminal event\n{events:#?}"
-    );
+    terminal
 }

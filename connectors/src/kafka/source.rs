@@ -114,6 +114,22 @@ impl KafkaSource {
             if let Some(floor) = self.committed(record).await? {
                 if s.offset < floor.committed {
                     metrics::counter!(KAFKA_CLIENT_ERRORS, "level" => "warning").increment(1);
+                    let end = self.end(record).await?;
+                    if end < floor.committed {
+                        // Nothing at or past the committed offset exists: the log lost what was
+                        // committed (an unclean leader election). Passing over would skip every
+                        // record written since, up to an offset the log may never reach again.
+                        tracing::warn!(
+                            topic = %s.topic,
+                            partition = s.partition,
+                            offset = s.offset,
+                            committed = floor.committed,
+                            end,
+                            "a partition's committed offset lies beyond its end (its log was \
+                             truncated); its records are processed from where the consumer reset it"
+                        );
+                        return Ok(Some((0, None)));
+                    }
                     tracing::warn!(
                         topic = %s.topic,
                         partition = s.partition,
@@ -148,30 +164,12 @@ impl KafkaSource {
         let s = &record.source;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&s.topic, s.partition);
-        let (consumer, timeout) = (self.consumer.clone(), self.timeout);
-        let mut attempt = 0;
-        let committed = loop {
-            let tpl = tpl.clone();
-            let c = consumer.clone();
-            let result = tokio::task::spawn_blocking(move || c.committed_offsets(tpl, timeout))
-                .await
-                .map_err(|e| SourceError(e.to_string()))?;
-            match result {
-                Ok(c) => break c,
-                // Skipping nothing could publish events twice: never guess.
-                Err(e) if attempt >= 3 => {
-                    return Err(SourceError(format!(
-                        "reading the committed offset of {}/{}: {e}",
-                        s.topic, s.partition
-                    )))
-                }
-                Err(e) => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "reading a committed offset failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                }
-            }
-        };
+        let timeout = self.timeout;
+        let committed = self
+            .look_up(record, "committed offset", move |c| {
+                c.committed_offsets(tpl.clone(), timeout)
+            })
+            .await?;
         Ok(committed
             .find_partition(&s.topic, s.partition)
             .and_then(|e| match e.offset() {
@@ -181,6 +179,55 @@ impl KafkaSource {
                 }),
                 _ => None,
             }))
+    }
+
+    /// The end of `record`'s partition for this reader: its last stable offset (the high
+    /// watermark unless a transaction writing to it is open).
+    async fn end(&self, record: &RawRecord) -> Result<i64, SourceError> {
+        let (topic, partition, timeout) = (
+            record.source.topic.clone(),
+            record.source.partition,
+            self.timeout,
+        );
+        let (_, end) = self
+            .look_up(record, "end offset", move |c| {
+                c.fetch_watermarks(&topic, partition, timeout)
+            })
+            .await?;
+        Ok(end)
+    }
+
+    /// Runs the blocking broker look-up `f` for `record`'s partition, retried three times:
+    /// the caller decides whether records run again, and must never guess.
+    async fn look_up<T: Send + 'static>(
+        &self,
+        record: &RawRecord,
+        what: &str,
+        f: impl Fn(&SluiceConsumer) -> Result<T, KafkaError> + Send + Sync + 'static,
+    ) -> Result<T, SourceError> {
+        let f = Arc::new(f);
+        let mut attempt = 0;
+        loop {
+            let (c, f) = (self.consumer.clone(), f.clone());
+            let result = tokio::task::spawn_blocking(move || f(&c))
+                .await
+                .map_err(|e| SourceError(e.to_string()))?;
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt >= 3 => {
+                    let s = &record.source;
+                    return Err(SourceError(format!(
+                        "reading the {what} of {}/{}: {e}",
+                        s.topic, s.partition
+                    )));
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "reading a partition's {what} failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
     }
 
     /// Drops held records of partitions revoked since the last call: whoever owns them now
