@@ -40,6 +40,9 @@ pub struct Env {
     observer: std::sync::OnceLock<BaseConsumer>,
     /// Records [`Env::produce`] has flushed to the requests topic so far.
     produced: AtomicUsize,
+    /// Every service started here, SIGKILLed if the test panics (so that a failed test
+    /// leaves nothing running into the next ones).
+    reap: Reap,
 }
 
 pub fn setup(name: &str, partitions: i32, extra: &str) -> Env {
@@ -105,6 +108,7 @@ parent_field = "word"
         group: format!("g-{tag}"),
         observer: std::sync::OnceLock::new(),
         produced: AtomicUsize::new(0),
+        reap: Reap::default(),
     }
 }
 
@@ -176,7 +180,7 @@ impl Env {
 
     /// [`Env::service`] with extra environment variables (e.g. `SLUICE__…` overrides).
     pub fn service_with(&self, instance: &str, env: &[(&str, String)]) -> Child {
-        sluice()
+        let child = sluice()
             .args(["run", "-c", self.cfg.to_str().unwrap()])
             .env("SLUICE__KAFKA__INSTANCE_ID", instance)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -185,7 +189,9 @@ impl Env {
             .stdout(Stdio::null())
             .stderr(self.log(instance))
             .spawn()
-            .unwrap()
+            .unwrap();
+        self.reap.add(&child);
+        child
     }
 
     /// Documents in `words`, in whichever store the config names (MongoDB or SQLite).
