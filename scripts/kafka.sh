@@ -44,7 +44,8 @@
 # KAFKA_SSL_CLIENT_AUTH (none|requested|required, default none).
 # Environment knobs: KAFKA_HEAP_OPTS (default -Xms128m -Xmx512m),
 # KAFKA_JVM_OPTS (extra JVM flags), KAFKA_START_TIMEOUT (s, default 90),
-# KAFKA_STOP_TIMEOUT (s, default 30).
+# KAFKA_STOP_TIMEOUT (s, default 30), KAFKA_CONTROLLED_SHUTDOWN (true|false;
+# default false for one node, true for a cluster: see write_server_properties).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -28,7 +28,8 @@ fn requests(ids: std::ops::Range<usize>) -> Vec<(Option<String>, Vec<u8>)> {
     .collect()
 }
 
-/// The service, not waiting the default 30 s for a topic description the mock cannot give.
+/// The service, its broker operations bounded by 5 s instead of 30 (the mock lacks some of
+/// the APIs the health checks use).
 fn service(env: &Env) -> std::process::Child {
     env.service_with(
         "a",

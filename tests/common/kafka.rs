@@ -13,6 +13,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
+pub use super::process::{stop, Reap};
 use super::*;
 
 /// The broker of the tests (`SLUICE_TEST_KAFKA`). Tests that need it are `#[ignore]`d, so
@@ -190,6 +191,7 @@ impl Env {
             .stderr(self.log(instance))
             .spawn()
             .unwrap();
+        super::process::spawned(&child, self.log_path(instance));
         self.reap.add(&child);
         child
     }
@@ -225,8 +227,12 @@ impl Env {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self._dir.path().join(format!("service-{instance}.log")))
+            .open(self.log_path(instance))
             .unwrap()
+    }
+
+    fn log_path(&self, instance: &str) -> PathBuf {
+        self._dir.path().join(format!("service-{instance}.log"))
     }
 
     /// Everything `instance` has logged so far.
@@ -363,23 +369,6 @@ pub fn topics_create(cfg: &std::path::Path, env: &[(&str, String)]) {
         out.status.success(),
         "topics create: {}",
         String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-pub fn stop(mut child: Child) {
-    // SAFETY: kill(2) on our own child with a valid signal.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("service did not stop after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        child.wait().unwrap().success(),
-        "service exits 0 on SIGTERM"
     );
 }
 
@@ -598,26 +587,4 @@ pub fn metric(port: u16, name: &str) -> Option<f64> {
     metrics_text(port)
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// SIGKILLs the services it was given that still run when the test panics: a failed
-/// assertion must not leave them running (`stop` is never reached then).
-#[derive(Default)]
-pub struct Reap(std::sync::Mutex<Vec<u32>>);
-
-impl Reap {
-    pub fn add(&self, service: &Child) {
-        self.0.lock().unwrap().push(service.id());
-    }
-}
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for pid in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                // SAFETY: kill(2) on a child this test spawned and has not waited for.
-                unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
-            }
-        }
-    }
 }

@@ -14,6 +14,8 @@ pub mod chaos;
 pub mod http;
 /// Kafka helpers (only the Kafka test binaries use them).
 pub mod kafka;
+/// Stopping the services a test started, and killing them when it fails.
+pub mod process;
 /// Services a test runs for itself (broker, SecantusDB) and the MongoDB test settings.
 pub mod services;
 /// The status API: its config section, authorized GETs, an SSE client.

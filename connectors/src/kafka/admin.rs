@@ -113,11 +113,24 @@ pub async fn check_message_limits(k: &KafkaConfig, max_event_bytes: usize) -> Re
     let described = match admin.describe_configs(&specs, &opts).await {
         Ok(described) => described,
         Err(e) => {
-            tracing::warn!(error = %e, "could not describe the result topics; their message size limits are not checked");
+            tracing::warn!(
+                error = %e,
+                "could not describe the result topics; their message size limits are not checked"
+            );
             return Ok(());
         }
     };
-    for resource in described.into_iter().flatten() {
+    for resource in described {
+        let resource = match resource {
+            Ok(resource) => resource,
+            Err(e) => {
+                tracing::warn!(
+                    error = ?e,
+                    "could not describe a result topic; its message size limit is not checked"
+                );
+                continue;
+            }
+        };
         let topic = match &resource.specifier {
             rdkafka::admin::OwnedResourceSpecifier::Topic(t) => t.clone(),
             other => format!("{other:?}"),

@@ -33,7 +33,7 @@ pub struct KafkaSource {
     pending: VecDeque<RawRecord>,
     /// A fatal consumer error seen while paused, reported by the next `next`.
     fatal: Option<SourceError>,
-    /// Timeout of the committed-offset look-up.
+    /// Timeout of each broker look-up (committed offset, partition end).
     timeout: Duration,
     /// While set, no record is handed out (see [`KafkaSource::gated`]).
     gate: Option<Arc<AtomicBool>>,
@@ -118,7 +118,12 @@ impl KafkaSource {
                     if end < floor.committed {
                         // Nothing at or past the committed offset exists: the log lost what was
                         // committed (an unclean leader election). Passing over would skip every
-                        // record written since, up to an offset the log may never reach again.
+                        // record written since, up to an offset the log may never reach again:
+                        // loss. Processing them instead runs again those below the truncation
+                        // that had run (their events published twice): Kafka lost the record of
+                        // what was done, and duplicates are the lesser harm. (Had the log grown
+                        // back past the committed offset before this look-up, the records
+                        // written since the truncation would still be passed over.)
                         tracing::warn!(
                             topic = %s.topic,
                             partition = s.partition,
@@ -126,7 +131,8 @@ impl KafkaSource {
                             committed = floor.committed,
                             end,
                             "a partition's committed offset lies beyond its end (its log was \
-                             truncated); its records are processed from where the consumer reset it"
+                             truncated); its records are processed from where the consumer reset \
+                             it, and those that had run before run again"
                         );
                         return Ok(Some((0, None)));
                     }
@@ -223,7 +229,11 @@ impl KafkaSource {
                 }
                 Err(e) => {
                     attempt += 1;
-                    tracing::warn!(error = %e, attempt, "reading a partition's {what} failed; retrying");
+                    tracing::warn!(
+                        error = %e,
+                        attempt,
+                        "reading a partition's {what} failed; retrying"
+                    );
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
             }
