@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::kafka::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -26,6 +27,17 @@ fn requests(ids: std::ops::Range<usize>) -> Vec<(Option<String>, Vec<u8>)> {
         )
     })
     .collect()
+}
+
+/// A mock cluster of one broker with the test's topics, one partition each (the env must
+/// not outlive the mock).
+fn on_mock(name: &str) -> (MockCluster<'static, DefaultProducerContext>, Env) {
+    let mock = MockCluster::new(1).unwrap();
+    let env = setup_without_topics(mock.bootstrap_servers(), name, 1, "");
+    for topic in [&env.requests, &env.results, &env.dlq] {
+        mock.create_topic(topic, 1, 1).unwrap();
+    }
+    (mock, env)
 }
 
 /// The service, its broker operations bounded by 5 s instead of 30 (the mock lacks some of
@@ -66,11 +78,7 @@ fn commit(env: &Env, offset: i64) {
 
 #[test]
 fn records_below_the_committed_offset_do_not_run_again() {
-    let mock = MockCluster::new(1).unwrap();
-    let env = setup_without_topics(mock.bootstrap_servers(), "reset", 1, "");
-    for topic in [&env.requests, &env.results, &env.dlq] {
-        mock.create_topic(topic, 1, 1).unwrap();
-    }
+    let (mock, env) = on_mock("reset");
 
     // Five requests run and are committed: the committed offset is 5. (The mock keeps no
     // offsets committed in a transaction, so the test commits it as a broker would hold it.)
@@ -101,16 +109,11 @@ fn records_below_the_committed_offset_do_not_run_again() {
     let events = env.results(10, Duration::from_secs(60));
     stop(svc);
 
-    let log = env.log_text("a");
-    assert!(
-        log.contains("handed out from below its committed offset"),
-        "the consumer was not reset below the committed offset, so this test proved nothing:\n{log}"
-    );
-    let expected: BTreeMap<String, usize> = (0..10).map(|i| (format!("r-{i}"), 1)).collect();
-    assert_eq!(
-        terminal_events(&events),
-        expected,
-        "every request has exactly one terminal event\n{events:#?}"
+    ran_once_after(
+        &env,
+        &events,
+        10,
+        "handed out from below its committed offset",
     );
 }
 
@@ -120,11 +123,7 @@ fn records_below_the_committed_offset_do_not_run_again() {
 /// `OFFSET_OUT_OF_RANGE` by itself.
 #[test]
 fn a_committed_offset_beyond_the_end_passes_nothing_over() {
-    let mock = MockCluster::new(1).unwrap();
-    let env = setup_without_topics(mock.bootstrap_servers(), "truncated", 1, "");
-    for topic in [&env.requests, &env.results, &env.dlq] {
-        mock.create_topic(topic, 1, 1).unwrap();
-    }
+    let (_mock, env) = on_mock("truncated");
     env.produce(&requests(0..5));
     commit(&env, 100);
 
@@ -132,25 +131,27 @@ fn a_committed_offset_beyond_the_end_passes_nothing_over() {
     let events = env.results(5, Duration::from_secs(60));
     stop(svc);
 
-    let log = env.log_text("a");
-    assert!(
-        log.contains("lies beyond its end"),
-        "the consumer did not start below the committed offset:\n{log}"
-    );
-    assert_eq!(
-        terminal_events(&events),
-        (0..5).map(|i| (format!("r-{i}"), 1)).collect(),
-        "every request ran once\n{events:#?}"
-    );
+    ran_once_after(&env, &events, 5, "lies beyond its end");
 }
 
-/// Terminal events per request id.
-fn terminal_events(events: &[serde_json::Value]) -> BTreeMap<String, usize> {
+/// Asserts that the service logged `warning` (the consumer did start below the committed
+/// offset: otherwise the test proved nothing) and that requests r-0…r-(n-1) each have
+/// exactly one terminal event.
+fn ran_once_after(env: &Env, events: &[serde_json::Value], n: usize, warning: &str) {
+    let log = env.log_text("a");
+    assert!(
+        log.contains(warning),
+        "the service never logged {warning:?}, so this test proved nothing:\n{log}"
+    );
     let mut terminal: BTreeMap<String, usize> = BTreeMap::new();
     for e in events {
         *terminal
             .entry(e["request_id"].as_str().unwrap().to_owned())
             .or_default() += usize::from(e["event"] != "progress");
     }
-    terminal
+    let expected: BTreeMap<String, usize> = (0..n).map(|i| (format!("r-{i}"), 1)).collect();
+    assert_eq!(
+        terminal, expected,
+        "every request has exactly one terminal event\n{events:#?}"
+    );
 }
