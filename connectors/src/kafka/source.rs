@@ -7,7 +7,7 @@
 //! paused, polling on — while the service refuses to process (a SQLite store in a group of
 //! several members).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,8 +38,8 @@ pub struct KafkaSource {
     /// While set, no record is handed out (see [`KafkaSource::gated`]).
     gate: Option<Arc<AtomicBool>>,
     /// Partitions whose first record came from below their committed offset, until a record
-    /// reaches it ([`Floor`]).
-    floors: HashMap<(String, i32), Floor>,
+    /// reaches it ([`Floor`]); a few at most, looked up without building a key.
+    floors: Vec<((String, i32), Floor)>,
 }
 
 impl KafkaSource {
@@ -51,7 +51,7 @@ impl KafkaSource {
             fatal: None,
             timeout,
             gate: None,
-            floors: HashMap::new(),
+            floors: Vec::new(),
         }
     }
 
@@ -105,63 +105,81 @@ impl KafkaSource {
         let s = &record.source;
         let fresh = self.consumer.context().take_fresh(&s.topic, s.partition);
         if !fresh && self.floors.is_empty() {
-            // Every record but a partition's first, almost always: no look-up, no key built.
+            // Every record but a partition's first, almost always: no look-up.
             return Ok(Some((0, None)));
         }
-        let key = (s.topic.clone(), s.partition);
+        let held = |floors: &[((String, i32), Floor)]| {
+            floors
+                .iter()
+                .position(|((t, p), _)| *p == s.partition && *t == s.topic)
+        };
         if fresh {
-            self.floors.remove(&key);
-            if let Some(floor) = self.committed(record).await? {
-                if s.offset < floor.committed {
-                    metrics::counter!(KAFKA_CLIENT_ERRORS, "level" => "warning").increment(1);
-                    let end = self.end(record).await?;
-                    if end < floor.committed {
-                        // Nothing at or past the committed offset exists: the log lost what was
-                        // committed (an unclean leader election). Passing over would skip every
-                        // record written since, up to an offset the log may never reach again:
-                        // loss. Processing them instead runs again those below the truncation
-                        // that had run (their events published twice): Kafka lost the record of
-                        // what was done, and duplicates are the lesser harm. (Had the log grown
-                        // back past the committed offset before this look-up, the records
-                        // written since the truncation would still be passed over.)
-                        tracing::warn!(
-                            topic = %s.topic,
-                            partition = s.partition,
-                            offset = s.offset,
-                            committed = floor.committed,
-                            end,
-                            "a partition's committed offset lies beyond its end (its log was \
-                             truncated); its records are processed from where the consumer reset \
-                             it, and those that had run before run again"
-                        );
-                        return Ok(Some((0, None)));
-                    }
-                    tracing::warn!(
-                        topic = %s.topic,
-                        partition = s.partition,
-                        offset = s.offset,
-                        committed = floor.committed,
-                        "a partition was handed out from below its committed offset (the consumer \
-                         reset it); the records below it were processed already and are passed over"
-                    );
-                }
-                self.floors.insert(key.clone(), floor);
+            if let Some(i) = held(&self.floors) {
+                self.floors.swap_remove(i);
+            }
+            if let Some(floor) = self.floor(record).await? {
+                self.floors.push(((s.topic.clone(), s.partition), floor));
             }
         }
-        let Some(floor) = self.floors.get(&key) else {
+        let Some(i) = held(&self.floors) else {
             return Ok(Some((0, None)));
         };
-        Ok(match floor.place(s.offset) {
+        Ok(match self.floors[i].1.place(s.offset) {
             AtFloor::Committed => None,
             AtFloor::At(n, counts) => {
-                self.floors.remove(&key);
+                self.floors.swap_remove(i);
                 Some((n, counts))
             }
             AtFloor::Past => {
-                self.floors.remove(&key);
+                self.floors.swap_remove(i);
                 Some((0, None))
             }
         })
+    }
+
+    /// The floor a freshly assigned partition's records are placed against: its committed
+    /// offset, warned about when `record` (its first) lies below it. `None` when nothing is
+    /// committed, or when the partition ends before the committed offset: then nothing is
+    /// passed over.
+    async fn floor(&self, record: &RawRecord) -> Result<Option<Floor>, SourceError> {
+        let s = &record.source;
+        let Some(floor) = self.committed(record).await? else {
+            return Ok(None);
+        };
+        if s.offset >= floor.committed {
+            return Ok(Some(floor));
+        }
+        metrics::counter!(KAFKA_CLIENT_ERRORS, "level" => "warning").increment(1);
+        let end = self.end(record).await?;
+        if end < floor.committed {
+            // Nothing at or past the committed offset exists: the log lost what was committed
+            // (an unclean leader election). Passing over would skip every record written
+            // since, up to an offset the log may never reach again: loss. Processing them
+            // instead runs again those below the truncation that had run (their events
+            // published twice): Kafka lost the record of what was done, and duplicates are the
+            // lesser harm. (Had the log grown back past the committed offset before this
+            // look-up, the records written since the truncation would still be passed over.)
+            tracing::warn!(
+                topic = %s.topic,
+                partition = s.partition,
+                offset = s.offset,
+                committed = floor.committed,
+                end,
+                "a partition's committed offset lies beyond its end (its log was truncated); its \
+                 records are processed from where the consumer reset it, and those that had run \
+                 before run again"
+            );
+            return Ok(None);
+        }
+        tracing::warn!(
+            topic = %s.topic,
+            partition = s.partition,
+            offset = s.offset,
+            committed = floor.committed,
+            "a partition was handed out from below its committed offset (the consumer reset it); \
+             the records below it were processed already and are passed over"
+        );
+        Ok(Some(floor))
     }
 
     /// The committed offset of `record`'s partition, with its metadata; `None` when none is
