@@ -237,8 +237,7 @@ impl Env {
 
     /// Everything `instance` has logged so far.
     pub fn log_text(&self, instance: &str) -> String {
-        std::fs::read_to_string(self._dir.path().join(format!("service-{instance}.log")))
-            .unwrap_or_default()
+        std::fs::read_to_string(self.log_path(instance)).unwrap_or_default()
     }
 
     pub fn logs_tail(&self) -> String {
@@ -246,12 +245,7 @@ impl Env {
         for entry in std::fs::read_dir(self._dir.path()).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with("service-") {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                out += &format!(
-                    "--- {name} (last 200 lines)\n{}\n",
-                    lines[lines.len().saturating_sub(200)..].join("\n")
-                );
+                out += &super::process::tail(&entry.path(), 200);
             }
         }
         out

@@ -4,7 +4,7 @@
 //! may have handed to another process since) is never signalled.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -43,7 +43,8 @@ pub fn stop(mut child: Child) {
     assert!(
         status.success(),
         "service exits 0 on SIGTERM; it exited with {status}{}",
-        log.map(|l| tail(&l)).unwrap_or_default()
+        log.map(|l| format!("\n{}", tail(&l, 60)))
+            .unwrap_or_default()
     );
 }
 
@@ -53,13 +54,14 @@ fn waited(pid: u32) -> Option<PathBuf> {
     SPAWNED.lock().unwrap().remove(&pid)
 }
 
-fn tail(log: &PathBuf) -> String {
+/// The last `n` lines of the log file `log`, under a header naming it.
+pub fn tail(log: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     format!(
-        "\n--- {} (last 60 lines)\n{}",
-        log.display(),
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        "--- {} (last {n} lines)\n{}\n",
+        log.file_name().unwrap_or_default().to_string_lossy(),
+        lines[lines.len().saturating_sub(n)..].join("\n")
     )
 }
 

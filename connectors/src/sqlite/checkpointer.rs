@@ -105,7 +105,11 @@ fn checkpoint(conn: &Connection) {
         Ok(_) => "partial",
         Err(e) => {
             if sluice_pipeline::logs::allow() {
-                tracing::warn!(error = %e, "a WAL checkpoint failed; the next one retries (the writer's own checkpoint bounds the WAL meanwhile)");
+                tracing::warn!(
+                    error = %e,
+                    "a WAL checkpoint failed; the next one retries (the writer's own checkpoint \
+                     bounds the WAL meanwhile)"
+                );
             }
             "error"
         }

@@ -6,8 +6,9 @@
 //! One writer connection executes chunks (SQLite has one writer), group-committed: writes that
 //! arrive while it is busy share its next transaction, each in a savepoint ([`group`]); WAL
 //! checkpoints run beside it on a thread of their own ([`checkpointer`]); lookups use a small
-//! pool of reader connections, which WAL mode lets run concurrently with the writer. All SQLite calls run on tokio's blocking pool. The status API reads the file
-//! on read-only connections of its own ([`status`], [`SqliteStatus`]).
+//! pool of reader connections, which WAL mode lets run concurrently with the writer. All
+//! SQLite calls run on tokio's blocking pool. The status API reads the file on read-only
+//! connections of its own ([`status`], [`SqliteStatus`]).
 
 mod checkpointer;
 mod claims;
