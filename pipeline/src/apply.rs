@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use async_trait::async_trait;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -51,8 +50,12 @@ impl ApplyError {
 
 /// The primitive writes of a store, inside its open transaction. An `Err` aborts the whole
 /// chunk (the caller rolls back; see [`ApplyError`]).
-#[async_trait]
-pub trait ItemWriter: Send {
+///
+/// Native `async fn`s, not `async_trait`: no future is boxed per item, and a writer need not be
+/// `Send` — the SQLite writer holds a prepared statement of its connection and runs on the
+/// writer thread; the futures of a `Send` writer (MongoDB's) are `Send` where they are used.
+#[allow(async_fn_in_trait)] // implemented within the workspace, used with concrete types
+pub trait ItemWriter {
     /// Inserts `doc` unless `key` exists.
     async fn insert(
         &mut self,
@@ -103,7 +106,7 @@ pub fn refuses_item(e: &StoreError) -> bool {
 /// as decided; `skip_existing` turns `exists` into `skipped`; after a failure, `stop_on_error`
 /// makes later items `not_attempted` (`stopped`); in an `atomic` chunk any failure aborts the
 /// chunk: failed items stay `failed`, all others become `not_attempted` (`aborted`).
-pub async fn apply_items<W: ItemWriter + ?Sized>(
+pub async fn apply_items<W: ItemWriter>(
     chunk: &WriteChunk,
     w: &mut W,
 ) -> Result<Applied, ApplyError> {
@@ -115,7 +118,7 @@ pub async fn apply_items<W: ItemWriter + ?Sized>(
 /// so that `stop_on_error` stops the later parts exactly as it would have stopped the whole;
 /// `refused` holds the items the store refused on an earlier try (they fail with
 /// `store_error`, and are not written again).
-pub async fn apply_items_with<W: ItemWriter + ?Sized>(
+pub async fn apply_items_with<W: ItemWriter>(
     chunk: &WriteChunk,
     w: &mut W,
     failed_before: bool,
@@ -248,7 +251,6 @@ mod tests {
     #[derive(Default)]
     struct Picky(Vec<Key>);
 
-    #[async_trait]
     impl ItemWriter for Picky {
         async fn insert(
             &mut self,

@@ -208,7 +208,6 @@ struct MemData {
 
 struct MemWriter<'a>(&'a mut MemData);
 
-#[async_trait]
 impl ItemWriter for MemWriter<'_> {
     async fn insert(
         &mut self,

@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use async_trait::async_trait;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::ErrorKind;
 use mongodb::{ClientSession, Collection, Database};
@@ -228,7 +227,6 @@ pub fn key_match(field: &str, key: &Key) -> Document {
     doc! {field: {"$eq": key_bson(key), "$type": ty, "$not": {"$type": "array"}}}
 }
 
-#[async_trait]
 impl ItemWriter for MongoWriter<'_> {
     async fn insert(
         &mut self,

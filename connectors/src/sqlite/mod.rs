@@ -437,7 +437,7 @@ fn write_in_transaction(
     let applied = loop {
         group::exec(c, "SAVEPOINT items").map_err(classify)?;
         let result = {
-            let mut w = writer::SqlWriter { conn: c, sql };
+            let mut w = writer::SqlWriter::new(c, sql);
             futures::executor::block_on(apply_items_with(chunk, &mut w, false, &refused))
         };
         match result {

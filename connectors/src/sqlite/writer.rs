@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 
-use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sluice_pipeline::request::Key;
@@ -32,11 +31,25 @@ pub fn json_path(field: &str) -> String {
 
 /// A key as stored in the `key` column.
 pub fn key_text(key: &Key) -> String {
-    // Written directly, with no `Value` in between: this runs on the writer thread for every
-    // item (`tests::key_text_is_the_keys_json`).
+    let mut text = String::new();
+    write_key_text(&mut text, key);
+    text
+}
+
+/// [`key_text`] into `out`, replacing what it held. Written directly, with no `Value` in
+/// between and no allocation once `out` is large enough: this runs on the writer thread for
+/// every item (`tests::key_text_is_the_keys_json`).
+pub fn write_key_text(out: &mut String, key: &Key) {
+    use std::fmt::Write;
+    out.clear();
     match key {
-        Key::Str(s) => serde_json::to_string(s).expect("a string always serializes"),
-        Key::Int(i) => i.to_string(),
+        Key::Str(s) => {
+            let mut bytes = std::mem::take(out).into_bytes();
+            serde_json::to_writer(&mut bytes, s).expect("a string always serializes");
+            // serde_json writes UTF-8 only; the check is a pass over a short key.
+            *out = String::from_utf8(bytes).expect("serde_json writes UTF-8");
+        }
+        Key::Int(i) => write!(out, "{i}").expect("writing to a String cannot fail"),
     }
 }
 
@@ -110,19 +123,61 @@ impl TableSql {
 /// Writes through one connection that is inside a transaction.
 pub struct SqlWriter<'a> {
     /// The connection, inside `BEGIN IMMEDIATE … SAVEPOINT items`.
-    pub conn: &'a mut Connection,
+    conn: &'a Connection,
     /// Statements by collection.
-    pub sql: &'a HashMap<String, TableSql>,
+    sql: &'a HashMap<String, TableSql>,
+    /// The last insert or upsert statement used, with its SQL: a chunk writes to one table,
+    /// so the statement cache (a hash of the SQL text and an LRU move, twice per item) is
+    /// consulted once per chunk rather than once per item.
+    held: Option<(&'a str, CachedStatement<'a>)>,
+    /// The key's text, reused from item to item.
+    key: String,
+    /// The last collection looked up, with its statements (a chunk writes to one collection).
+    table: Option<(String, &'a TableSql)>,
 }
 
-impl SqlWriter<'_> {
-    fn sql(&self, collection: &str) -> Result<&TableSql, StoreError> {
-        self.sql.get(collection).ok_or_else(|| {
+impl<'a> SqlWriter<'a> {
+    /// A writer on `conn`, which is inside a transaction.
+    pub fn new(conn: &'a Connection, sql: &'a HashMap<String, TableSql>) -> Self {
+        SqlWriter {
+            conn,
+            sql,
+            held: None,
+            key: String::new(),
+            table: None,
+        }
+    }
+
+    fn sql(&mut self, collection: &str) -> Result<&'a TableSql, StoreError> {
+        if let Some((name, sql)) = &self.table {
+            if name == collection {
+                return Ok(sql);
+            }
+        }
+        let all: &'a HashMap<String, TableSql> = self.sql;
+        let sql = all.get(collection).ok_or_else(|| {
             StoreError::permanent(
                 "unknown_collection",
                 format!("no table for collection `{collection}`"),
             )
-        })
+        })?;
+        self.table = Some((collection.to_string(), sql));
+        Ok(sql)
+    }
+
+    /// Executes `sql` (an insert or upsert of `?1` key, `?2` document) with `key` and `doc`.
+    fn write(&mut self, sql: &'a str, key: &Key, doc: &str) -> Result<usize, StoreError> {
+        if !matches!(&self.held, Some((held, _)) if std::ptr::eq(*held, sql)) {
+            self.held = None;
+            let stmt = self.conn.prepare_cached(sql).map_err(classify)?;
+            self.held = Some((sql, stmt));
+        }
+        let Some((_, stmt)) = self.held.as_mut() else {
+            unreachable!("a statement was just held")
+        };
+        write_key_text(&mut self.key, key);
+        stmt.execute(params![self.key.as_str(), doc])
+            .map_err(classify)
     }
 }
 
@@ -130,7 +185,6 @@ fn encode(doc: &Map<String, Value>) -> Result<String, StoreError> {
     serde_json::to_string(doc).map_err(|e| StoreError::permanent("encode", e.to_string()))
 }
 
-#[async_trait]
 impl ItemWriter for SqlWriter<'_> {
     async fn insert(
         &mut self,
@@ -139,11 +193,7 @@ impl ItemWriter for SqlWriter<'_> {
         doc: &RawValue,
     ) -> Result<Inserted, StoreError> {
         let sql = &self.sql(&t.collection)?.insert;
-        let n = self
-            .conn
-            .prepare_cached(sql)
-            .and_then(|mut s| s.execute(params![key_text(key), doc.get()]))
-            .map_err(classify)?;
+        let n = self.write(sql, key, doc.get())?;
         Ok(if n == 1 {
             Inserted::Inserted
         } else {
@@ -153,10 +203,7 @@ impl ItemWriter for SqlWriter<'_> {
 
     async fn upsert(&mut self, t: &Target, key: &Key, doc: &RawValue) -> Result<(), StoreError> {
         let sql = &self.sql(&t.collection)?.upsert;
-        self.conn
-            .prepare_cached(sql)
-            .and_then(|mut s| s.execute(params![key_text(key), doc.get()]))
-            .map_err(classify)?;
+        self.write(sql, key, doc.get())?;
         Ok(())
     }
 
