@@ -9,13 +9,18 @@
 //! goes on. Durability is unchanged: a checkpoint only moves committed pages, and with
 //! `synchronous = NORMAL` it syncs the WAL before it does.
 //!
-//! The writer keeps its own automatic checkpoint ([`WRITER_PAGES`], SQLite's default). It is
-//! cheap now, as this thread has copied most of the WAL already, and it is what lets a busy
-//! writer start the WAL over: SQLite does that only when a write transaction begins after a
-//! checkpoint has copied every frame, and a busy group writer begins its next transaction
-//! before this thread is done. So the WAL stays as bounded as before (readers holding an old
-//! snapshot aside, as before). Writes outside the group (the embedded sink's checkpoint row)
-//! do not wake the thread; the next group commit does.
+//! The writer keeps its own automatic checkpoint ([`WRITER_PAGES`]): it is what lets a busy
+//! writer start the WAL over, since SQLite does that only when a write transaction begins
+//! after a checkpoint has copied every frame, and a busy group writer begins its next
+//! transaction before this thread is done. That checkpoint is cheap in CPU, as this thread has
+//! copied most of the WAL already, but not in time: it syncs the WAL and then the database
+//! (`synchronous = NORMAL`), and the writer waits for the disk meanwhile. On 1000 × 1000 at
+//! SQLite's 1,000 pages the writer spent ~15 % of the run blocked in those syncs (`perf sched`:
+//! `unixSync` under `walCheckpoint`). So the writer checkpoints every 4,000 pages (the WAL
+//! stays under ~16 MiB plus a group's frames, readers holding an old snapshot aside), and this
+//! thread runs every [`EVERY`] so that little is left unsynced when it does. Writes outside
+//! the group (the embedded sink's checkpoint row) do not wake the thread; the next group
+//! commit does.
 //!
 //! Outcomes are counted (`sluice_sqlite_checkpoints_total{outcome}`) and failures logged.
 
@@ -32,11 +37,13 @@ use sluice_pipeline::StoreError;
 
 use super::{classify, connect};
 
-/// Shortest time between two checkpoints: commits in between share the next one.
-pub const EVERY: Duration = Duration::from_millis(20);
+/// Shortest time between two checkpoints: commits in between share the next one. At 20 ms
+/// the writer's own checkpoints found more to sync (BENCHMARKS.md, embedded 1000 × 1000).
+pub const EVERY: Duration = Duration::from_millis(5);
 
-/// `wal_autocheckpoint` of the writer connection (SQLite's default).
-pub const WRITER_PAGES: i64 = 1000;
+/// `wal_autocheckpoint` of the writer connection (SQLite's default is 1,000): how large the
+/// WAL may grow, in pages, before the writer checkpoints and starts it over itself.
+pub const WRITER_PAGES: i64 = 4000;
 
 /// The checkpoint thread; it ends (after the checkpoint under way) when this is dropped.
 pub struct Checkpointer {
@@ -145,6 +152,42 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no checkpoint ran");
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// A busy writer that never waits for the thread (as the group writer does not) keeps
+    /// the WAL bounded by its own checkpoints: 64 MiB committed in 1 MiB transactions leave
+    /// a WAL of about [`WRITER_PAGES`] pages plus a transaction, not 64 MiB.
+    #[test]
+    fn a_busy_writer_keeps_the_wal_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let busy = Duration::from_secs(5);
+        let writer = connect(&path, busy).unwrap();
+        writer
+            .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .unwrap();
+        let ck = Checkpointer::start(&path, busy, &writer).unwrap();
+        let value = "x".repeat(1024);
+        let mut largest = 0;
+        for t in 0..64 {
+            writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+            for i in 0..1024 {
+                writer
+                    .execute("INSERT INTO t VALUES (?1, ?2)", (t * 1024 + i, &value))
+                    .unwrap();
+            }
+            writer.execute_batch("COMMIT").unwrap();
+            largest = largest.max(wal_bytes(&path));
+            ck.poke();
+        }
+        let page: i64 = writer
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let bound = (WRITER_PAGES * page) as u64 + (4 << 20);
+        assert!(
+            largest < bound,
+            "the WAL grew to {largest} bytes (bound {bound}): the writer did not start it over"
+        );
     }
 
     /// 40 MiB committed in 1 MiB transactions on a writer that never checkpoints itself (its
