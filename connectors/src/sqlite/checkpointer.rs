@@ -154,11 +154,15 @@ mod tests {
         }
     }
 
-    /// A busy writer that never waits for the thread (as the group writer does not) keeps
-    /// the WAL bounded by its own checkpoints: 64 MiB committed in 1 MiB transactions leave
-    /// a WAL of about [`WRITER_PAGES`] pages plus a transaction, not 64 MiB.
-    #[test]
-    fn a_busy_writer_keeps_the_wal_bounded() {
+    /// A database with a table `t`, its writer and the checkpoint thread.
+    struct Db {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        writer: Connection,
+        ck: Checkpointer,
+    }
+
+    fn db() -> Db {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let busy = Duration::from_secs(5);
@@ -167,20 +171,42 @@ mod tests {
             .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
             .unwrap();
         let ck = Checkpointer::start(&path, busy, &writer).unwrap();
-        let value = "x".repeat(1024);
-        let mut largest = 0;
-        for t in 0..64 {
-            writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        Db {
+            _dir: dir,
+            path,
+            writer,
+            ck,
+        }
+    }
+
+    impl Db {
+        /// Commits transaction `t`: 1,024 rows of 1 KiB. Returns the WAL's size after it.
+        fn commit_mib(&self, t: i64) -> u64 {
+            let value = "x".repeat(1024);
+            self.writer.execute_batch("BEGIN IMMEDIATE").unwrap();
             for i in 0..1024 {
-                writer
+                self.writer
                     .execute("INSERT INTO t VALUES (?1, ?2)", (t * 1024 + i, &value))
                     .unwrap();
             }
-            writer.execute_batch("COMMIT").unwrap();
-            largest = largest.max(wal_bytes(&path));
-            ck.poke();
+            self.writer.execute_batch("COMMIT").unwrap();
+            wal_bytes(&self.path)
         }
-        let page: i64 = writer
+    }
+
+    /// A busy writer that never waits for the thread (as the group writer does not) keeps
+    /// the WAL bounded by its own checkpoints: 64 MiB committed in 1 MiB transactions leave
+    /// a WAL of about [`WRITER_PAGES`] pages plus a transaction, not 64 MiB.
+    #[test]
+    fn a_busy_writer_keeps_the_wal_bounded() {
+        let db = db();
+        let mut largest = 0;
+        for t in 0..64 {
+            largest = largest.max(db.commit_mib(t));
+            db.ck.poke();
+        }
+        let page: i64 = db
+            .writer
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .unwrap();
         let bound = (WRITER_PAGES * page) as u64 + (4 << 20);
@@ -195,34 +221,22 @@ mod tests {
     /// about one transaction, each commit waiting for the checkpoint it woke.
     #[test]
     fn the_thread_checkpoints_what_the_writer_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let busy = Duration::from_secs(5);
-        let writer = connect(&path, busy).unwrap();
-        writer
-            .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        let db = db();
+        db.writer
+            .pragma_update(None, "wal_autocheckpoint", 0)
             .unwrap();
-        let ck = Checkpointer::start(&path, busy, &writer).unwrap();
-        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
-        let runs = ck.runs();
-        let value = "x".repeat(1024);
+        let runs = db.ck.runs();
         let (mut largest, mut seen) = (0, 0);
         for t in 0..40 {
-            writer.execute_batch("BEGIN IMMEDIATE").unwrap();
-            for i in 0..1024 {
-                writer
-                    .execute("INSERT INTO t VALUES (?1, ?2)", (t * 1024 + i, &value))
-                    .unwrap();
-            }
-            writer.execute_batch("COMMIT").unwrap();
-            largest = largest.max(wal_bytes(&path));
-            ck.poke();
+            largest = largest.max(db.commit_mib(t));
+            db.ck.poke();
             seen = after(&runs, seen);
         }
         assert!(
             largest < 4 << 20,
             "the WAL grew to {largest} bytes: the checkpoints did not keep up"
         );
+        let Db { writer, ck, .. } = db;
         drop(ck); // ends the thread (joined)
         let n: i64 = writer
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
