@@ -13,6 +13,7 @@
 mod checkpointer;
 mod claims;
 mod group;
+mod migrate;
 mod status;
 mod writer;
 
@@ -61,13 +62,32 @@ pub fn connect(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
     conn.busy_timeout(busy)?;
     // WAL: readers do not block the writer; NORMAL sync is durable against process crashes
     // (what kill -9 tests), the WAL is synced at checkpoints.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    wal_mode(&conn, busy)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Every statement of the write path stays compiled: per collection its insert, update,
     // delete and two selects, plus the ledger's, the claims' and the savepoints' (rusqlite's
     // default of 16 would evict some of them with a few collections and recompile them).
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
+}
+
+/// Puts the database in WAL mode. Changing a new file's journal mode needs its exclusive
+/// lock, and SQLite answers "database is locked" at once, without the busy handler, when
+/// another connection holds a lock meanwhile: instances sharing a new state file and starting
+/// together (or a store and its checkpoint thread) would then refuse to start. So this
+/// retries for up to `busy`.
+fn wal_mode(conn: &Connection, busy: Duration) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + busy;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Compiled statements one connection keeps.
@@ -95,7 +115,7 @@ impl SqliteStore {
     pub fn open(path: &Path, config: &Config) -> Result<Self, StoreError> {
         let busy = Duration::from_millis(config.embedded.busy_timeout_ms);
         let writer = connect(path, busy).map_err(classify)?;
-        migrate(&writer).map_err(classify)?;
+        migrate::migrate(&writer).map_err(classify)?;
         for (name, c) in &config.collections {
             writer
                 .execute_batch(&format!(
@@ -315,61 +335,6 @@ impl Store for SqliteStore {
         .await
         .map_err(|e| StoreError::permanent("join", e.to_string()))?
     }
-}
-
-/// Creates the tables, or brings an older database to the current shape: claims gain their
-/// time and plan; the chunk ledger gains the claim generation in its key (rows from before
-/// it belong to generation 0, the generation of claims made before it).
-fn migrate(c: &Connection) -> rusqlite::Result<()> {
-    c.execute_batch(
-        "CREATE TABLE IF NOT EXISTS requests (
-            request_id TEXT PRIMARY KEY, topic TEXT NOT NULL, partition INTEGER NOT NULL,
-            \"offset\" INTEGER NOT NULL, expires_at INTEGER NOT NULL,
-            claimed_at INTEGER NOT NULL DEFAULT 0, plan TEXT);
-         CREATE TABLE IF NOT EXISTS chunk_ledger (
-            request_id TEXT NOT NULL, generation INTEGER NOT NULL, chunk INTEGER NOT NULL,
-            event TEXT NOT NULL, expires_at INTEGER NOT NULL,
-            PRIMARY KEY (request_id, generation, chunk));
-         CREATE INDEX IF NOT EXISTS chunk_ledger_expiry ON chunk_ledger(expires_at);
-         CREATE INDEX IF NOT EXISTS requests_expiry ON requests(expires_at);",
-    )?;
-    let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
-        c.prepare(&format!(
-            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
-        ))?
-        .exists([])
-    };
-    if !has("requests", "op")? {
-        // What the status API shows of a request (`status`); absent for older claims.
-        c.execute_batch(
-            "ALTER TABLE requests ADD COLUMN collection TEXT;
-             ALTER TABLE requests ADD COLUMN op TEXT;
-             ALTER TABLE requests ADD COLUMN deadline_ms INTEGER;",
-        )?;
-    }
-    if !has("requests", "claimed_at")? {
-        c.execute_batch(
-            "ALTER TABLE requests ADD COLUMN claimed_at INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE requests ADD COLUMN plan TEXT;",
-        )?;
-    }
-    if !has("requests", "terminal")? {
-        // The terminal event of a released request (NULL while it is unfinished).
-        c.execute_batch("ALTER TABLE requests ADD COLUMN terminal TEXT;")?;
-    }
-    let old_ledger: bool = c
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger'")?
-        .exists([])?;
-    if old_ledger {
-        c.execute_batch(
-            "BEGIN IMMEDIATE;
-             INSERT OR IGNORE INTO chunk_ledger (request_id, generation, chunk, event, expires_at)
-               SELECT request_id, 0, chunk, event, expires_at FROM ledger;
-             DROP TABLE ledger;
-             COMMIT;",
-        )?;
-    }
-    Ok(())
 }
 
 /// The chunk's ledger entry, if any.
