@@ -311,16 +311,16 @@ pub async fn run(brokers: &str, requests: usize, items: usize, base: Config) -> 
     );
     let rate = |i: usize| requests as f64 / rows[i].timed.as_secs_f64().max(1e-9);
     println!(
-        "exactly-once / at-least-once: {:.0} % (goal ≥ 90 %)",
-        100.0 * rate(2) / rate(1)
+        "exactly-once / at-least-once: {} % (goal ≥ 90 %)",
+        crate::bench::percent(rate(2) / rate(1))
     );
     println!(
-        "exactly-once / raw ceiling:   {:.0} % (the store is the bottleneck here)",
-        100.0 * rate(2) / rate(0)
+        "exactly-once / raw ceiling:   {} % (the store is the bottleneck here)",
+        crate::bench::percent(rate(2) / rate(0))
     );
     println!(
-        "exactly-once without store work / raw ceiling: {:.0} % (goal ≥ 60 %)",
-        100.0 * rate(3) / rate(0)
+        "exactly-once without store work / raw ceiling: {} % (goal ≥ 60 %)",
+        crate::bench::percent(rate(3) / rate(0))
     );
     Ok(())
 }
