@@ -133,8 +133,7 @@ pub async fn run(args: BenchArgs, mut config: Config) -> anyhow::Result<()> {
 }
 
 /// `ratio` as a percentage: whole percents from 10 % up, two significant digits below, so
-/// that a tiny run (where start-up dominates, e.g. a fresh broker creating its transaction
-/// log for the first transactional producer) never reads 0.
+/// that a small ratio (a tiny run, where start-up dominates) never reads 0.
 pub(crate) fn percent(ratio: f64) -> String {
     let pct = 100.0 * ratio;
     let digits = if pct.is_finite() && pct > 0.0 {

@@ -1,8 +1,8 @@
 //! WAL checkpoints on a thread of their own.
 //!
 //! SQLite checkpoints on the connection that commits, once the WAL passes
-//! `wal_autocheckpoint` pages (by default 1,000; the writer's is [`WRITER_PAGES`]): here that is the one writer thread, so every write
-//! queued behind a checkpoint waited for the copy of the WAL into the database and its fsync —
+//! `wal_autocheckpoint` pages (by default 1,000; the writer's is [`WRITER_PAGES`]): here that
+//! is the one writer thread, so every write queued behind a checkpoint waited for the copy of the WAL into the database and its fsync —
 //! 14 % of the writer's samples on 10000 × 10. Instead, after its commits the group writer wakes
 //! this thread, which runs a passive checkpoint on a connection of its own, at most once per
 //! [`EVERY`]: WAL mode lets a checkpoint copy the frames already committed while the writer
@@ -20,9 +20,8 @@
 //! thread runs every [`EVERY`] so that little is left unsynced when it does. The WAL stays
 //! near 16 MiB: more by the commits made while this thread's checkpoint holds the checkpoint
 //! lock (the writer's own is then skipped, and tried again after its next commit), and by
-//! what readers holding an old snapshot keep. Writes outside
-//! the group (the embedded sink's checkpoint row) do not wake the thread; the next group
-//! commit does.
+//! what readers holding an old snapshot keep. Writes outside the group (the embedded sink's
+//! checkpoint row) do not wake the thread; the next group commit does.
 //!
 //! Outcomes are counted (`sluice_sqlite_checkpoints_total{outcome}`) and failures logged.
 

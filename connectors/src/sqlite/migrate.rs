@@ -20,6 +20,14 @@ pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// Whether `table` has `column` (names of this module's own, never input).
+fn has_column(c: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    c.prepare(&format!(
+        "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
+    ))?
+    .exists([])
+}
+
 /// [`migrate`]'s steps, inside its transaction.
 fn migrate_in(c: &Connection) -> rusqlite::Result<()> {
     c.execute_batch(
@@ -34,12 +42,7 @@ fn migrate_in(c: &Connection) -> rusqlite::Result<()> {
          CREATE INDEX IF NOT EXISTS chunk_ledger_expiry ON chunk_ledger(expires_at);
          CREATE INDEX IF NOT EXISTS requests_expiry ON requests(expires_at);",
     )?;
-    let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
-        c.prepare(&format!(
-            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
-        ))?
-        .exists([])
-    };
+    let has = |table: &str, column: &str| has_column(c, table, column);
     if !has("requests", "op")? {
         // What the status API shows of a request (`status`); absent for older claims.
         c.execute_batch(
@@ -113,13 +116,7 @@ mod tests {
                 "plan",
                 "terminal",
             ] {
-                let has: bool = c
-                    .prepare(&format!(
-                        "SELECT 1 FROM pragma_table_info('requests') WHERE name = '{column}'"
-                    ))
-                    .unwrap()
-                    .exists([])
-                    .unwrap();
+                let has = has_column(&c, "requests", column).unwrap();
                 assert!(has, "requests.{column} missing");
             }
         }
