@@ -53,24 +53,62 @@ impl OwnedClaim {
     }
 }
 
-/// Deletes a batch of expired ledger rows and claims (also done at open): the file does not
-/// grow with the length of a run.
-pub fn purge(c: &Connection) -> Result<(), StoreError> {
+/// Deletes a batch of expired claims with their ledger entries (also done at open): the file
+/// does not grow with the length of a run.
+///
+/// Ledger entries expire with their request: [`release_in`] starts the window on the claim
+/// alone, and the purge deletes every entry of a purged request_id, of any generation (an
+/// older generation's entries are dead once its claim was replaced). Entries whose own
+/// `expires_at` has passed are deleted too: releases before this form set it on each entry.
+///
+/// Returns whether there may be more to purge (a batch was full).
+pub fn purge(c: &Connection) -> Result<bool, StoreError> {
     let now = unix_now();
-    c.execute(
-        "DELETE FROM chunk_ledger WHERE rowid IN
-           (SELECT rowid FROM chunk_ledger WHERE expires_at < ?1 LIMIT ?2)",
-        params![now, PURGE_EVERY as i64],
-    )
-    .and_then(|_| {
-        c.execute(
+    let purged: Vec<String> = c
+        .prepare_cached(
             "DELETE FROM requests WHERE rowid IN
-               (SELECT rowid FROM requests WHERE expires_at < ?1 LIMIT ?2)",
-            params![now, PURGE_EVERY as i64],
+               (SELECT rowid FROM requests WHERE expires_at < ?1 LIMIT ?2)
+             RETURNING request_id",
         )
-    })
-    .map_err(classify)?;
-    Ok(())
+        .and_then(|mut s| {
+            s.query_map(params![now, PURGE_EVERY as i64], |r| r.get(0))?
+                .collect()
+        })
+        .map_err(classify)?;
+    let mut entries = c
+        .prepare_cached("DELETE FROM chunk_ledger WHERE request_id = ?1")
+        .map_err(classify)?;
+    for id in &purged {
+        entries.execute([id]).map_err(classify)?;
+    }
+    let old = c
+        .prepare_cached(
+            "DELETE FROM chunk_ledger WHERE rowid IN
+               (SELECT rowid FROM chunk_ledger WHERE expires_at < ?1 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(params![now, PURGE_EVERY as i64]))
+        .map_err(classify)?;
+    Ok(purged.len() == PURGE_EVERY || old == PURGE_EVERY)
+}
+
+/// [`purge`] of every expired claim, at open: a batch per transaction (a claim and its
+/// entries go together), each batch's ids held in memory.
+pub fn purge_all(c: &Connection) -> Result<(), StoreError> {
+    loop {
+        c.execute_batch("BEGIN IMMEDIATE").map_err(classify)?;
+        let more = purge(c).and_then(|more| {
+            c.execute_batch("COMMIT").map_err(classify)?;
+            Ok(more)
+        });
+        match more {
+            Ok(true) => continue,
+            Ok(false) => return Ok(()),
+            Err(e) => {
+                let _ = c.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+    }
 }
 
 /// Claims one request inside the open transaction. A first claim never expires (until
@@ -163,31 +201,174 @@ pub fn claim_in(c: &Connection, claim: &OwnedClaim) -> Result<Claim, StoreError>
 }
 
 /// Starts the dedupe window of finished requests inside the open transaction: their claim
-/// (of that generation) and its ledger entries expire at `expires_at`; the claim keeps the
-/// terminal event.
+/// (of that generation) expires at `expires_at` and keeps the terminal event; their ledger
+/// entries go with the claim when it is purged ([`purge`]), so they are not rewritten here.
 pub fn release_in(
     c: &Connection,
     finished: &[Finished],
     expires_at: i64,
 ) -> Result<(), StoreError> {
-    for f in finished {
-        let claimed = c
-            .prepare_cached(
-                "UPDATE requests SET expires_at = ?3, terminal = ?4
-                 WHERE request_id = ?1 AND claimed_at = ?2",
-            )
-            .and_then(|mut s| {
-                s.execute(params![f.request_id, f.generation, expires_at, f.terminal])
-            })
-            .map_err(classify)?;
-        if claimed == 0 {
-            continue;
-        }
-        c.prepare_cached(
-            "UPDATE chunk_ledger SET expires_at = ?3 WHERE request_id = ?1 AND generation = ?2",
+    let mut release = c
+        .prepare_cached(
+            "UPDATE requests SET expires_at = ?3, terminal = ?4
+             WHERE request_id = ?1 AND claimed_at = ?2",
         )
-        .and_then(|mut s| s.execute(params![f.request_id, f.generation, expires_at]))
         .map_err(classify)?;
+    for f in finished {
+        release
+            .execute(params![f.request_id, f.generation, expires_at, f.terminal])
+            .map_err(classify)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_pipeline::store::About;
+
+    use super::*;
+
+    fn ledger(c: &Connection, id: &str) -> i64 {
+        c.query_row(
+            "SELECT count(*) FROM chunk_ledger WHERE request_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    fn claimed(c: &Connection, id: &str) -> bool {
+        c.prepare("SELECT 1 FROM requests WHERE request_id = ?1")
+            .unwrap()
+            .exists([id])
+            .unwrap()
+    }
+
+    /// Claims `id` from `offset` and writes a ledger entry per chunk of its generation.
+    fn claim_with_entries(c: &Connection, id: &str, offset: i64) -> i64 {
+        let src = SourceRef {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+        };
+        let claim = OwnedClaim::new(id, &src, &[0..1, 1..2], &About::default()).unwrap();
+        let Claim::Owned(owned) = claim_in(c, &claim).unwrap() else {
+            panic!("{id} not owned")
+        };
+        assert_eq!(owned.plan, vec![0..1, 1..2]);
+        for chunk in 0..2 {
+            c.execute(
+                "INSERT INTO chunk_ledger VALUES (?1, ?2, ?3, '{}', ?4)",
+                params![id, owned.claimed_at_ms, chunk, NEVER],
+            )
+            .unwrap();
+        }
+        owned.claimed_at_ms
+    }
+
+    fn release(c: &Connection, id: &str, generation: i64, expires_at: i64) {
+        let finished = Finished {
+            request_id: id.into(),
+            generation,
+            chunks: 2,
+            terminal: "{}".into(),
+        };
+        release_in(c, &[finished], expires_at).unwrap();
+    }
+
+    /// A released claim's ledger entries are kept while its window lasts and purged with it,
+    /// those of every generation; an unfinished request keeps its claim and its entries.
+    #[test]
+    fn ledger_entries_go_with_their_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = super::super::connect(&dir.path().join("s.db"), std::time::Duration::from_secs(5))
+            .unwrap();
+        super::super::migrate::migrate(&c).unwrap();
+        let past = unix_now() - 10;
+        // `old`: released with its window over, then replaced by another record (a new
+        // generation) whose own window is over too.
+        let g1 = claim_with_entries(&c, "old", 1);
+        release(&c, "old", g1, past);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let g2 = claim_with_entries(&c, "old", 2);
+        assert_ne!(g1, g2, "a new generation");
+        assert_eq!(ledger(&c, "old"), 4);
+        release(&c, "old", g2, past);
+        // `open`: released, its window still open; `running`: unfinished.
+        let g = claim_with_entries(&c, "open", 3);
+        release(&c, "open", g, unix_now() + 3600);
+        claim_with_entries(&c, "running", 4);
+
+        purge(&c).unwrap();
+        assert!(!claimed(&c, "old"));
+        assert_eq!(
+            ledger(&c, "old"),
+            0,
+            "every generation's entries are purged"
+        );
+        for id in ["open", "running"] {
+            assert!(claimed(&c, id), "{id}");
+            assert_eq!(ledger(&c, id), 2, "{id}");
+        }
+
+        // At open, as in the batch.
+        release(&c, "open", g, past);
+        purge_all(&c).unwrap();
+        assert!(!claimed(&c, "open"));
+        assert_eq!(ledger(&c, "open"), 0);
+        assert_eq!(ledger(&c, "running"), 2);
+    }
+
+    /// At open every expired claim goes, however many batches that takes.
+    #[test]
+    fn the_purge_at_open_takes_every_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = super::super::connect(&dir.path().join("s.db"), std::time::Duration::from_secs(5))
+            .unwrap();
+        super::super::migrate::migrate(&c).unwrap();
+        let n = PURGE_EVERY * 2 + 7;
+        c.execute_batch("BEGIN").unwrap();
+        for i in 0..n {
+            let id = format!("r{i}");
+            c.execute(
+                "INSERT INTO requests (request_id, topic, partition, \"offset\", expires_at)
+                 VALUES (?1, 't', 0, ?2, ?3)",
+                params![id, i as i64, unix_now() - 10],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO chunk_ledger VALUES (?1, 0, 0, '{}', ?2)",
+                params![id, NEVER],
+            )
+            .unwrap();
+        }
+        c.execute_batch("COMMIT").unwrap();
+        purge_all(&c).unwrap();
+        let left: (i64, i64) = c
+            .query_row(
+                "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM chunk_ledger)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(left, (0, 0));
+        assert!(c.is_autocommit());
+    }
+
+    /// Entries released before they went with their claim carry their own expiry: still
+    /// purged.
+    #[test]
+    fn entries_released_by_an_older_version_are_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = super::super::connect(&dir.path().join("s.db"), std::time::Duration::from_secs(5))
+            .unwrap();
+        super::super::migrate::migrate(&c).unwrap();
+        c.execute(
+            "INSERT INTO chunk_ledger VALUES ('gone', 1, 0, '{}', ?1)",
+            [unix_now() - 10],
+        )
+        .unwrap();
+        purge(&c).unwrap();
+        assert_eq!(ledger(&c, "gone"), 0);
+    }
 }

@@ -135,11 +135,7 @@ impl SqliteStore {
                     .map_err(classify)?;
             }
         }
-        let now = unix_now();
-        writer
-            .execute("DELETE FROM chunk_ledger WHERE expires_at < ?1", [now])
-            .and_then(|_| writer.execute("DELETE FROM requests WHERE expires_at < ?1", [now]))
-            .map_err(classify)?;
+        claims::purge_all(&writer)?;
         let readers = (0..config.execute.lookup_concurrency.clamp(1, 4))
             .map(|_| connect(path, busy).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()
