@@ -123,8 +123,9 @@ impl Group {
     }
 
     /// Runs `write` (of `items` documents or claims) in a transaction shared with the writes
-    /// queued beside it, and returns its result once that transaction has committed. `write` must not begin or end transactions;
-    /// it may use savepoints of its own.
+    /// queued beside it, and returns its result once that transaction has committed. `write` must
+    /// not begin or end transactions; it may use savepoints of its own, and [`undo`] its
+    /// changes so far.
     pub async fn run<T, F>(&self, items: usize, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -221,6 +222,12 @@ fn run_all<'a>(
         let _ = conn.execute_batch("ROLLBACK");
         classify(e)
     })
+}
+
+/// Undoes what the running write has changed so far: for use inside a write passed to
+/// [`Group::run`], which then goes on in the same transaction (its savepoint stays open).
+pub(super) fn undo(conn: &Connection) -> rusqlite::Result<()> {
+    exec(conn, "ROLLBACK TO job")
 }
 
 /// Runs one statement through the statement cache (parsed once per connection).
@@ -323,6 +330,29 @@ mod tests {
         let c = writer.lock().unwrap();
         assert!(c.is_autocommit());
         assert!(c.total_changes() > before);
+    }
+
+    /// A write that undoes its own changes goes on from its start, in the same transaction;
+    /// the writes before it in the group keep theirs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_undoes_its_own_changes_alone() {
+        let (_dir, writer, group) = group();
+        let writes: Vec<Write<i64>> = vec![
+            Box::new(insert(1)),
+            Box::new(|c: &mut Connection| {
+                insert(2)(c)?;
+                insert(3)(c)?;
+                undo(c).map_err(classify)?;
+                // Undone, so its key is free again.
+                insert(2)(c)?;
+                insert(4)(c)
+            }),
+            Box::new(insert(5)),
+        ];
+        let results = queued_together(&writer, &group, 1, writes).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(keys(&writer), vec![1, 2, 4, 5]);
+        assert_eq!(group.transactions(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

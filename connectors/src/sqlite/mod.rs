@@ -395,8 +395,9 @@ fn write_in_transaction(
         });
     }
     let mut refused = BTreeMap::new();
+    // The write runs inside its own savepoint ([`group`]): undoing it there undoes the items
+    // written so far, and the chunk goes on from the start.
     let applied = loop {
-        group::exec(c, "SAVEPOINT items").map_err(classify)?;
         let result = {
             let mut w = writer::SqlWriter::new(c, sql);
             futures::executor::block_on(apply_items_with(chunk, &mut w, false, &refused))
@@ -404,14 +405,12 @@ fn write_in_transaction(
         match result {
             Ok(applied) => {
                 if applied.rollback {
-                    group::exec(c, "ROLLBACK TO items").map_err(classify)?;
+                    group::undo(c).map_err(classify)?;
                 }
-                group::exec(c, "RELEASE items").map_err(classify)?;
                 break applied;
             }
             Err(e) => {
-                group::exec(c, "ROLLBACK TO items").map_err(classify)?;
-                group::exec(c, "RELEASE items").map_err(classify)?;
+                group::undo(c).map_err(classify)?;
                 match e {
                     ApplyError::Item(index, e) if !refused.contains_key(&index) => {
                         tracing::warn!(item = index, error = %e, "the database refused one item; it fails alone");

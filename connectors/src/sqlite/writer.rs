@@ -122,7 +122,7 @@ impl TableSql {
 
 /// Writes through one connection that is inside a transaction.
 pub struct SqlWriter<'a> {
-    /// The connection, inside `BEGIN IMMEDIATE … SAVEPOINT items`.
+    /// The connection, inside a group's transaction and the write's savepoint.
     conn: &'a Connection,
     /// Statements by collection.
     sql: &'a HashMap<String, TableSql>,
