@@ -28,7 +28,8 @@ use crate::codes::SinkError;
 use crate::contract::{ItemStatus, ResultEvent};
 use crate::health::Health;
 use crate::metrics::{
-    COMMITS, COMMIT_DURATION, DEAD_LETTERS, END_TO_END, ITEMS, ITEM_ERRORS, REJECTIONS, REQUESTS,
+    CounterCache, COMMITS, COMMIT_DURATION, DEAD_LETTERS, END_TO_END, ITEMS, ITEM_ERRORS,
+    REJECTIONS, REQUESTS,
 };
 use crate::record::Meta;
 use crate::report::RunStats;
@@ -69,6 +70,29 @@ struct Unit<S: Sink> {
     in_flight: Arc<InFlight>,
     health: Arc<Health>,
     end_to_end: metrics::Histogram,
+    /// The per-event counters, by their labels.
+    counters: Counters,
+}
+
+/// The counters the unit increments for every event, each label set looked up once.
+struct Counters {
+    requests: CounterCache<2>,
+    items: CounterCache<2>,
+    item_errors: CounterCache<1>,
+    rejections: CounterCache<1>,
+    dead_letters: CounterCache<1>,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Counters {
+            requests: CounterCache::new(REQUESTS, ["op", "outcome"]),
+            items: CounterCache::new(ITEMS, ["op", "status"]),
+            item_errors: CounterCache::new(ITEM_ERRORS, ["error_code"]),
+            rejections: CounterCache::new(REJECTIONS, ["error_code"]),
+            dead_letters: CounterCache::new(DEAD_LETTERS, ["reason"]),
+        }
+    }
 }
 
 /// Intervals longer than this ask for few, large transactions (and tests rely on them being
@@ -110,6 +134,7 @@ impl<S: Sink> Commit<S> {
                 in_flight,
                 health,
                 end_to_end: histogram!(END_TO_END),
+                counters: Counters::new(),
             },
             releaser: None,
         }
@@ -149,7 +174,8 @@ impl<S: Sink> Commit<S> {
                         .stats
                         .dead_letters
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    counter!(DEAD_LETTERS, "reason" => letter.error.code.as_str()).increment(1);
+                    let reason = letter.error.code.as_str();
+                    self.unit.counters.dead_letters.get([reason]).increment(1);
                     self.unit.done(meta).await?;
                 }
                 Step::Abandoned(offset) => {
@@ -207,23 +233,28 @@ impl<S: Sink> Unit<S> {
                     if let (Some(e), ItemStatus::Failed | ItemStatus::NotAttempted) =
                         (&item.error, item.status)
                     {
-                        counter!(ITEM_ERRORS, "error_code" => e.code.as_str()).increment(1);
+                        let c = &mut self.counters.item_errors;
+                        c.get([e.code.as_str()]).increment(1);
                     }
                 }
                 for (status, n) in ItemStatus::ALL.iter().zip(by_status) {
                     if n > 0 {
-                        counter!(ITEMS, "op" => op, "status" => status.as_str()).increment(n);
+                        let c = &mut self.counters.items;
+                        c.get([op, status.as_str()]).increment(n);
                     }
                 }
             }
             ResultEvent::Rejected(r) => {
                 for e in &r.errors {
-                    counter!(REJECTIONS, "error_code" => e.code.as_str()).increment(1);
+                    let c = &mut self.counters.rejections;
+                    c.get([e.code.as_str()]).increment(1);
                 }
-                counter!(REQUESTS, "op" => op, "outcome" => "rejected").increment(1);
+                let c = &mut self.counters.requests;
+                c.get([op, "rejected"]).increment(1);
             }
             ResultEvent::Completed(_) | ResultEvent::Duplicate(_) => {
-                counter!(REQUESTS, "op" => op, "outcome" => event.kind()).increment(1);
+                let c = &mut self.counters.requests;
+                c.get([op, event.kind()]).increment(1);
             }
         }
         Ok(())

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use metrics::{counter, histogram};
+use metrics::counter;
 use sluice_config::Config;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,7 @@ use crate::contract::{
     CompletedEvent, Counts, ItemResult, ItemStatus, Op, ProgressEvent, ResultEvent,
 };
 use crate::dedupe::unix_now_ms;
-use crate::metrics::{CHUNKS, CHUNK_DURATION, PIPELINE_ERRORS};
+use crate::metrics::{ChunkMetrics, PIPELINE_ERRORS};
 use crate::record::SourceRef;
 use crate::request::SharedRequest;
 use crate::retry::RetryPolicy;
@@ -48,6 +48,8 @@ struct Shared {
     retry: RetryPolicy,
     abort: CancellationToken,
     targets: HashMap<String, Arc<Target>>,
+    /// Chunk counts and durations by op.
+    metrics: ChunkMetrics,
 }
 
 /// The execute stage.
@@ -83,6 +85,7 @@ impl Execute {
             store,
             abort,
             targets,
+            metrics: ChunkMetrics::new(),
         };
         Execute {
             shared: Arc::new(shared),
@@ -377,7 +380,6 @@ impl Job {
             );
             return self.settle(chunk, event).await.map(|e| (e, None));
         }
-        let op = self.request.op.as_str();
         let cost = self.shared.write_limit.cost(chunk.range.len());
         let _permit = self.shared.writes.acquire_many(cost).await.ok()?;
         let started = Instant::now();
@@ -389,15 +391,15 @@ impl Job {
                 store.write_chunk(chunk.clone())
             })
             .await;
-        histogram!(CHUNK_DURATION, "op" => op).record(started.elapsed().as_secs_f64());
+        let metrics = self.shared.metrics.of(self.request.op);
+        metrics.duration.record(started.elapsed().as_secs_f64());
         match result {
             Ok(commit) => {
-                let outcome = if commit.replayed {
-                    "replayed"
+                if commit.replayed {
+                    metrics.replayed.increment(1);
                 } else {
-                    "applied"
-                };
-                counter!(CHUNKS, "op" => op, "outcome" => outcome).increment(1);
+                    metrics.applied.increment(1);
+                }
                 Some((commit.event, commit.json))
             }
             Err(_) if self.shared.abort.is_cancelled() => None,
@@ -450,7 +452,7 @@ impl Job {
     }
 
     fn store_failure(&self, chunk: &WriteChunk, e: StoreError) -> ProgressEvent {
-        counter!(CHUNKS, "op" => self.request.op.as_str(), "outcome" => "failed").increment(1);
+        self.shared.metrics.of(self.request.op).failed.increment(1);
         if crate::logs::allow() {
             tracing::warn!(chunk = chunk.index, code = e.code, error = %e.message, "chunk failed");
         }
@@ -496,13 +498,14 @@ impl Job {
                 store.lookup(target, &keys, budget)
             })
             .await;
-        histogram!(CHUNK_DURATION, "op" => "lookup").record(started.elapsed().as_secs_f64());
+        let metrics = self.shared.metrics.of(Op::Lookup);
+        metrics.duration.record(started.elapsed().as_secs_f64());
         let docs = match result {
             Ok(docs) => docs,
             Err(_) if self.shared.abort.is_cancelled() => return None,
             Err(e) => return Some(self.store_failure(&chunk, e)),
         };
-        counter!(CHUNKS, "op" => "lookup", "outcome" => "applied").increment(1);
+        metrics.applied.increment(1);
         let mut docs = docs.into_iter();
         let results = items
             .iter()

@@ -362,3 +362,115 @@ pub fn describe() {
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the process started.");
 }
+
+/// The handles of one labelled counter, by label values, each looked up in the recorder once:
+/// `counter!` with labels builds a key, hashes it and looks it up in the registry every time,
+/// which hot paths (the commit stage, per event) cannot afford. Label values are the closed
+/// sets of this module's conventions, so the cache is bounded by them.
+pub struct CounterCache<const N: usize> {
+    name: &'static str,
+    labels: [&'static str; N],
+    handles: Vec<([&'static str; N], metrics::Counter)>,
+}
+
+impl<const N: usize> CounterCache<N> {
+    /// The counter `name` with label keys `labels`.
+    pub fn new(name: &'static str, labels: [&'static str; N]) -> Self {
+        CounterCache {
+            name,
+            labels,
+            handles: Vec::new(),
+        }
+    }
+
+    /// The counter whose labels have `values`, registered on first use (with the recorder
+    /// installed then).
+    pub fn get(&mut self, values: [&'static str; N]) -> &metrics::Counter {
+        let i = match self.handles.iter().position(|(v, _)| *v == values) {
+            Some(i) => i,
+            None => {
+                let labels: Vec<metrics::Label> = self
+                    .labels
+                    .iter()
+                    .zip(values)
+                    .map(|(k, v)| metrics::Label::from_static_parts(k, v))
+                    .collect();
+                self.handles.push((values, counter!(self.name, labels)));
+                self.handles.len() - 1
+            }
+        };
+        &self.handles[i].1
+    }
+}
+
+/// The chunk metrics of one op.
+pub struct ChunkHandles {
+    /// [`CHUNK_DURATION`].
+    pub duration: metrics::Histogram,
+    /// [`CHUNKS`] with outcome `applied`.
+    pub applied: metrics::Counter,
+    /// [`CHUNKS`] with outcome `replayed`.
+    pub replayed: metrics::Counter,
+    /// [`CHUNKS`] with outcome `failed`.
+    pub failed: metrics::Counter,
+}
+
+/// [`ChunkHandles`] of every op, registered once (with the recorder installed then): the
+/// execute stage records them for every chunk.
+pub struct ChunkMetrics([ChunkHandles; Op::ALL.len()]);
+
+impl ChunkMetrics {
+    /// The handles, from the recorder installed now.
+    pub fn new() -> Self {
+        ChunkMetrics(Op::ALL.map(|op| {
+            let op = op.as_str();
+            ChunkHandles {
+                duration: metrics::histogram!(CHUNK_DURATION, "op" => op),
+                applied: counter!(CHUNKS, "op" => op, "outcome" => "applied"),
+                replayed: counter!(CHUNKS, "op" => op, "outcome" => "replayed"),
+                failed: counter!(CHUNKS, "op" => op, "outcome" => "failed"),
+            }
+        }))
+    }
+
+    /// The handles of `op`.
+    pub fn of(&self, op: Op) -> &ChunkHandles {
+        let i = Op::ALL.iter().position(|o| *o == op).unwrap_or(0);
+        &self.0[i]
+    }
+}
+
+impl Default for ChunkMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Increments through the cache reach the series of their labels, as Prometheus scrapes
+    /// them, and each label set is registered once.
+    #[test]
+    fn cached_counters_count_by_their_labels() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let scrape = recorder.handle();
+        let mut requests = CounterCache::new(REQUESTS, ["op", "outcome"]);
+        metrics::with_local_recorder(&recorder, || {
+            requests.get(["create", "completed"]).increment(2);
+            requests.get(["create", "completed"]).increment(1);
+            requests.get(["none", "rejected"]).increment(1);
+            requests.get(["update", "completed"]).increment(4);
+        });
+        assert_eq!(requests.handles.len(), 3, "one handle per label set");
+        let text = scrape.render();
+        for line in [
+            r#"sluice_requests_total{op="create",outcome="completed"} 3"#,
+            r#"sluice_requests_total{op="none",outcome="rejected"} 1"#,
+            r#"sluice_requests_total{op="update",outcome="completed"} 4"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+    }
+}
