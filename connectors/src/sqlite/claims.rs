@@ -58,12 +58,11 @@ impl OwnedClaim {
 ///
 /// Ledger entries expire with their request: [`release_in`] starts the window on the claim
 /// alone, and the purge deletes every entry of a purged request_id, of any generation (an
-/// older generation's entries are dead once its claim was replaced). Entries whose own
-/// `expires_at` has passed are deleted too: releases before this form set it on each entry.
+/// older generation's entries are dead once its claim was replaced). Entries left without a
+/// claim of their generation in other ways go by [`sweep`].
 ///
 /// Returns whether there may be more to purge (a batch was full).
 pub fn purge(c: &Connection) -> Result<bool, StoreError> {
-    let now = unix_now();
     let purged: Vec<String> = c
         .prepare_cached(
             "DELETE FROM requests WHERE rowid IN
@@ -71,7 +70,7 @@ pub fn purge(c: &Connection) -> Result<bool, StoreError> {
              RETURNING request_id",
         )
         .and_then(|mut s| {
-            s.query_map(params![now, PURGE_EVERY as i64], |r| r.get(0))?
+            s.query_map(params![unix_now(), PURGE_EVERY as i64], |r| r.get(0))?
                 .collect()
         })
         .map_err(classify)?;
@@ -81,14 +80,33 @@ pub fn purge(c: &Connection) -> Result<bool, StoreError> {
     for id in &purged {
         entries.execute([id]).map_err(classify)?;
     }
-    let old = c
+    Ok(purged.len() == PURGE_EVERY)
+}
+
+/// Deletes, among the next [`PURGE_EVERY`] ledger rows after rowid `from`, the entries that
+/// have no claim of their generation; returns the rowid to go on from (0 past the end, to
+/// start over). Such entries are dead — a claim, once gone or replaced, is never claimed again
+/// under its generation — and nothing else deletes them: entries an older version released
+/// (it set their own expiry, and deleted only by it) whose claim it purged, entries of a
+/// claim an older instance sharing the file purged, and a chunk settled just after its claim
+/// was purged. An entry whose claim is still there, live or expired, stays with it.
+pub fn sweep(c: &Connection, from: i64) -> Result<i64, StoreError> {
+    let last: Option<i64> = c
         .prepare_cached(
-            "DELETE FROM chunk_ledger WHERE rowid IN
-               (SELECT rowid FROM chunk_ledger WHERE expires_at < ?1 LIMIT ?2)",
+            "SELECT max(rowid) FROM
+               (SELECT rowid FROM chunk_ledger WHERE rowid > ?1 ORDER BY rowid LIMIT ?2)",
         )
-        .and_then(|mut s| s.execute(params![now, PURGE_EVERY as i64]))
+        .and_then(|mut s| s.query_row(params![from, PURGE_EVERY as i64], |r| r.get(0)))
         .map_err(classify)?;
-    Ok(purged.len() == PURGE_EVERY || old == PURGE_EVERY)
+    let Some(last) = last else { return Ok(0) };
+    c.prepare_cached(
+        "DELETE FROM chunk_ledger WHERE rowid > ?1 AND rowid <= ?2 AND NOT EXISTS
+           (SELECT 1 FROM requests r WHERE r.request_id = chunk_ledger.request_id
+              AND r.claimed_at = chunk_ledger.generation)",
+    )
+    .and_then(|mut s| s.execute(params![from, last]))
+    .map_err(classify)?;
+    Ok(last)
 }
 
 /// [`purge`] of every expired claim, at open: a batch per transaction (a claim and its
@@ -228,6 +246,15 @@ mod tests {
 
     use super::*;
 
+    /// A migrated state file in a directory of its own.
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = super::super::connect(&dir.path().join("s.db"), std::time::Duration::from_secs(5))
+            .unwrap();
+        super::super::migrate::migrate(&c).unwrap();
+        (dir, c)
+    }
+
     fn ledger(c: &Connection, id: &str) -> i64 {
         c.query_row(
             "SELECT count(*) FROM chunk_ledger WHERE request_id = ?1",
@@ -280,10 +307,7 @@ mod tests {
     /// those of every generation; an unfinished request keeps its claim and its entries.
     #[test]
     fn ledger_entries_go_with_their_claim() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = super::super::connect(&dir.path().join("s.db"), std::time::Duration::from_secs(5))
-            .unwrap();
-        super::super::migrate::migrate(&c).unwrap();
+        let (_dir, c) = db();
         let past = unix_now() - 10;
         // `old`: released with its window over, then replaced by another record (a new
         // generation) whose own window is over too.
@@ -322,10 +346,7 @@ mod tests {
     /// At open every expired claim goes, however many batches that takes.
     #[test]
     fn the_purge_at_open_takes_every_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = super::super::connect(&dir.path().join("s.db"), std::time::Duration::from_secs(5))
-            .unwrap();
-        super::super::migrate::migrate(&c).unwrap();
+        let (_dir, c) = db();
         let n = PURGE_EVERY * 2 + 7;
         c.execute_batch("BEGIN").unwrap();
         for i in 0..n {
@@ -355,20 +376,81 @@ mod tests {
         assert!(c.is_autocommit());
     }
 
-    /// Entries released before they went with their claim carry their own expiry: still
-    /// purged.
+    /// The sweep deletes the entries with no claim of their generation, and only those,
+    /// whatever their own expiry: an older version released a claim and its entries with
+    /// one expiry; when the claim is released again (its record re-read within the window)
+    /// only the claim's moves, and its entries must stay as long as it does (else a third
+    /// read of the record would find its chunks unrecorded and apply them again).
     #[test]
-    fn entries_released_by_an_older_version_are_purged() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = super::super::connect(&dir.path().join("s.db"), std::time::Duration::from_secs(5))
+    fn the_sweep_keeps_every_entry_of_a_claim_and_deletes_the_rest() {
+        let (_dir, c) = db();
+        let past = unix_now() - 10;
+        let entry = |id: &str, generation: i64, expires_at: i64| {
+            c.execute(
+                "INSERT INTO chunk_ledger VALUES (?1, ?2, 0, '{}', ?3)",
+                params![id, generation, expires_at],
+            )
             .unwrap();
-        super::super::migrate::migrate(&c).unwrap();
+        };
+        // Released by an older version (entry expiry in the past), released again since.
+        let g = claim_with_entries(&c, "again", 1);
         c.execute(
-            "INSERT INTO chunk_ledger VALUES ('gone', 1, 0, '{}', ?1)",
-            [unix_now() - 10],
+            "UPDATE chunk_ledger SET expires_at = ?1 WHERE request_id = 'again'",
+            [past],
         )
         .unwrap();
+        release(&c, "again", g, unix_now() + 3600);
+        // Expired, not yet purged: its entries go with it, not before.
+        let g = claim_with_entries(&c, "expired", 2);
+        release(&c, "expired", g, past);
+        // No claim at all (an older version purged it), and a replaced generation.
+        entry("orphan", 7, past);
+        entry("orphan-never", 7, NEVER);
+        let g = claim_with_entries(&c, "replaced", 3);
+        entry("replaced", g - 1, NEVER);
+
+        let next = sweep(&c, 0).unwrap();
+        assert!(next > 0);
+        for (id, left) in [
+            ("again", 2),
+            ("expired", 2),
+            ("orphan", 0),
+            ("orphan-never", 0),
+            ("replaced", 2),
+        ] {
+            assert_eq!(ledger(&c, id), left, "{id}");
+        }
+        // Past the end it starts over.
+        assert_eq!(sweep(&c, next).unwrap(), 0);
+        // And the batch purge leaves the live claim's entries too.
         purge(&c).unwrap();
-        assert_eq!(ledger(&c, "gone"), 0);
+        assert_eq!(ledger(&c, "again"), 2);
+        assert_eq!(ledger(&c, "expired"), 0);
+    }
+
+    /// The sweep takes [`PURGE_EVERY`] rows at a time and goes on from where it stopped.
+    #[test]
+    fn the_sweep_goes_through_the_ledger_a_batch_at_a_time() {
+        let (_dir, c) = db();
+        let n = PURGE_EVERY * 2 + 3;
+        c.execute_batch("BEGIN").unwrap();
+        for i in 0..n {
+            c.execute(
+                "INSERT INTO chunk_ledger VALUES (?1, 1, 0, '{}', ?2)",
+                params![format!("orphan-{i}"), NEVER],
+            )
+            .unwrap();
+        }
+        c.execute_batch("COMMIT").unwrap();
+        let left = || -> i64 {
+            c.query_row("SELECT count(*) FROM chunk_ledger", [], |r| r.get(0))
+                .unwrap()
+        };
+        let mut from = 0;
+        for expected in [n - PURGE_EVERY, n - 2 * PURGE_EVERY, 0] {
+            from = sweep(&c, from).unwrap();
+            assert_eq!(left(), expected as i64);
+        }
+        assert_eq!(sweep(&c, from).unwrap(), 0, "the end: start over");
     }
 }

@@ -226,6 +226,8 @@ fn run_all<'a>(
 
 /// Undoes what the running write has changed so far: for use inside a write passed to
 /// [`Group::run`], which then goes on in the same transaction (its savepoint stays open).
+/// It rolls back to the write's own savepoint, so any savepoint the write opened inside it
+/// is undone and closed too.
 pub(super) fn undo(conn: &Connection) -> rusqlite::Result<()> {
     exec(conn, "ROLLBACK TO job")
 }

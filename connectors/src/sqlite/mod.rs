@@ -20,7 +20,7 @@ mod writer;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +50,10 @@ pub struct SqliteStore {
     next_reader: AtomicUsize,
     /// Claims made, to purge expired rows every [`PURGE_EVERY`] of them.
     claims: AtomicUsize,
+    /// Where the next [`claims::sweep`] of the ledger goes on from (a rowid; only the writer
+    /// thread uses it). A sweep rolled back with its transaction is not repeated before the
+    /// next pass over the ledger.
+    swept: Arc<AtomicI64>,
 }
 
 /// Claims between two purges of expired ledger rows and claims (and the batch size).
@@ -111,7 +115,7 @@ pub fn classify(e: rusqlite::Error) -> StoreError {
 
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path` with tables for `config`'s collections,
-    /// and forgets ledger entries older than the dedupe window.
+    /// and forgets the claims past their dedupe window, with their ledger entries.
     pub fn open(path: &Path, config: &Config) -> Result<Self, StoreError> {
         let busy = Duration::from_millis(config.embedded.busy_timeout_ms);
         let writer = connect(path, busy).map_err(classify)?;
@@ -155,6 +159,7 @@ impl SqliteStore {
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
             claims: AtomicUsize::new(1),
+            swept: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -231,10 +236,13 @@ impl Store for SqliteStore {
         let made = self.claims.fetch_add(claims.len(), Ordering::Relaxed);
         let purge = made / PURGE_EVERY != (made + claims.len()) / PURGE_EVERY;
         let items = claims.len();
+        let swept = self.swept.clone();
         self.group
             .run(items, move |c| {
                 if purge {
                     claims::purge(c)?;
+                    let from = swept.load(Ordering::Relaxed);
+                    swept.store(claims::sweep(c, from)?, Ordering::Relaxed);
                 }
                 claims
                     .iter()
