@@ -435,7 +435,14 @@ impl ChunkMetrics {
 
     /// The handles of `op`.
     pub fn of(&self, op: Op) -> &ChunkHandles {
-        let i = Op::ALL.iter().position(|o| *o == op).unwrap_or(0);
+        // `Op::ALL`'s order; a new op fails to compile here until it has its place.
+        let i = match op {
+            Op::Create => 0,
+            Op::Update => 1,
+            Op::Upsert => 2,
+            Op::Delete => 3,
+            Op::Lookup => 4,
+        };
         &self.0[i]
     }
 }
@@ -464,11 +471,23 @@ mod tests {
             requests.get(["update", "completed"]).increment(4);
         });
         assert_eq!(requests.handles.len(), 3, "one handle per label set");
+        // Each op's chunk handles are its own series.
+        metrics::with_local_recorder(&recorder, || {
+            let chunks = ChunkMetrics::new();
+            for (n, op) in Op::ALL.into_iter().enumerate() {
+                chunks.of(op).applied.increment(n as u64 + 1);
+            }
+        });
         let text = scrape.render();
         for line in [
             r#"sluice_requests_total{op="create",outcome="completed"} 3"#,
             r#"sluice_requests_total{op="none",outcome="rejected"} 1"#,
             r#"sluice_requests_total{op="update",outcome="completed"} 4"#,
+            r#"sluice_chunks_total{op="create",outcome="applied"} 1"#,
+            r#"sluice_chunks_total{op="update",outcome="applied"} 2"#,
+            r#"sluice_chunks_total{op="upsert",outcome="applied"} 3"#,
+            r#"sluice_chunks_total{op="delete",outcome="applied"} 4"#,
+            r#"sluice_chunks_total{op="lookup",outcome="applied"} 5"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
         }
