@@ -296,12 +296,49 @@ impl Env {
             if quiet_until.is_some_and(|q| Instant::now() > q) {
                 return events;
             }
-            assert!(
-                Instant::now() < deadline,
-                "only {seen} of {terminal} terminal events after {timeout:?}\n{}",
-                self.logs_tail()
-            );
+            if Instant::now() >= deadline {
+                panic!(
+                    "only {seen} of {terminal} terminal events after {timeout:?}\n{}\n{}",
+                    self.results_diagnosis(),
+                    self.logs_tail()
+                );
+            }
         }
+    }
+
+    /// Why committed results may not be readable, for a failure message: per partition of
+    /// the result topic, how far read_committed readers may read (the last stable offset,
+    /// held back by the earliest open transaction) against its end, and the producers with
+    /// a transaction open there, as the broker reports them.
+    pub fn results_diagnosis(&self) -> String {
+        let uncommitted: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .unwrap();
+        // Read_committed: its watermark query answers the last stable offset.
+        let committed = self.consumer(&self.results);
+        let wait = Duration::from_secs(5);
+        let mut out = String::from("result partitions: readable (last stable offset) / end\n");
+        for p in 0..self.partitions {
+            let lso = committed.fetch_watermarks(&self.results, p, wait);
+            let end = uncommitted.fetch_watermarks(&self.results, p, wait);
+            out += &format!("  {p}: {:?} / {:?}\n", lso.map(|w| w.1), end.map(|w| w.1));
+            let producers = std::process::Command::new("bash")
+                .arg(root().join("scripts/kafka.sh"))
+                .args(["tool", "org.apache.kafka.tools.TransactionsCommand"])
+                .args(["--bootstrap-server", &self.brokers, "describe-producers"])
+                .args(["--topic", &self.results, "--partition", &p.to_string()])
+                .output();
+            match producers {
+                Ok(o) => {
+                    out += &String::from_utf8_lossy(&o.stdout);
+                    out += &String::from_utf8_lossy(&o.stderr);
+                }
+                Err(e) => out += &format!("  describe-producers: {e}\n"),
+            }
+        }
+        out
     }
 
     /// Terminal events committed so far (reads until the topic is quiet for a second).
