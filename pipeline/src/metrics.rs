@@ -435,14 +435,12 @@ impl ChunkMetrics {
 
     /// The handles of `op`.
     pub fn of(&self, op: Op) -> &ChunkHandles {
-        // `Op::ALL`'s order; a new op fails to compile here until it has its place.
-        let i = match op {
-            Op::Create => 0,
-            Op::Update => 1,
-            Op::Upsert => 2,
-            Op::Delete => 3,
-            Op::Lookup => 4,
-        };
+        // The handles were made in `Op::ALL`'s order: found by the same list, so the two
+        // cannot disagree.
+        let i = Op::ALL
+            .iter()
+            .position(|o| *o == op)
+            .expect("Op::ALL holds every op");
         &self.0[i]
     }
 }
@@ -471,24 +469,34 @@ mod tests {
             requests.get(["update", "completed"]).increment(4);
         });
         assert_eq!(requests.handles.len(), 3, "one handle per label set");
-        // Each op's chunk handles are its own series.
+        // Each op's chunk handles are its own series, named by the op itself, not by its
+        // place in `Op::ALL`.
+        let per_op = [
+            (Op::Create, 1u64),
+            (Op::Update, 2),
+            (Op::Upsert, 3),
+            (Op::Delete, 4),
+            (Op::Lookup, 5),
+        ];
         metrics::with_local_recorder(&recorder, || {
             let chunks = ChunkMetrics::new();
-            for (n, op) in Op::ALL.into_iter().enumerate() {
-                chunks.of(op).applied.increment(n as u64 + 1);
+            for (op, n) in per_op {
+                chunks.of(op).applied.increment(n);
             }
         });
         let text = scrape.render();
-        for line in [
-            r#"sluice_requests_total{op="create",outcome="completed"} 3"#,
-            r#"sluice_requests_total{op="none",outcome="rejected"} 1"#,
-            r#"sluice_requests_total{op="update",outcome="completed"} 4"#,
-            r#"sluice_chunks_total{op="create",outcome="applied"} 1"#,
-            r#"sluice_chunks_total{op="update",outcome="applied"} 2"#,
-            r#"sluice_chunks_total{op="upsert",outcome="applied"} 3"#,
-            r#"sluice_chunks_total{op="delete",outcome="applied"} 4"#,
-            r#"sluice_chunks_total{op="lookup",outcome="applied"} 5"#,
-        ] {
+        let mut lines = vec![
+            r#"sluice_requests_total{op="create",outcome="completed"} 3"#.to_string(),
+            r#"sluice_requests_total{op="none",outcome="rejected"} 1"#.to_string(),
+            r#"sluice_requests_total{op="update",outcome="completed"} 4"#.to_string(),
+        ];
+        for (op, n) in per_op {
+            let op = op.as_str();
+            lines.push(format!(
+                r#"sluice_chunks_total{{op="{op}",outcome="applied"}} {n}"#
+            ));
+        }
+        for line in lines {
             assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
         }
     }
