@@ -16,6 +16,10 @@ use serde_json::{json, Value};
 pub use super::process::{stop, Reap};
 use super::*;
 
+/// How long [`Env::results`] lets its reader read nothing, while events are missing, before it
+/// replaces the reader.
+const READER_STALL: Duration = Duration::from_secs(30);
+
 /// The broker of the tests (`SLUICE_TEST_KAFKA`). Tests that need it are `#[ignore]`d, so
 /// `cargo test` lists them as ignored; `scripts/test-all.sh` starts a broker and runs them
 /// with `--include-ignored`, and then a missing broker is an error, never a pass.
@@ -252,6 +256,12 @@ impl Env {
     }
 
     pub fn consumer(&self, topic: &str) -> BaseConsumer {
+        self.consumer_from(topic, &BTreeMap::new())
+    }
+
+    /// A read_committed reader of `topic`, at `next[p]` on the partitions it names and at the
+    /// beginning on the others.
+    fn consumer_from(&self, topic: &str, next: &BTreeMap<i32, i64>) -> BaseConsumer {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("check-{:08x}", rand::random::<u32>()))
@@ -261,8 +271,10 @@ impl Env {
             .unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
+            let at = next
+                .get(&p)
+                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+            tpl.add_partition_offset(topic, p, at).unwrap();
         }
         c.assign(&tpl).unwrap();
         c
@@ -270,12 +282,22 @@ impl Env {
 
     /// Reads committed result events until `terminal` terminal events have arrived, then a
     /// little longer so that any duplicate would show.
+    ///
+    /// A reader that has read nothing for [`READER_STALL`] while events are missing is
+    /// replaced by a fresh one at the offsets it reached (and says so on stderr, with how far
+    /// committed results then went): a librdkafka consumer created while the broker came back
+    /// from a freeze (fenced by its controller, leaders re-elected with a new epoch) was seen
+    /// reading nothing for 5 minutes while a fresh reader read every result at once
+    /// (RELIABILITY.md). A new reader reads only what is committed: it cannot hide results that
+    /// are missing.
     pub fn results(&self, terminal: usize, timeout: Duration) -> Vec<Value> {
-        let c = self.consumer(&self.results);
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut c = self.consumer(&self.results);
         let mut events = Vec::new();
         let mut seen = 0;
         let deadline = Instant::now() + timeout;
         let mut quiet_until: Option<Instant> = None;
+        let mut last_read = Instant::now();
         loop {
             if let Some(m) = c.poll(Duration::from_millis(200)) {
                 let m = m.unwrap();
@@ -288,6 +310,8 @@ impl Env {
                     v["request_id"].as_str().map(str::to_owned),
                     "result key = request_id"
                 );
+                next.insert(m.partition(), m.offset() + 1);
+                last_read = Instant::now();
                 events.push(v);
             }
             if seen >= terminal && quiet_until.is_none() {
@@ -303,6 +327,16 @@ impl Env {
                     self.logs_tail()
                 );
             }
+            if seen < terminal && last_read.elapsed() >= READER_STALL {
+                eprintln!(
+                    "results: the reader read nothing for {READER_STALL:?} with {seen} of \
+                     {terminal} terminal events, at offsets {next:?}; a fresh reader takes over \
+                     there.\n{}",
+                    self.results_readable()
+                );
+                c = self.consumer_from(&self.results, &next);
+                last_read = Instant::now();
+            }
         }
     }
 
@@ -311,19 +345,9 @@ impl Env {
     /// held back by the earliest open transaction) against its end, and the producers with
     /// a transaction open there, as the broker reports them.
     pub fn results_diagnosis(&self) -> String {
-        let uncommitted: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("isolation.level", "read_uncommitted")
-            .create()
-            .unwrap();
-        // Read_committed: its watermark query answers the last stable offset.
-        let committed = self.consumer(&self.results);
-        let wait = Duration::from_secs(5);
-        let mut out = String::from("result partitions: readable (last stable offset) / end\n");
+        let mut out = self.results_readable();
         for p in 0..self.partitions {
-            let lso = committed.fetch_watermarks(&self.results, p, wait);
-            let end = uncommitted.fetch_watermarks(&self.results, p, wait);
-            out += &format!("  {p}: {:?} / {:?}\n", lso.map(|w| w.1), end.map(|w| w.1));
+            out += &format!("producers with a transaction open on partition {p}:\n");
             let producers = std::process::Command::new("bash")
                 .arg(root().join("scripts/kafka.sh"))
                 .args(["tool", "org.apache.kafka.tools.TransactionsCommand"])
@@ -337,6 +361,26 @@ impl Env {
                 }
                 Err(e) => out += &format!("  describe-producers: {e}\n"),
             }
+        }
+        out
+    }
+
+    /// Per partition of the result topic, how far a read_committed reader may read (the last
+    /// stable offset) against the end, asked by fresh clients.
+    fn results_readable(&self) -> String {
+        let uncommitted: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .unwrap();
+        // Read_committed: its watermark query answers the last stable offset.
+        let committed = self.consumer(&self.results);
+        let wait = Duration::from_secs(5);
+        let mut out = String::from("result partitions: readable (last stable offset) / end\n");
+        for p in 0..self.partitions {
+            let lso = committed.fetch_watermarks(&self.results, p, wait);
+            let end = uncommitted.fetch_watermarks(&self.results, p, wait);
+            out += &format!("  {p}: {:?} / {:?}\n", lso.map(|w| w.1), end.map(|w| w.1));
         }
         out
     }
