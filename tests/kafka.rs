@@ -489,3 +489,83 @@ fn a_plan_stored_under_a_larger_limit_is_published_under_a_lowered_one() {
         env.log_text("a")
     );
 }
+
+/// `sluice run` refuses to start, naming the setting to change, when the producer's
+/// `message.max.bytes` or a result topic's `max.message.bytes` leaves no room for events of
+/// `limits.max_event_bytes` (900 KiB by default) and their framing: otherwise such an event
+/// would be refused at run time.
+#[test]
+#[ignore = "needs SLUICE_TEST_KAFKA: run scripts/test-all.sh"]
+fn message_limits_without_room_for_the_largest_event_refuse_the_start() {
+    let env = setup(
+        "limit-producer",
+        1,
+        "[kafka.properties]\n\"message.max.bytes\" = \"500000\"\n",
+    );
+    let text = refused_start(&env);
+    assert!(
+        text.contains("kafka.properties.message.max.bytes (500000) leaves no room"),
+        "{text}"
+    );
+
+    for topic in ["results", "dlq"] {
+        let env = setup(&format!("limit-{topic}"), 1, "");
+        let name = if topic == "results" {
+            &env.results
+        } else {
+            &env.dlq
+        };
+        set_topic_config(&env.brokers, name, "max.message.bytes", "100000");
+        let text = refused_start(&env);
+        assert!(
+            text.contains(&format!("topic {name} takes messages up to 100000 bytes")),
+            "{topic}: {text}"
+        );
+    }
+}
+
+/// Runs `sluice run` on `env`'s config, which must exit with an error within a minute; its
+/// output.
+fn refused_start(env: &Env) -> String {
+    let mut child = sluice()
+        .args(["run", "-c"])
+        .arg(&env.cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("sluice run started instead of refusing to");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "sluice run exited 0: {text}");
+    text
+}
+
+/// Sets a config entry of `topic` (AlterConfigs: its other overrides, none here, go back to the
+/// broker's defaults).
+fn set_topic_config(brokers: &str, topic: &str, key: &str, value: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let results = futures::executor::block_on(admin.alter_configs(&[change], &opts)).unwrap();
+    for r in results {
+        r.unwrap_or_else(|e| panic!("altering {topic}: {e:?}"));
+    }
+}
