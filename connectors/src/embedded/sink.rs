@@ -11,6 +11,7 @@ use sluice_pipeline::metrics::STORE_ERRORS;
 use sluice_pipeline::{Sink, SinkError, SourceRef, StoreErrorKind};
 
 use super::{Checkpoint, EmbeddedIo, OpenError, Position};
+use crate::blocking::off_the_runtime;
 
 /// Where lines go.
 pub enum Output {
@@ -240,10 +241,18 @@ impl Sink for FileSink {
         Ok(())
     }
 
+    /// Flushes (and fsyncs) the outputs and records the checkpoint, off the runtime's workers:
+    /// the checkpoint waits for the store's writer connection, which the SQLite writer holds
+    /// through each transaction (and through `busy_timeout` while another process holds the
+    /// file's lock), and an fsync waits for the disk.
     async fn commit(&mut self) -> Result<(), SinkError> {
         let err = |e: std::io::Error| SinkError(e.to_string());
-        self.output.flush(self.fsync).map_err(err)?;
-        self.dead_letters.flush(self.fsync).map_err(err)?;
+        let fsync = self.fsync;
+        off_the_runtime(|| {
+            self.output.flush(fsync)?;
+            self.dead_letters.flush(fsync)
+        })
+        .map_err(err)?;
         // Every event written is covered by the position: the commit stage records a partial
         // position for an unfinished request whose events it published.
         debug_assert_eq!(self.written, self.done.output_len);
@@ -252,7 +261,7 @@ impl Sink for FileSink {
             // until it clears, like an unreachable store; other errors stop the pipeline.
             let mut waited = 0u32;
             loop {
-                match cp.store(&self.done).map_err(crate::sqlite::classify) {
+                match off_the_runtime(|| cp.store(&self.done)).map_err(crate::sqlite::classify) {
                     Ok(()) => break,
                     Err(e) if e.kind != StoreErrorKind::Permanent => {
                         metrics::counter!(STORE_ERRORS, "kind" => e.kind.as_str(), "error_code" => e.code)
@@ -269,5 +278,74 @@ impl Sink for FileSink {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A commit waiting for the state database's writer connection (held by the SQLite writer
+    /// through a transaction) leaves the runtime's other tasks running, even on one worker.
+    #[test]
+    fn a_commit_waiting_for_the_writer_connection_leaves_other_tasks_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, "").unwrap();
+        let io = EmbeddedIo {
+            input: Some(input),
+            output: Some(dir.path().join("out.jsonl")),
+            dead_letters: None,
+            state: dir.path().join("state.db"),
+            max_line_bytes: 1 << 20,
+            fsync: false,
+            follow: false,
+        };
+        let conn = Arc::new(Mutex::new(
+            rusqlite::Connection::open(dir.path().join("state.db")).unwrap(),
+        ));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (_source, mut sink, _) = crate::embedded::open(&io, conn.clone()).await.unwrap();
+            let ticks = Arc::new(AtomicUsize::new(0));
+            let counted = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            // The writer holds its connection for 600 ms, as through a long transaction.
+            let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let holder = {
+                let conn = conn.clone();
+                std::thread::spawn(move || {
+                    let _held = conn.lock().unwrap();
+                    held_tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(600));
+                })
+            };
+            held_rx.recv().unwrap();
+            let commit = tokio::spawn(async move { sink.commit().await });
+            let before = ticks.load(Ordering::SeqCst);
+            // On this thread (not a worker): the commit task waits for the connection.
+            std::thread::sleep(Duration::from_millis(400));
+            let during = ticks.load(Ordering::SeqCst) - before;
+            commit.await.unwrap().unwrap();
+            holder.join().unwrap();
+            assert!(
+                during >= 10,
+                "a 5 ms timer fired {during} times in 400 ms while a commit waited for the \
+                 writer connection: the commit blocked the runtime's only worker"
+            );
+        });
     }
 }
