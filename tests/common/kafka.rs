@@ -283,13 +283,14 @@ impl Env {
     /// Reads committed result events until `terminal` terminal events have arrived, then a
     /// little longer so that any duplicate would show.
     ///
-    /// A reader that has read nothing for [`READER_STALL`] while events are missing is
-    /// replaced by a fresh one at the offsets it reached (and says so on stderr, with how far
-    /// committed results then went): a librdkafka consumer created while the broker came back
-    /// from a freeze (fenced by its controller, leaders re-elected with a new epoch) was seen
-    /// reading nothing for 5 minutes while a fresh reader read every result at once
-    /// (RELIABILITY.md). A new reader reads only what is committed: it cannot hide results that
-    /// are missing.
+    /// A reader that has read nothing for [`READER_STALL`] while events are missing, and while
+    /// committed results wait beyond where it stands, is replaced by a fresh one at the
+    /// offsets it reached (and says so on stderr): a librdkafka consumer created while the
+    /// broker came back from a freeze (fenced by its controller, leaders re-elected with a new
+    /// epoch) was seen reading nothing for 5 minutes while a fresh reader read every result at
+    /// once (RELIABILITY.md). A new reader reads only what is committed: it cannot hide results
+    /// that are missing. The stalled one is closed on a thread of its own: its close may never
+    /// finish.
     pub fn results(&self, terminal: usize, timeout: Duration) -> Vec<Value> {
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         let mut c = self.consumer(&self.results);
@@ -328,16 +329,43 @@ impl Env {
                 );
             }
             if seen < terminal && last_read.elapsed() >= READER_STALL {
-                eprintln!(
-                    "results: the reader read nothing for {READER_STALL:?} with {seen} of \
-                     {terminal} terminal events, at offsets {next:?}; a fresh reader takes over \
-                     there.\n{}",
-                    self.results_readable()
-                );
-                c = self.consumer_from(&self.results, &next);
                 last_read = Instant::now();
+                let waiting = self.committed_beyond(&next);
+                if !waiting.is_empty() {
+                    eprintln!(
+                        "results: the reader read nothing for {READER_STALL:?} with {seen} of \
+                         {terminal} terminal events, at offsets {next:?}, while committed \
+                         results wait beyond them (partition, last stable offset): \
+                         {waiting:?}; a fresh reader takes over there"
+                    );
+                    let stalled =
+                        std::mem::replace(&mut c, self.consumer_from(&self.results, &next));
+                    std::thread::spawn(move || drop(stalled));
+                }
             }
         }
+    }
+
+    /// The result partitions whose committed results (up to the last stable offset) go beyond
+    /// `next` (or, where `next` has no offset, beyond the partition's start), with that offset.
+    fn committed_beyond(&self, next: &BTreeMap<i32, i64>) -> Vec<(i32, i64)> {
+        let c = self.watermarks_client("read_committed");
+        let wait = Duration::from_secs(2);
+        (0..self.partitions)
+            .filter_map(|p| {
+                let (low, lso) = c.fetch_watermarks(&self.results, p, wait).ok()?;
+                (lso > next.get(&p).copied().unwrap_or(low)).then_some((p, lso))
+            })
+            .collect()
+    }
+
+    /// A client for watermark queries only: no group, no assignment (its close is immediate).
+    fn watermarks_client(&self, isolation: &str) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap()
     }
 
     /// Why committed results may not be readable, for a failure message: per partition of
@@ -368,13 +396,9 @@ impl Env {
     /// Per partition of the result topic, how far a read_committed reader may read (the last
     /// stable offset) against the end, asked by fresh clients.
     fn results_readable(&self) -> String {
-        let uncommitted: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("isolation.level", "read_uncommitted")
-            .create()
-            .unwrap();
+        let uncommitted = self.watermarks_client("read_uncommitted");
         // Read_committed: its watermark query answers the last stable offset.
-        let committed = self.consumer(&self.results);
+        let committed = self.watermarks_client("read_committed");
         let wait = Duration::from_secs(5);
         let mut out = String::from("result partitions: readable (last stable offset) / end\n");
         for p in 0..self.partitions {
