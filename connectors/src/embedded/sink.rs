@@ -246,38 +246,49 @@ impl Sink for FileSink {
     /// through each transaction (and through `busy_timeout` while another process holds the
     /// file's lock), and an fsync waits for the disk.
     async fn commit(&mut self) -> Result<(), SinkError> {
-        let err = |e: std::io::Error| SinkError(e.to_string());
         let fsync = self.fsync;
-        off_the_runtime(|| {
-            self.output.flush(fsync)?;
-            self.dead_letters.flush(fsync)
-        })
-        .map_err(err)?;
         // Every event written is covered by the position: the commit stage records a partial
         // position for an unfinished request whose events it published.
         debug_assert_eq!(self.written, self.done.output_len);
-        if let Some(cp) = &self.checkpoint {
-            // Another process holding the database lock (or a full disk) stalls the commit
-            // until it clears, like an unreachable store; other errors stop the pipeline.
-            let mut waited = 0u32;
-            loop {
-                match off_the_runtime(|| cp.store(&self.done)).map_err(crate::sqlite::classify) {
-                    Ok(()) => break,
-                    Err(e) if e.kind != StoreErrorKind::Permanent => {
-                        metrics::counter!(STORE_ERRORS, "kind" => e.kind.as_str(), "error_code" => e.code)
-                            .increment(1);
-                        if waited == 0 && sluice_pipeline::logs::allow() {
-                            tracing::warn!(error = %e.message, "checkpoint waits for the state database");
-                        }
-                        waited += 1;
-                        let ms = (10u64 << waited.min(7)).min(1_000);
-                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        // One hand-over of the worker for the flush and the first attempt at the checkpoint.
+        let (output, dead_letters, checkpoint, done) = (
+            &mut self.output,
+            &mut self.dead_letters,
+            &self.checkpoint,
+            &self.done,
+        );
+        let mut stored = off_the_runtime(|| {
+            output.flush(fsync)?;
+            dead_letters.flush(fsync)?;
+            Ok::<_, std::io::Error>(checkpoint.as_ref().map(|cp| cp.store(done)))
+        })
+        .map_err(|e| SinkError(e.to_string()))?;
+        let Some(cp) = checkpoint else {
+            return Ok(());
+        };
+        // Another process holding the database lock (or a full disk) stalls the commit until
+        // it clears, like an unreachable store; other errors stop the pipeline.
+        let mut waited = 0u32;
+        loop {
+            let attempt = match stored.take() {
+                Some(first) => first,
+                None => off_the_runtime(|| cp.store(done)),
+            };
+            match attempt.map_err(crate::sqlite::classify) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind != StoreErrorKind::Permanent => {
+                    metrics::counter!(STORE_ERRORS, "kind" => e.kind.as_str(), "error_code" => e.code)
+                        .increment(1);
+                    if waited == 0 && sluice_pipeline::logs::allow() {
+                        tracing::warn!(error = %e.message, "checkpoint waits for the state database");
                     }
-                    Err(e) => return Err(SinkError(format!("checkpoint: {}", e.message))),
+                    waited += 1;
+                    let ms = (10u64 << waited.min(7)).min(1_000);
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                 }
+                Err(e) => return Err(SinkError(format!("checkpoint: {}", e.message))),
             }
         }
-        Ok(())
     }
 }
 
@@ -323,27 +334,36 @@ mod tests {
                     counted.fetch_add(1, Ordering::SeqCst);
                 }
             });
-            // The writer holds its connection for 600 ms, as through a long transaction.
+            // The writer holds its connection for 600 ms, as through a long transaction, and
+            // says when it is about to let go.
             let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let (release_tx, release_rx) = std::sync::mpsc::channel();
             let holder = {
                 let conn = conn.clone();
                 std::thread::spawn(move || {
                     let _held = conn.lock().unwrap();
                     held_tx.send(()).unwrap();
                     std::thread::sleep(Duration::from_millis(600));
+                    release_tx.send(()).unwrap();
+                    // Until the test has counted: the window ends with the lock still held.
+                    std::thread::sleep(Duration::from_millis(50));
                 })
             };
             held_rx.recv().unwrap();
             let commit = tokio::spawn(async move { sink.commit().await });
             let before = ticks.load(Ordering::SeqCst);
             // On this thread (not a worker): the commit task waits for the connection.
-            std::thread::sleep(Duration::from_millis(400));
+            release_rx.recv().unwrap();
             let during = ticks.load(Ordering::SeqCst) - before;
+            assert!(
+                !commit.is_finished(),
+                "the commit did not wait for the connection"
+            );
             commit.await.unwrap().unwrap();
             holder.join().unwrap();
             assert!(
                 during >= 10,
-                "a 5 ms timer fired {during} times in 400 ms while a commit waited for the \
+                "a 5 ms timer fired {during} times in 600 ms while a commit waited for the \
                  writer connection: the commit blocked the runtime's only worker"
             );
         });
