@@ -536,10 +536,11 @@ fn refused_start(env: &Env) -> String {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut started = false;
     while child.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > deadline {
             child.kill().unwrap();
-            panic!("sluice run started instead of refusing to");
+            started = true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -549,12 +550,16 @@ fn refused_start(env: &Env) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        !started,
+        "sluice run started instead of refusing to:\n{text}"
+    );
     assert!(!out.status.success(), "sluice run exited 0: {text}");
     text
 }
 
 /// Sets a config entry of `topic` (AlterConfigs: its other overrides, none here, go back to the
-/// broker's defaults).
+/// broker's defaults), and waits until the broker describes the topic with it.
 fn set_topic_config(brokers: &str, topic: &str, key: &str, value: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
     use rdkafka::client::DefaultClientContext;
@@ -567,5 +572,24 @@ fn set_topic_config(brokers: &str, topic: &str, key: &str, value: &str) {
     let results = futures::executor::block_on(admin.alter_configs(&[change], &opts)).unwrap();
     for r in results {
         r.unwrap_or_else(|e| panic!("altering {topic}: {e:?}"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let described = futures::executor::block_on(
+            admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts),
+        )
+        .unwrap();
+        let now = described
+            .into_iter()
+            .flatten()
+            .find_map(|r| r.get(key).and_then(|e| e.value.clone()));
+        if now.as_deref() == Some(value) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic}: {key} still {now:?}, not {value}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
