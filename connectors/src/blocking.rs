@@ -1,7 +1,7 @@
 //! Blocking work called from async code without starving the runtime.
 
-/// Runs `wait`, which blocks its thread (a lock another thread holds through a transaction, a
-/// file flush with fsync, a Kafka drain), without starving the runtime it is called from: on a
+/// Runs `wait`, which blocks its thread (a lock held through a Kafka commit, a revocation's
+/// drain) and borrows from its caller, without starving the runtime it is called from: on a
 /// multi-threaded runtime `block_in_place` first hands this worker's tasks (the health
 /// endpoints among them) to another thread. A task a worker woke last sits in that worker's
 /// LIFO slot, which no other worker may steal, so without the hand-over it would wait until
