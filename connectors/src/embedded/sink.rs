@@ -313,7 +313,8 @@ mod tests {
     use super::*;
 
     /// A commit waiting for the state database's writer connection (held by the SQLite writer
-    /// through a transaction) leaves the runtime's other tasks running, even on one worker.
+    /// through a transaction) leaves the runtime's other tasks running, even on one worker
+    /// (with `fsync`, so that the wait for the disk goes the same way).
     #[test]
     fn a_commit_waiting_for_the_writer_connection_leaves_other_tasks_running() {
         let dir = tempfile::tempdir().unwrap();
@@ -325,7 +326,7 @@ mod tests {
             dead_letters: None,
             state: dir.path().join("state.db"),
             max_line_bytes: 1 << 20,
-            fsync: false,
+            fsync: true,
             follow: false,
         };
         let conn = Arc::new(Mutex::new(
