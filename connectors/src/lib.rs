@@ -8,9 +8,7 @@
 //!
 //! - [`kafka`]: the consumer-group source, the transactional sink and admin helpers.
 //! - [`mongo`]: the MongoDB store (replica sets; transactions per chunk).
-//! - [`blocking`]: blocking calls from async code that keep the runtime's other tasks going.
 
-pub mod blocking;
 pub mod embedded;
 pub mod kafka;
 pub mod mongo;

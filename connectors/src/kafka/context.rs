@@ -20,7 +20,6 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_pipeline::metrics::{KAFKA_CLIENT_ERRORS, REBALANCES, REVOKE_DRAINS};
 
 use super::handover::Handover;
-use crate::blocking::off_the_runtime;
 
 /// The consumer type of the service.
 pub type SluiceConsumer = StreamConsumer<SluiceContext>;
@@ -306,6 +305,21 @@ impl SluiceContext {
             }
         }
         outcome
+    }
+}
+
+/// Runs `wait`, which blocks its thread, without starving the runtime it is called from. The
+/// rebalance callback runs inside the consumer's poll, on a tokio worker: a task that worker
+/// woke last sits in its LIFO slot, which no other worker may steal, so a drain waiting there
+/// for that task (the commit that ends the drain) would wait until its deadline.
+/// `block_in_place` hands the worker's tasks to another thread first.
+fn off_the_runtime<T>(wait: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
     }
 }
 
