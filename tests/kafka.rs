@@ -535,14 +535,9 @@ fn refused_start(env: &Env) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut started = false;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            started = true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let started = process::exited_within(&mut child, Duration::from_secs(60)).is_none();
+    if started {
+        child.kill().unwrap();
     }
     let out = child.wait_with_output().unwrap();
     let text = format!(

@@ -103,18 +103,13 @@ fn members_joining_and_leaving_hand_over_running_requests_without_restarting() {
 fn stop_logged(env: &Env, mut child: std::process::Child, instance: &str) {
     // SAFETY: kill(2) on our own child with a valid signal.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "{instance} did not stop after SIGTERM\n{}",
-                env.log_text(instance)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = child.wait().unwrap();
+    let Some(status) = process::exited_within(&mut child, Duration::from_secs(60)) else {
+        let _ = child.kill();
+        panic!(
+            "{instance} did not stop after SIGTERM\n{}",
+            env.log_text(instance)
+        );
+    };
     if !status.success() {
         let log = env.log_text(instance);
         let tail: Vec<&str> = log.lines().rev().take(80).collect();

@@ -10,7 +10,7 @@ mod common;
 
 use std::io::Read;
 use std::process::{Child, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::kafka::*;
 use common::*;
@@ -228,10 +228,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 /// SIGTERM, wait (bounded), and everything the process logged into `log`.
 fn stop(mut child: Child, log: &std::path::Path) -> String {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    process::exited_within(&mut child, Duration::from_secs(30));
     let _ = child.kill();
     let _ = child.wait();
     std::fs::read_to_string(log).unwrap()

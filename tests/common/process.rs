@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, ExitStatus};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,24 +20,31 @@ pub fn spawned(child: &Child, log: PathBuf) {
     SPAWNED.lock().unwrap().insert(child.id(), log);
 }
 
+/// How `child` exited, if it does within `within` (polled every 50 ms); `None` while it runs.
+pub fn exited_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// SIGTERM, then waits (up to 60 s) for a clean exit; a service that exits otherwise fails
 /// the test with the end of its log.
 pub fn stop(mut child: Child) {
     let pid = child.id();
     // SAFETY: kill(2) on our own child, not yet waited for, with a valid signal.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            waited(pid);
-            panic!("service did not stop after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(status) = exited_within(&mut child, Duration::from_secs(60)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        waited(pid);
+        panic!("service did not stop after SIGTERM");
     };
     let log = waited(pid);
     assert!(
